@@ -1,0 +1,1 @@
+# benchmark scripts (programs are registered by each layer)

@@ -1,0 +1,120 @@
+/* kernels/: pure compute for BitNet b1.58 inference. No I/O, no allocation, no globals
+ * besides the dispatch table chosen once at startup.
+ *
+ * Numerics follow ../docs/model-format.md and the BitNet reference:
+ *   activation quant (per token): s = 127 / max(max|x|, 1e-5); q = clamp(round_half_even(x*s), -128, 127)
+ *   ternary linear:               y[r] = (sum_c t[r][c] * q[c]) / s * w_scale
+ * The integer part is exact in every variant, so SIMD variants must agree with the scalar
+ * reference bit for bit on integer results and on everything derived from them in the same
+ * float operation order (y = (float)acc / s * w_scale, computed as ((float)acc * (1/s)) is NOT
+ * allowed: divide exactly as written).
+ *
+ * Threading: kernels are single-threaded over a row range [r0, r1); the engine splits rows
+ * across its OpenMP threads. r0 and r1 must be multiples of bn_tern_row_tile(fmt) (or r1 == rows).
+ */
+#ifndef BN_KERNELS_H
+#define BN_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- instruction-set variants and run-time dispatch ---------------------------------- */
+
+typedef enum bn_isa {
+    BN_ISA_SCALAR = 0,   /* portable C: the reference every variant is tested against */
+    BN_ISA_AVX2 = 1,     /* AVX2 + FMA + F16C */
+    BN_ISA_AVX512 = 2,   /* AVX512F/BW/VL (+DQ) */
+    BN_ISA_AVX512VNNI = 3, /* AVX512 + VNNI (vpdpbusd) */
+    BN_ISA_COUNT
+} bn_isa;
+
+/* Best variant this CPU supports (CPUID), unless the environment variable BITNET_ISA
+ * (scalar|avx2|avx512|avx512vnni) or bn_kernels_force() chose one. Called once, cheaply cached. */
+bn_isa bn_kernels_isa(void);
+/* Is variant isa usable on this CPU (and compiled into this binary)? */
+int bn_kernels_isa_supported(bn_isa isa);
+/* Force a variant (tests, --isa flag). Returns -1 if unsupported on this CPU. */
+int bn_kernels_force(bn_isa isa);
+const char *bn_isa_name(bn_isa isa);
+/* Parses "scalar", "avx2", "avx512", "avx512vnni"; returns -1 if unknown. */
+int bn_isa_parse(const char *name);
+
+/* ---- ternary weight packings --------------------------------------------------------- */
+/* A packing is owned by kernels/: the converter calls bn_tern_pack() and stores the bytes
+ * verbatim in the model file; the GEMV/GEMM read them in place from the mmap. */
+typedef enum bn_tern_fmt {
+    BN_TERN_I2 = 1,   /* 2 bits per weight, SIMD-friendly layout (see kernels/ternary_pack.c) */
+    BN_TERN_T5 = 2,   /* 5 trits per byte (1.6 bits per weight), base-3 */
+} bn_tern_fmt;
+
+/* Rows are processed in tiles of this many rows (packings may interleave rows of a tile). */
+int bn_tern_row_tile(bn_tern_fmt fmt);
+/* Columns are padded with zero weights up to this multiple; activation buffers passed to
+ * gemv/gemm must hold bn_tern_cols_padded() int8 values, the padding zero. */
+int bn_tern_col_block(bn_tern_fmt fmt);
+size_t bn_tern_cols_padded(bn_tern_fmt fmt, size_t cols);
+/* Bytes of a packed rows x cols matrix (rows padded to the row tile, cols to the block). */
+size_t bn_tern_packed_size(bn_tern_fmt fmt, size_t rows, size_t cols);
+/* Packs t (rows x cols, row-major, values in {-1,0,1}) into out (bn_tern_packed_size bytes). */
+void bn_tern_pack(bn_tern_fmt fmt, const int8_t *t, size_t rows, size_t cols, uint8_t *out);
+/* Unpacks one row back to cols trits (tests, inspection, format conversion). */
+void bn_tern_unpack_row(bn_tern_fmt fmt, const uint8_t *packed, size_t rows, size_t cols,
+                        size_t row, int8_t *out);
+
+/* ---- activation quantization -------------------------------------------------------- */
+/* Quantizes n floats to int8 as in the header comment; writes zeros to q[n..n_padded).
+ * Returns s = 127/max(|x|, 1e-5) (the divisor used to dequantize). */
+float bn_quant_act(const float *x, size_t n, size_t n_padded, int8_t *q);
+
+/* ---- ternary matrix x int8 activations ------------------------------------------------- */
+/* Decode: one token. y[r] for r in [r0, r1). q has bn_tern_cols_padded(cols) entries. */
+void bn_tern_gemv(bn_tern_fmt fmt, const uint8_t *w, size_t rows, size_t cols,
+                  const int8_t *q, float act_scale, float w_scale,
+                  float *y, size_t r0, size_t r1);
+/* Prefill: n tokens. q is n x cols_padded (row stride cols_padded), act_scale[n],
+ * y is n x rows (row stride ldy). Rows [r0, r1). Must equal n calls of bn_tern_gemv exactly. */
+void bn_tern_gemm(bn_tern_fmt fmt, const uint8_t *w, size_t rows, size_t cols,
+                  const int8_t *q, const float *act_scale, size_t n, float w_scale,
+                  float *y, size_t ldy, size_t r0, size_t r1);
+
+/* ---- float kernels ------------------------------------------------------------------ */
+/* out = x / sqrt(mean(x^2) + eps) * w. Sum of squares accumulated in double (as ggml). */
+void bn_rmsnorm(float *out, const float *x, const float *w, size_t n, float eps);
+/* NeoX (rotate_half) RoPE on n_heads heads of head_dim at position pos, in place.
+ * inv_freq[i] = theta^(-2i/head_dim), i < head_dim/2, precomputed by bn_rope_inv_freq(). */
+void bn_rope_inv_freq(float *inv_freq, int head_dim, float theta);
+void bn_rope_neox(float *x, int n_heads, int head_dim, int pos, const float *inv_freq);
+/* In-place numerically stable softmax. */
+void bn_softmax(float *x, size_t n);
+/* out[i] = relu(g[i])^2 * u[i] */
+void bn_relu2_mul(float *out, const float *g, const float *u, size_t n);
+
+/* ---- attention over an f16 KV cache --------------------------------------------------- */
+/* One query head over n_past+1 cached positions (causal), head_dim dims:
+ *   out = softmax(q . K^T * scale) V, K/V rows f16 with row stride kv_stride (elements).
+ * scratch holds n_pos floats. */
+void bn_attn_head(float *out, const float *q, const uint16_t *k, const uint16_t *v,
+                  size_t n_pos, size_t kv_stride, int head_dim, float scale, float *scratch);
+
+/* ---- lm_head and embeddings ---------------------------------------------------------- */
+/* f16 rows: logits[r] = dot(x, W[r]) for r in [r0,r1), W rows x cols f16 row-major. Exact f32 accumulate. */
+void bn_gemv_f16(const uint16_t *w, size_t cols, const float *x, float *y, size_t r0, size_t r1);
+/* int8 rows with one f32 scale per row: logits[r] = row_scale[r] * sum_c w[r][c]*qx[c] / x_scale.
+ * qx is x quantized by bn_quant_act (cols padded to 64). */
+void bn_gemv_i8row(const int8_t *w, const float *row_scale, size_t cols, size_t cols_padded,
+                   const int8_t *qx, float x_scale, float *y, size_t r0, size_t r1);
+/* Quantizes an f32/f16 matrix to int8 per row (scale = max|row|/127), at convert time. */
+void bn_quant_rows_i8(const float *row, size_t cols, size_t cols_padded, int8_t *out, float *scale);
+
+/* ---- conversions ------------------------------------------------------------------- */
+void bn_f16_to_f32_row(const uint16_t *in, float *out, size_t n);
+void bn_f32_to_f16_row(const float *in, uint16_t *out, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,2 @@
+/* replaced by the kernels */
+typedef int bn_kernels_placeholder;

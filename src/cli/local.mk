@@ -1,0 +1,8 @@
+bin_PROGRAMS += bitnet
+bitnet_CFLAGS = $(AM_CFLAGS) $(BN_EXT_CFLAGS)
+bitnet_SOURCES = \
+	src/cli/bitnet.c src/cli/commands.h \
+	src/cli/cmd_inspect.c src/cli/cmd_convert.c src/cli/cmd_mkmodel.c \
+	src/cli/cmd_tokenize.c \
+	src/cli/cmd_run.c src/cli/cmd_bench.c src/cli/cmd_perplexity.c
+bitnet_LDADD = $(BN_CORE_LIBS) $(BN_EXT_LIBS)

@@ -1,0 +1,2 @@
+/* replaced by the engine */
+typedef int bn_engine_placeholder;

@@ -1,0 +1,89 @@
+/* The packed model file: one self-contained, mmap-able file per model (docs/model-format.md).
+ * bn_model_open() maps it and validates the header and tensor directory without touching
+ * tensor data; the engine then reads weights in place through bn_layer_weights. */
+#ifndef BN_MODEL_H
+#define BN_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/error.h"
+#include "kernels/kernels.h"
+#include "text/vocab.h"
+
+enum bn_act { BN_ACT_RELU2 = 1, BN_ACT_SILU = 2 };
+
+/* Hyper-parameters: everything the forward pass needs. */
+typedef struct bn_config {
+    uint32_t n_embd;       /* hidden size (2560) */
+    uint32_t n_layer;      /* 30 */
+    uint32_t n_head;       /* 20 */
+    uint32_t n_head_kv;    /* 5 */
+    uint32_t head_dim;     /* n_embd / n_head (128) */
+    uint32_t n_ff;         /* 6912 */
+    uint32_t n_vocab;      /* 128256 */
+    uint32_t n_ctx_max;    /* 4096 */
+    float rope_theta;      /* 500000 */
+    float norm_eps;        /* 1e-5 */
+    uint32_t act;          /* enum bn_act */
+    uint32_t tied;         /* lm_head == token embedding */
+    int32_t bos, eos, eot; /* -1 when absent */
+} bn_config;
+
+/* Checks the config for sanity and overflow (dims > 0, divisibility, sizes that fit). */
+int bn_config_validate(const bn_config *c, bn_error *err);
+
+/* Tensor element types stored in the packed file. */
+enum bn_dtype {
+    BN_DT_F32 = 0,
+    BN_DT_F16 = 1,
+    BN_DT_I8 = 2,         /* int8 matrix, with a companion "<name>.scale" F32 per-row tensor */
+    BN_DT_TERN_I2 = 16,   /* kernels' BN_TERN_I2 packing; per-tensor scale in the entry */
+    BN_DT_TERN_T5 = 17,   /* kernels' BN_TERN_T5 packing */
+};
+
+typedef struct bn_tensor {
+    const char *name;
+    uint32_t dtype;       /* enum bn_dtype */
+    uint64_t rows, cols;  /* logical shape (vectors: rows = 1); out x in for matrices */
+    float scale;          /* ternary per-tensor weight scale (W = t * scale), else 1 */
+    const void *data;     /* in the mapping, 64-byte aligned */
+    uint64_t nbytes;
+    uint64_t checksum;    /* XXH3-64 of the data */
+} bn_tensor;
+
+/* Per-layer weights, resolved once at open. */
+typedef struct bn_layer_weights {
+    const float *attn_norm, *attn_sub_norm, *ffn_norm, *ffn_sub_norm;
+    const bn_tensor *wq, *wk, *wv, *wo, *wgate, *wup, *wdown;
+} bn_layer_weights;
+
+typedef struct bn_model {
+    char *path;
+    bn_config cfg;
+    uint32_t version_major, version_minor;
+    bn_tern_fmt tern_fmt;              /* packing of every ternary tensor in this file */
+    uint32_t n_tensors;
+    bn_tensor *tensors;
+    bn_layer_weights *layers;          /* n_layer entries */
+    const uint16_t *tok_embd;          /* f16 [n_vocab][n_embd] */
+    const float *output_norm;          /* [n_embd] */
+    const int8_t *lm_head_i8;          /* optional int8 [n_vocab][lm_head_cols_padded] */
+    const float *lm_head_i8_scale;     /* [n_vocab] */
+    uint32_t lm_head_cols_padded;
+    bn_vocab *vocab;                   /* decoded from the tokenizer section; owned */
+    char *source;                      /* provenance text written by the converter; owned */
+
+    /* private */
+    void *map;
+    size_t map_len;
+} bn_model;
+
+/* Opens and maps a packed model file. No tensor data is read. */
+int bn_model_open(const char *path, bn_model **out, bn_error *err);
+void bn_model_close(bn_model *m);
+/* Reads every tensor and checks its checksum (and the header's). */
+int bn_model_verify(const bn_model *m, bn_error *err);
+const bn_tensor *bn_model_tensor(const bn_model *m, const char *name);
+
+#endif

@@ -1,0 +1,1 @@
+# engine tests: registered by the engine layer

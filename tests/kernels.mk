@@ -1,0 +1,1 @@
+# kernels tests: registered by the kernels layer

@@ -1,0 +1,1 @@
+# model tests: registered by the model layer

@@ -1,0 +1,1 @@
+# text tests: registered by the text layer
