@@ -16,5 +16,7 @@ clean-test-tmp:
 include $(srcdir)/tests/kernels.mk
 include $(srcdir)/tests/text.mk
 include $(srcdir)/tests/model.mk
+include $(srcdir)/tests/gguf.mk
+include $(srcdir)/tests/hf.mk
 include $(srcdir)/tests/engine.mk
 include $(srcdir)/tests/fuzz/local.mk

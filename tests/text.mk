@@ -1,1 +1,17 @@
 # text tests: registered by the text layer
+if HAVE_CHECK
+check_PROGRAMS += tests/test_tokenizer tests/test_tokenizer_stream
+TESTS += tests/test_tokenizer tests/test_tokenizer_stream
+tests_test_tokenizer_SOURCES = tests/test_tokenizer.c
+tests_test_tokenizer_CFLAGS = $(TEST_CFLAGS)
+tests_test_tokenizer_LDADD = $(TEST_LIBS)
+tests_test_tokenizer_stream_SOURCES = tests/test_tokenizer_stream.c
+tests_test_tokenizer_stream_CFLAGS = $(TEST_CFLAGS)
+tests_test_tokenizer_stream_LDADD = $(TEST_LIBS)
+endif
+
+# Encode speed on ~1 MB of generated English prose (not run by `make check`).
+noinst_PROGRAMS += bench/bench_tokenize
+bench_bench_tokenize_SOURCES = bench/bench_tokenize.c
+bench_bench_tokenize_CFLAGS = $(AM_CFLAGS) $(BN_EXT_CFLAGS)
+bench_bench_tokenize_LDADD = libbntext.a libbnbase.a $(BN_EXT_LIBS)

@@ -1,9 +1,57 @@
-/* placeholder: replaced by the layer that owns this command */
+/* bitnet convert: any HF directory or GGUF file -> one packed model file. */
+#include <getopt.h>
 #include <stdio.h>
+#include <string.h>
+
+#include "cli/cli_common.h"
 #include "cli/commands.h"
+#include "model/source.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: bitnet convert [options] SRC OUT\n"
+            "  SRC  a Hugging Face directory (config.json + model.safetensors or a sharded index)\n"
+            "       or a GGUF file (bitnet.cpp I2_S, llama.cpp TQ1_0/TQ2_0, F32/F16/BF16)\n"
+            "  OUT  the packed model file to write (atomically)\n"
+            "options:\n"
+            "      --ternary t5|i2  ternary packing (default t5: 1.6 bits/weight)\n"
+            "      --lm-head i8|f16 also store an int8 per-row lm_head (default i8)\n");
+}
+
 int cmd_convert(int argc, char **argv)
 {
-    (void)argc; (void)argv;
-    fprintf(stderr, "bitnet convert: not built yet\n");
-    return 2;
+    static const struct option opts[] = {{"ternary", required_argument, 0, 'T'}, {"lm-head", required_argument, 0, 'L'},
+                                         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    bn_pack_opts po;
+    bn_pack_opts_default(&po);
+    int c;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'T': if (bn_parse_ternary(optarg, &po.tern) != 0) { usage(stderr); return 2; } break;
+        case 'L': if (bn_parse_lm_head(optarg, &po.lm_head_i8) != 0) { usage(stderr); return 2; } break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (argc - optind != 2) {
+        usage(stderr);
+        return 2;
+    }
+    bn_error err = {{0}};
+    bn_source *src = NULL;
+    double t0 = bn_now();
+    int rc = bn_source_open(argv[optind], &src, &err);
+    if (rc == 0) {
+        fprintf(stderr, "converting %s (%s)\n", argv[optind], src->kind);
+        if (src->notes) fprintf(stderr, "%s", src->notes);
+        rc = bn_pack_write(src, argv[optind + 1], &po, &err);
+    }
+    bn_source_close(src);
+    if (rc != 0) {
+        fprintf(stderr, "bitnet convert: %s\n", err.msg);
+        return 1;
+    }
+    fprintf(stderr, "wrote %s in %.2f s, peak RSS %.1f MiB\n", argv[optind + 1], bn_now() - t0, bn_peak_rss_mib());
+    return 0;
 }

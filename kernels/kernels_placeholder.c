@@ -1,2 +1,0 @@
-/* replaced by the kernels */
-typedef int bn_kernels_placeholder;

@@ -1,0 +1,108 @@
+/* Internal to kernels/: the dispatch table every ISA variant fills, and the packing geometry
+ * shared by the packer and the kernels. Not for use outside kernels/ (tests and the bench
+ * include it only to reach individual variants). */
+#ifndef BN_KERNELS_KIMPL_H
+#define BN_KERNELS_KIMPL_H
+
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+#include "kernels.h"
+
+/* ---- packing geometry (see ternary_pack.c for the full layout description) ------------ */
+/* Both formats tile 16 rows: one 64-byte "chunk" holds 16 rows x 4 columns per decoded plane,
+ * i.e. exactly one zmm (or two ymm) whose dword r belongs to row r. */
+#define BN_TILE_ROWS 16
+#define BN_CHUNK_BYTES 64
+/* I2: a chunk holds 4 planes (2 bits each) = 16 columns; column block is 64 (4 chunks). */
+#define BN_I2_CHUNK_COLS 16
+#define BN_I2_COL_BLOCK 64
+/* T5: a chunk holds 5 planes (one base-3 digit each) = 20 columns; column block is 20. */
+#define BN_T5_CHUNK_COLS 20
+#define BN_T5_COL_BLOCK 20
+
+static inline size_t bn_round_up(size_t x, size_t m) { return (x + m - 1) / m * m; }
+
+/* Bytes of one 16-row tile for a padded column count. */
+static inline size_t bn_i2_tile_bytes(size_t cols_p) { return cols_p / BN_I2_CHUNK_COLS * BN_CHUNK_BYTES; }
+static inline size_t bn_t5_tile_bytes(size_t cols_p) { return cols_p / BN_T5_CHUNK_COLS * BN_CHUNK_BYTES; }
+
+/* T5 decode thresholds: digit = (3*y) >> 8 == (y >= 86) + (y >= 171) for a byte y. */
+#define BN_T5_THR1 86
+#define BN_T5_THR2 171
+
+/* ---- dispatch table ------------------------------------------------------------------ */
+typedef void (*bn_tern_gemv_fn)(const uint8_t *w, size_t rows, size_t cols, const int8_t *q,
+                                float act_scale, float w_scale, float *y, size_t r0, size_t r1);
+typedef void (*bn_tern_gemm_fn)(const uint8_t *w, size_t rows, size_t cols, const int8_t *q,
+                                const float *act_scale, size_t n, float w_scale, float *y,
+                                size_t ldy, size_t r0, size_t r1);
+
+typedef struct bn_ktab {
+    float (*quant_act)(const float *x, size_t n, size_t n_padded, int8_t *q);
+    bn_tern_gemv_fn gemv_i2, gemv_t5;
+    bn_tern_gemm_fn gemm_i2, gemm_t5;
+    void (*rmsnorm)(float *out, const float *x, const float *w, size_t n, float eps);
+    void (*softmax)(float *x, size_t n);
+    void (*relu2_mul)(float *out, const float *g, const float *u, size_t n);
+    void (*attn_head)(float *out, const float *q, const uint16_t *k, const uint16_t *v,
+                      size_t n_pos, size_t kv_stride, int head_dim, float scale, float *scratch);
+    void (*gemv_f16)(const uint16_t *w, size_t cols, const float *x, float *y, size_t r0, size_t r1);
+    void (*gemv_i8row)(const int8_t *w, const float *row_scale, size_t cols, size_t cols_padded,
+                       const int8_t *qx, float x_scale, float *y, size_t r0, size_t r1);
+    void (*f16_to_f32)(const uint16_t *in, float *out, size_t n);
+    void (*f32_to_f16)(const float *in, uint16_t *out, size_t n);
+} bn_ktab;
+
+extern const bn_ktab bn_ktab_scalar;
+#ifdef BN_X86_64
+extern const bn_ktab bn_ktab_avx2;
+extern const bn_ktab bn_ktab_avx512;
+extern const bn_ktab bn_ktab_avx512vnni;
+#endif
+
+/* The table of a given variant (NULL if not compiled in); ignores CPU support. */
+const bn_ktab *bn_ktab_get(bn_isa isa);
+
+/* ---- scalar reference entry points (also used by SIMD variants for tails) ------------ */
+float bn_quant_act_scalar(const float *x, size_t n, size_t n_padded, int8_t *q);
+/* s = 127/max(max|x|, 1e-5) with the max in double, rounded once to float. */
+float bn_act_scale_from_max(float amax);
+/* The per-row epilogue every variant must use, so results agree bit for bit. */
+static inline float bn_tern_out(int32_t acc, float act_scale, float w_scale)
+{
+    return (float)acc / act_scale * w_scale;
+}
+static inline int8_t bn_quant_one(float v)
+{
+    /* nearbyintf rounds ties to even under the default rounding mode; NaN maps to -128,
+     * which is what cvtps_epi32 + signed saturation gives in the SIMD variants. */
+    float r = __builtin_nearbyintf(v);
+    if (r > 127.0f) r = 127.0f;
+    if (!(r >= -128.0f)) r = -128.0f;
+    return (int8_t)r;
+}
+
+void bn_tern_gemv_i2_scalar(const uint8_t *w, size_t rows, size_t cols, const int8_t *q,
+                            float act_scale, float w_scale, float *y, size_t r0, size_t r1);
+void bn_tern_gemv_t5_scalar(const uint8_t *w, size_t rows, size_t cols, const int8_t *q,
+                            float act_scale, float w_scale, float *y, size_t r0, size_t r1);
+void bn_tern_gemm_i2_scalar(const uint8_t *w, size_t rows, size_t cols, const int8_t *q,
+                            const float *act_scale, size_t n, float w_scale, float *y,
+                            size_t ldy, size_t r0, size_t r1);
+void bn_tern_gemm_t5_scalar(const uint8_t *w, size_t rows, size_t cols, const int8_t *q,
+                            const float *act_scale, size_t n, float w_scale, float *y,
+                            size_t ldy, size_t r0, size_t r1);
+
+void bn_rmsnorm_scalar(float *out, const float *x, const float *w, size_t n, float eps);
+void bn_softmax_scalar(float *x, size_t n);
+void bn_relu2_mul_scalar(float *out, const float *g, const float *u, size_t n);
+void bn_attn_head_scalar(float *out, const float *q, const uint16_t *k, const uint16_t *v,
+                         size_t n_pos, size_t kv_stride, int head_dim, float scale, float *scratch);
+void bn_gemv_f16_scalar(const uint16_t *w, size_t cols, const float *x, float *y, size_t r0, size_t r1);
+void bn_gemv_i8row_scalar(const int8_t *w, const float *row_scale, size_t cols, size_t cols_padded,
+                          const int8_t *qx, float x_scale, float *y, size_t r0, size_t r1);
+void bn_f16_to_f32_scalar(const uint16_t *in, float *out, size_t n);
+void bn_f32_to_f16_scalar(const float *in, uint16_t *out, size_t n);
+
+#endif

@@ -1,0 +1,15 @@
+/* Small helpers shared by the bitnet subcommands. */
+#ifndef BN_CLI_COMMON_H
+#define BN_CLI_COMMON_H
+
+#include "model/model_write.h"
+
+/* Wall-clock seconds (monotonic). */
+double bn_now(void);
+/* Peak resident set size of this process in MiB (getrusage). */
+double bn_peak_rss_mib(void);
+/* Parses "--ternary t5|i2" / "--lm-head f16|i8" values into pack options; -1 if unknown. */
+int bn_parse_ternary(const char *s, bn_tern_fmt *out);
+int bn_parse_lm_head(const char *s, int *i8);
+
+#endif

@@ -1,0 +1,313 @@
+/* Engine lifetime and its memory plan: every buffer is sized here from the config, n_ctx, the
+ * prefill chunk and the thread count, allocated once (64-byte aligned, so SIMD kernels may use
+ * aligned loads), and freed in bn_engine_free(). bn_engine_eval() splits a token run into
+ * chunks for forward.c. */
+#define _GNU_SOURCE
+#include <omp.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "base/checked.h"
+#include "engine/engine_internal.h"
+
+#define BN_DEFAULT_BATCH 64
+#define BN_MAX_BATCH 512
+
+void *bn_eng_alloc64(size_t bytes)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bn_align_up(bytes, 64) : 64)) return NULL;
+    return p;
+}
+
+double bn_eng_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void bn_engine_opts_default(bn_engine_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->lm_head = BN_LM_HEAD_AUTO;
+}
+
+/* CPUs this process may run on: the ceiling for the thread count (more would oversubscribe). */
+static int affinity_cpus(cpu_set_t *set)
+{
+    CPU_ZERO(set);
+    if (sched_getaffinity(0, sizeof *set, set) != 0) return 1;
+    int n = CPU_COUNT(set);
+    return n > 0 ? n : 1;
+}
+
+static int resolve_threads(int requested)
+{
+    cpu_set_t set;
+    int avail = affinity_cpus(&set);
+    if (requested <= 0 || requested > avail) return avail;
+    return requested;
+}
+
+static int resolve_lm_head(const bn_model *m, int want, enum bn_lm_head_kind *out, bn_error *err)
+{
+    int has_i8 = m->lm_head_i8 != NULL && m->lm_head_i8_scale != NULL;
+    switch (want) {
+    case BN_LM_HEAD_AUTO: *out = has_i8 ? BN_LM_HEAD_I8 : BN_LM_HEAD_F16; return 0;
+    case BN_LM_HEAD_F16: *out = BN_LM_HEAD_F16; return 0;
+    case BN_LM_HEAD_I8:
+        if (!has_i8) return bn_err(err, "%s: the model file has no int8 lm_head", m->path);
+        *out = BN_LM_HEAD_I8;
+        return 0;
+    }
+    return bn_err(err, "unknown lm_head kind %d", want);
+}
+
+/* Width of the int8 activation rows fed to the ternary kernels: the widest padded input. */
+static size_t act_cols_padded(bn_tern_fmt fmt, const bn_config *c)
+{
+    size_t a = bn_tern_cols_padded(fmt, c->n_embd), b = bn_tern_cols_padded(fmt, c->n_ff);
+    return a > b ? a : b;
+}
+
+static size_t lm_cols_padded(const bn_model *m)
+{
+    size_t p = bn_align_up(m->cfg.n_embd, 64);
+    return m->lm_head_cols_padded > p ? m->lm_head_cols_padded : p;
+}
+
+/* The scratch layout, in one place so that the plan and the allocation cannot disagree. */
+typedef struct scratch_sizes {
+    size_t x, kvd, ff, qa, qs, scores, rope, lm_q, logits;
+} scratch_sizes;
+
+static scratch_sizes scratch_plan(const bn_model *m, uint32_t batch, int n_threads, uint32_t n_ctx)
+{
+    const bn_config *c = &m->cfg;
+    scratch_sizes z;
+    size_t kv_dim = (size_t)c->n_head_kv * c->head_dim;
+    z.x = (size_t)batch * c->n_embd * sizeof(float);
+    z.kvd = (size_t)batch * kv_dim * sizeof(float);
+    z.ff = (size_t)batch * c->n_ff * sizeof(float);
+    z.qa = (size_t)batch * act_cols_padded(m->tern_fmt, c);
+    z.qs = (size_t)batch * sizeof(float);
+    z.scores = (size_t)n_threads * n_ctx * sizeof(float);
+    z.rope = (size_t)c->head_dim / 2 * sizeof(float);
+    z.lm_q = lm_cols_padded(m);
+    z.logits = (size_t)c->n_vocab * sizeof(float);
+    return z;
+}
+
+static size_t scratch_total(const scratch_sizes *z)
+{
+    size_t a = 64; /* each buffer rounds up to 64 bytes at most */
+    return 5 * bn_align_up(z->x, a) + 2 * bn_align_up(z->kvd, a) + 2 * bn_align_up(z->ff, a) +
+           bn_align_up(z->qa, a) + bn_align_up(z->qs, a) + bn_align_up(z->scores, a) +
+           bn_align_up(z->rope, a) + bn_align_up(z->lm_q, a) + bn_align_up(z->logits, a);
+}
+
+static int resolve_opts(const bn_model *m, const bn_engine_opts *o, uint32_t *n_ctx,
+                        uint32_t *batch, int *threads, bn_error *err)
+{
+    *n_ctx = o->n_ctx == 0 || o->n_ctx > m->cfg.n_ctx_max ? m->cfg.n_ctx_max : o->n_ctx;
+    if (*n_ctx == 0) return bn_err(err, "%s: the model's context length is 0", m->path);
+    *batch = o->batch == 0 ? BN_DEFAULT_BATCH : o->batch;
+    if (*batch > BN_MAX_BATCH) *batch = BN_MAX_BATCH;
+    if (*batch > *n_ctx) *batch = *n_ctx;
+    *threads = resolve_threads(o->n_threads);
+    return 0;
+}
+
+int bn_engine_plan(const bn_model *m, const bn_engine_opts *opts, bn_engine_mem *mem,
+                   bn_error *err)
+{
+    bn_engine_opts def;
+    if (!opts) {
+        bn_engine_opts_default(&def);
+        opts = &def;
+    }
+    uint32_t n_ctx, batch;
+    int threads;
+    if (resolve_opts(m, opts, &n_ctx, &batch, &threads, err)) return -1;
+    scratch_sizes z = scratch_plan(m, batch, threads, n_ctx);
+    memset(mem, 0, sizeof *mem);
+    mem->kv = bn_kv_bytes(&m->cfg, n_ctx);
+    mem->scratch = scratch_total(&z) + bn_sampler_bytes(m->cfg.n_vocab);
+    mem->total = mem->kv + mem->scratch;
+    mem->n_ctx = n_ctx;
+    mem->batch = batch;
+    return 0;
+}
+
+static int scratch_alloc(bn_scratch *s, const scratch_sizes *z, size_t cols_pad)
+{
+    s->x = bn_eng_alloc64(z->x);
+    s->xb = bn_eng_alloc64(z->x);
+    s->xb2 = bn_eng_alloc64(z->x);
+    s->q = bn_eng_alloc64(z->x);
+    s->att = bn_eng_alloc64(z->x);
+    s->k = bn_eng_alloc64(z->kvd);
+    s->v = bn_eng_alloc64(z->kvd);
+    s->hg = bn_eng_alloc64(z->ff);
+    s->hu = bn_eng_alloc64(z->ff);
+    s->qa = bn_eng_alloc64(z->qa);
+    s->qs = bn_eng_alloc64(z->qs);
+    s->scores = bn_eng_alloc64(z->scores);
+    s->rope_inv_freq = bn_eng_alloc64(z->rope);
+    s->lm_q = bn_eng_alloc64(z->lm_q);
+    s->logits = bn_eng_alloc64(z->logits);
+    s->cols_pad = cols_pad;
+    return s->x && s->xb && s->xb2 && s->q && s->att && s->k && s->v && s->hg && s->hu && s->qa &&
+                   s->qs && s->scores && s->rope_inv_freq && s->lm_q && s->logits
+               ? 0
+               : -1;
+}
+
+static void scratch_free(bn_scratch *s)
+{
+    void *bufs[] = {s->x, s->xb, s->xb2, s->q, s->att, s->k, s->v, s->hg, s->hu, s->qa, s->qs,
+                    s->scores, s->rope_inv_freq, s->lm_q, s->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    memset(s, 0, sizeof *s);
+}
+
+/* Binds OpenMP thread i to the i-th allowed CPU. libgomp keeps the same pool threads for every
+ * later team of this size, so doing it once here binds every later parallel region. */
+static void pin_threads(int n_threads)
+{
+    cpu_set_t allowed;
+    int n_cpu = affinity_cpus(&allowed);
+    int cpus[CPU_SETSIZE], k = 0;
+    for (int c = 0; c < CPU_SETSIZE && k < n_cpu; c++)
+        if (CPU_ISSET(c, &allowed)) cpus[k++] = c;
+    if (k == 0) return;
+#pragma omp parallel num_threads(n_threads)
+    {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(cpus[omp_get_thread_num() % k], &one);
+        sched_setaffinity(0, sizeof one, &one);
+    }
+}
+
+int bn_engine_create(const bn_model *m, const bn_engine_opts *opts, bn_engine **out,
+                     bn_error *err)
+{
+    bn_engine_opts def;
+    if (!opts) {
+        bn_engine_opts_default(&def);
+        opts = &def;
+    }
+    *out = NULL;
+    if (bn_config_validate(&m->cfg, err)) return -1;
+    if (m->cfg.act != BN_ACT_RELU2)
+        return bn_err(err, "%s: only the relu2 FFN activation is implemented", m->path);
+    if (m->cfg.head_dim % 2) return bn_err(err, "%s: head_dim must be even for RoPE", m->path);
+
+    bn_engine *e = calloc(1, sizeof *e);
+    if (!e) return bn_err(err, "out of memory");
+    e->model = m;
+    e->cfg = m->cfg;
+    e->fmt = m->tern_fmt;
+    e->row_tile = bn_tern_row_tile(e->fmt);
+    if (resolve_lm_head(m, opts->lm_head, &e->lm_head, err) ||
+        resolve_opts(m, opts, &e->kv.n_ctx, &e->batch, &e->n_threads, err) ||
+        bn_engine_plan(m, opts, &e->mem, err)) {
+        free(e);
+        return -1;
+    }
+    scratch_sizes z = scratch_plan(m, e->batch, e->n_threads, e->kv.n_ctx);
+    if (bn_kv_alloc(&e->kv, &e->cfg, e->kv.n_ctx, err) ||
+        scratch_alloc(&e->s, &z, act_cols_padded(e->fmt, &e->cfg)) ||
+        !(e->sampler = bn_sampler_new(e->cfg.n_vocab, err))) {
+        bn_engine_free(e);
+        return bn_err(err, "cannot allocate the engine's %zu bytes (n_ctx %u)", e->mem.total,
+                      e->mem.n_ctx);
+    }
+    /* The zero padding of the activation rows is part of the kernels' contract. */
+    memset(e->s.qa, 0, z.qa);
+    memset(e->s.lm_q, 0, z.lm_q);
+    bn_rope_inv_freq(e->s.rope_inv_freq, (int)e->cfg.head_dim, e->cfg.rope_theta);
+
+    omp_set_dynamic(0);   /* exactly n_threads per team: the split assumes it */
+    if (opts->pin) pin_threads(e->n_threads);
+    *out = e;
+    return 0;
+}
+
+void bn_engine_free(bn_engine *e)
+{
+    if (!e) return;
+    bn_kv_free(&e->kv);
+    scratch_free(&e->s);
+    bn_sampler_free(e->sampler);
+    free(e);
+}
+
+const bn_model *bn_engine_model(const bn_engine *e) { return e->model; }
+void bn_engine_memory(const bn_engine *e, bn_engine_mem *mem) { *mem = e->mem; }
+int bn_engine_threads(const bn_engine *e) { return e->n_threads; }
+uint32_t bn_engine_n_ctx(const bn_engine *e) { return e->kv.n_ctx; }
+enum bn_lm_head_kind bn_engine_lm_head(const bn_engine *e) { return e->lm_head; }
+float *bn_engine_logits(bn_engine *e) { return e->s.logits; }
+
+void bn_engine_set_layer_hook(bn_engine *e, bn_layer_hook fn, void *user)
+{
+    e->hook = fn;
+    e->hook_user = user;
+}
+
+void bn_engine_profile(bn_engine *e, int on)
+{
+    e->profiling = on;
+    if (on) memset(e->prof, 0, sizeof e->prof);
+}
+
+const double *bn_engine_profile_get(const bn_engine *e) { return e->prof; }
+
+const char *bn_prof_part_name(enum bn_prof_part p)
+{
+    static const char *names[BN_PROF_COUNT] = {
+        "ternary q/k/v", "ternary o", "ternary gate/up", "ternary down",
+        "attention (rope, kv, softmax)", "lm_head (+final norm)", "norms, quant, residual"};
+    return (unsigned)p < BN_PROF_COUNT ? names[p] : "?";
+}
+
+uint64_t bn_engine_weight_bytes_per_token(const bn_engine *e)
+{
+    const bn_config *c = &e->cfg;
+    uint64_t bytes = 0;
+    for (uint32_t l = 0; l < c->n_layer; l++) {
+        const bn_layer_weights *w = &e->model->layers[l];
+        const bn_tensor *t[] = {w->wq, w->wk, w->wv, w->wo, w->wgate, w->wup, w->wdown};
+        for (size_t i = 0; i < 7; i++) bytes += t[i]->nbytes;
+        bytes += (3ull * c->n_embd + c->n_ff) * sizeof(float);   /* the four norms */
+    }
+    bytes += (uint64_t)c->n_embd * sizeof(float);                /* output norm */
+    bytes += (uint64_t)c->n_embd * sizeof(uint16_t);             /* one embedding row */
+    if (e->lm_head == BN_LM_HEAD_I8)
+        bytes += (uint64_t)c->n_vocab * (e->model->lm_head_cols_padded + sizeof(float));
+    else
+        bytes += (uint64_t)c->n_vocab * c->n_embd * sizeof(uint16_t);
+    return bytes;
+}
+
+int bn_engine_eval(bn_engine *e, const int32_t *ids, size_t n, float *all_logits, bn_error *err)
+{
+    if (n == 0) return 0;
+    if (n > e->kv.n_ctx - e->kv.n_past)
+        return bn_err(err, "context full: %u cached + %zu new tokens > n_ctx %u", e->kv.n_past, n,
+                      e->kv.n_ctx);
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || (uint32_t)ids[i] >= e->cfg.n_vocab)
+            return bn_err(err, "token id %d out of range (n_vocab %u)", ids[i], e->cfg.n_vocab);
+    for (size_t i = 0; i < n; i += e->batch) {
+        uint32_t m = (uint32_t)(n - i < e->batch ? n - i : e->batch);
+        float *rows = all_logits ? all_logits + i * (size_t)e->cfg.n_vocab : NULL;
+        bn_forward_chunk(e, ids + i, m, rows, i + m == n);
+    }
+    return 0;
+}

@@ -1,0 +1,177 @@
+/* The engine: one model, one KV cache, one single-user decode stream (a worker process runs
+ * exactly one). Everything the token loop touches is allocated in bn_engine_create(), sized
+ * from the model config and n_ctx: nothing is allocated per token.
+ *
+ * Layering: the engine reads weights in place from a bn_model (which must outlive it), calls
+ * only kernels.h for compute, and knows nothing of text, HTTP or processes. Token ids in,
+ * logits / sampled ids out.
+ *
+ * Threads: the engine uses one OpenMP team of opts.n_threads threads for every kernel call.
+ * An engine is not itself thread-safe: one caller thread at a time. */
+#ifndef BN_ENGINE_H
+#define BN_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/error.h"
+#include "model/model.h"
+
+/* ---- creation and memory ------------------------------------------------------------- */
+
+enum bn_lm_head_kind {
+    BN_LM_HEAD_AUTO = 0,  /* int8 per-row if the file has it, else f16 */
+    BN_LM_HEAD_F16 = 1,   /* the tied f16 embedding: exact, the reference */
+    BN_LM_HEAD_I8 = 2,    /* int8 per-row copy: half the bytes per token; fails if absent */
+};
+
+typedef struct bn_engine_opts {
+    uint32_t n_ctx;          /* KV cache positions; 0 = the model's n_ctx_max (clamped to it) */
+    int n_threads;           /* 0 = CPUs in this process's affinity mask; clamped to that count */
+    int pin;                 /* bind OpenMP thread i to the i-th CPU of the affinity mask */
+    int lm_head;             /* enum bn_lm_head_kind */
+    uint32_t batch;          /* prefill chunk: tokens per GEMM pass; 0 = 64 */
+} bn_engine_opts;
+
+void bn_engine_opts_default(bn_engine_opts *o);
+
+/* Bytes the engine allocates, known before allocating (model weights are mapped, not counted). */
+typedef struct bn_engine_mem {
+    size_t kv;        /* f16 K and V for every layer, n_ctx positions */
+    size_t scratch;   /* activations for one prefill chunk, attention scores, logits, sampler */
+    size_t total;     /* kv + scratch */
+    uint32_t n_ctx, batch;
+} bn_engine_mem;
+
+/* The memory plan for model m under opts, without allocating (for up-front reporting). */
+int bn_engine_plan(const bn_model *m, const bn_engine_opts *opts, bn_engine_mem *mem,
+                   bn_error *err);
+
+typedef struct bn_engine bn_engine;
+
+/* Creates an engine over m (borrowed: m must outlive the engine). opts may be NULL. */
+int bn_engine_create(const bn_model *m, const bn_engine_opts *opts, bn_engine **out,
+                     bn_error *err);
+void bn_engine_free(bn_engine *e);
+
+const bn_model *bn_engine_model(const bn_engine *e);
+void bn_engine_memory(const bn_engine *e, bn_engine_mem *mem);
+int bn_engine_threads(const bn_engine *e);
+uint32_t bn_engine_n_ctx(const bn_engine *e);
+enum bn_lm_head_kind bn_engine_lm_head(const bn_engine *e);   /* F16 or I8: what is used */
+
+/* ---- KV cache and positions ---------------------------------------------------------- */
+
+/* Tokens whose K/V are in the cache (the next token goes at this position). */
+uint32_t bn_engine_n_past(const bn_engine *e);
+/* The ids of the cached positions (n_past of them). */
+const int32_t *bn_engine_cached_ids(const bn_engine *e);
+/* Forgets every cached position. */
+void bn_engine_reset(bn_engine *e);
+/* Keeps the longest common prefix of the cache and ids[0..n), but never all n tokens (the last
+ * one must be run again to produce logits). Returns the number of positions kept: the caller
+ * then evaluates ids[kept..n). */
+uint32_t bn_engine_keep_prefix(bn_engine *e, const int32_t *ids, size_t n);
+
+/* ---- the forward pass ---------------------------------------------------------------- */
+
+/* Runs ids[0..n) at positions n_past.. (batched GEMM prefill in chunks of opts.batch) and
+ * appends them to the cache. Logits: if all_logits is non-NULL it receives n rows of n_vocab
+ * (row i for ids[i]); otherwise only the last token's logits are computed, readable through
+ * bn_engine_logits(). Fails (nothing evaluated) if the tokens do not fit in the context or an
+ * id is out of range. */
+int bn_engine_eval(bn_engine *e, const int32_t *ids, size_t n, float *all_logits, bn_error *err);
+/* Logits of the last token evaluated without all_logits (n_vocab floats, engine-owned). */
+float *bn_engine_logits(bn_engine *e);
+
+/* ---- instrumentation (off by default; tests and bench) ------------------------------- */
+
+/* Called after every layer for every token of a pass: h is the residual stream (n_embd). */
+typedef void (*bn_layer_hook)(uint32_t layer, uint32_t pos, const float *h, size_t n, void *user);
+void bn_engine_set_layer_hook(bn_engine *e, bn_layer_hook fn, void *user);
+
+/* Where the time of a forward pass goes (seconds, accumulated while profiling is on). */
+enum bn_prof_part {
+    BN_PROF_QKV, BN_PROF_O, BN_PROF_GATE_UP, BN_PROF_DOWN,   /* ternary GEMV/GEMM */
+    BN_PROF_ATTN,                                          /* rope + KV store + attention */
+    BN_PROF_LM_HEAD,                                       /* final norm + lm_head */
+    BN_PROF_OTHER,                                         /* embedding, norms, quant, residuals */
+    BN_PROF_COUNT
+};
+void bn_engine_profile(bn_engine *e, int on);      /* on also clears the accumulators */
+const double *bn_engine_profile_get(const bn_engine *e);   /* BN_PROF_COUNT entries */
+const char *bn_prof_part_name(enum bn_prof_part p);
+
+/* Bytes of weights read per decoded token: every ternary tensor, the lm_head in use, the norms
+ * and one embedding row (the denominator of the roofline). */
+uint64_t bn_engine_weight_bytes_per_token(const bn_engine *e);
+
+/* ---- sampling ------------------------------------------------------------------------ */
+
+typedef struct bn_sampling {
+    float temperature;        /* 0 = greedy (argmax, ties -> lowest id) */
+    int32_t top_k;            /* 0 = off */
+    float top_p;              /* 1 = off */
+    float min_p;              /* 0 = off */
+    float repeat_penalty;     /* HF: over prompt + generated ids, logit>0 ? l/p : l*p; 1 = off */
+    float presence_penalty;   /* OpenAI: l -= presence*(count>0) over generated ids; 0 = off */
+    float frequency_penalty;  /* OpenAI: l -= frequency*count over generated ids; 0 = off */
+    uint64_t seed;
+} bn_sampling;
+
+/* Greedy: temperature 0, every filter and penalty off. */
+void bn_sampling_greedy(bn_sampling *s);
+/* llama.cpp's CLI defaults: temp 0.8, top_k 40, top_p 0.95, min_p 0.05, no penalties. */
+void bn_sampling_default(bn_sampling *s);
+
+/* A sampler owns every buffer it needs (n_vocab-sized), so sampling never allocates. */
+typedef struct bn_sampler bn_sampler;
+
+bn_sampler *bn_sampler_new(uint32_t n_vocab, bn_error *err);
+void bn_sampler_free(bn_sampler *s);
+/* Starts a request: parameters, seed, and the prompt (counts for the repetition penalty). */
+void bn_sampler_start(bn_sampler *s, const bn_sampling *p, const int32_t *prompt, size_t n);
+/* Picks the next id from logits (modified in place by penalties and temperature). */
+int32_t bn_sampler_sample(bn_sampler *s, float *logits);
+/* Records a generated id (for the penalties). */
+void bn_sampler_accept(bn_sampler *s, int32_t id);
+size_t bn_sampler_bytes(uint32_t n_vocab);
+
+/* ---- the generate loop --------------------------------------------------------------- */
+
+enum bn_finish {
+    BN_FINISH_STOP = 1,       /* EOS/EOT, or the callback asked to stop (stop string) */
+    BN_FINISH_LENGTH = 2,     /* max_tokens reached, or the context is full */
+    BN_FINISH_CANCELLED = 3,  /* the callback returned BN_GEN_CANCEL */
+};
+
+/* Return values of the per-token callback. */
+enum {
+    BN_GEN_CONTINUE = 0,
+    BN_GEN_STOP = 1,          /* a stop string matched: finish "stop" */
+    BN_GEN_CANCEL = 2,        /* the client went away: finish "cancelled" */
+};
+
+/* Called once per generated token (never for the EOS/EOT that ends generation). */
+typedef int (*bn_token_cb)(int32_t id, void *user);
+
+typedef struct bn_gen_result {
+    uint32_t n_prompt;        /* prompt tokens */
+    uint32_t n_cached;        /* of which reused from the cache (not recomputed) */
+    uint32_t n_completion;    /* tokens generated (passed to the callback) */
+    uint32_t n_decoded;       /* tokens run through the model by the decode loop */
+    enum bn_finish finish;
+    int32_t stop_id;          /* the EOS/EOT id that stopped generation, or -1 */
+    double prefill_s;         /* wall time of the prompt's evaluation */
+    double decode_s;          /* wall time of the decode loop (n_decoded evaluations) */
+} bn_gen_result;
+
+/* Generates up to max_tokens tokens after prompt[0..n) (n >= 1), reusing the longest cached
+ * prefix of the prompt. Stops on the config's eos/eot ids, max_tokens, a full context, or the
+ * callback. The cache afterwards holds prompt + every generated token but the last, so the
+ * next turn of a conversation reuses it. Uses the engine's own sampler (allocated with it). */
+int bn_generate(bn_engine *e, const int32_t *prompt, size_t n, const bn_sampling *params,
+                uint32_t max_tokens, bn_token_cb cb, void *user, bn_gen_result *res,
+                bn_error *err);
+
+#endif

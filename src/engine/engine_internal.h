@@ -1,0 +1,78 @@
+/* Private to src/engine/: the engine's state, shared by engine.c, kv_cache.c, forward.c and
+ * generate.c. Every pointer below is allocated once by bn_engine_create() (64-byte aligned) and
+ * freed by bn_engine_free(); nothing here is (re)allocated afterwards. */
+#ifndef BN_ENGINE_INTERNAL_H
+#define BN_ENGINE_INTERNAL_H
+
+#include "engine/engine.h"
+
+/* f16 K and V for every layer: k[layer] is [n_ctx][kv_dim] (kv_dim = n_head_kv * head_dim). */
+typedef struct bn_kv_cache {
+    uint16_t *k, *v;        /* n_layer * n_ctx * kv_dim each */
+    int32_t *ids;           /* the token at each cached position */
+    uint32_t n_ctx, n_past;
+    size_t kv_dim, layer_stride;   /* layer_stride = n_ctx * kv_dim */
+} bn_kv_cache;
+
+/* Activations of one prefill chunk of up to `batch` tokens (decode is a chunk of one). */
+typedef struct bn_scratch {
+    float *x;        /* [batch][n_embd]  residual stream */
+    float *xb;       /* [batch][n_embd]  normed input of a block */
+    float *xb2;      /* [batch][n_embd]  projection output before the residual add */
+    float *q;        /* [batch][n_embd]  queries (n_head * head_dim), then attention output */
+    float *k, *v;    /* [batch][kv_dim]  this chunk's keys and values before the f16 store */
+    float *att;      /* [batch][n_embd]  attention output (all heads concatenated) */
+    float *hg, *hu;  /* [batch][n_ff]    gate and up projections, hg becomes relu(g)^2*u */
+    int8_t *qa;      /* [batch][cols_pad] int8 activations of the current projection input */
+    float *qs;       /* [batch]          their scales */
+    float *scores;   /* [n_threads][n_ctx] attention scores, one row per thread */
+    float *rope_inv_freq;   /* [head_dim/2] */
+    int8_t *lm_q;    /* [lm_cols_pad]    final hidden state quantized for the int8 lm_head */
+    float *logits;   /* [n_vocab]        last token's logits */
+    size_t cols_pad; /* row stride of qa: max padded width of n_embd and n_ff */
+} bn_scratch;
+
+struct bn_engine {
+    const bn_model *model;
+    bn_config cfg;
+    bn_tern_fmt fmt;
+    int n_threads;
+    int row_tile;
+    uint32_t batch;
+    enum bn_lm_head_kind lm_head;
+    bn_engine_mem mem;
+
+    bn_kv_cache kv;
+    bn_scratch s;
+    bn_sampler *sampler;
+
+    bn_layer_hook hook;
+    void *hook_user;
+    int profiling;
+    double prof[BN_PROF_COUNT];
+};
+
+/* kv_cache.c */
+int bn_kv_alloc(bn_kv_cache *kv, const bn_config *cfg, uint32_t n_ctx, bn_error *err);
+void bn_kv_free(bn_kv_cache *kv);
+size_t bn_kv_bytes(const bn_config *cfg, uint32_t n_ctx);
+static inline uint16_t *bn_kv_k(const bn_kv_cache *kv, uint32_t layer, uint32_t pos)
+{
+    return kv->k + layer * kv->layer_stride + (size_t)pos * kv->kv_dim;
+}
+static inline uint16_t *bn_kv_v(const bn_kv_cache *kv, uint32_t layer, uint32_t pos)
+{
+    return kv->v + layer * kv->layer_stride + (size_t)pos * kv->kv_dim;
+}
+
+/* forward.c: one chunk of n <= batch tokens at positions kv.n_past.. (ids already checked),
+ * appended to the cache. Logits: every token's into all_logits if non-NULL, else if want_last
+ * the last token's into s.logits, else none. */
+void bn_forward_chunk(bn_engine *e, const int32_t *ids, uint32_t n, float *all_logits,
+                      int want_last);
+
+/* engine.c */
+void *bn_eng_alloc64(size_t bytes);
+double bn_eng_now(void);
+
+#endif

@@ -1,2 +1,0 @@
-/* replaced by the engine */
-typedef int bn_engine_placeholder;

@@ -1,0 +1,260 @@
+/* The BitNet b1.58 forward pass (docs: bitnet-model.md s.2), for a chunk of n tokens at
+ * positions pos0 .. pos0+n-1. Decode is the same code with n == 1 (GEMV instead of GEMM).
+ *
+ *   x = embed(ids)                                       f16 rows -> f32
+ *   per layer:
+ *     a = rmsnorm(x, attn_norm);      qa = int8(a)        quantized once for q, k and v
+ *     q, k, v = Wq qa, Wk qa, Wv qa;  rope_neox(q, k)     ternary GEMV/GEMM
+ *     store k, v (f16) at pos;        o = attention(q, K, V)   GQA: q head h -> kv head h/group
+ *     o = rmsnorm(o, attn_sub_norm);  x += Wo int8(o)
+ *     f = rmsnorm(x, ffn_norm);       qa = int8(f)        quantized once for gate and up
+ *     m = relu(Wgate qa)^2 * (Wup qa)
+ *     m = rmsnorm(m, ffn_sub_norm);   x += Wdown int8(m)
+ *   logits = lm_head(rmsnorm(x, output_norm))            tied f16 embedding, or its int8 copy
+ *
+ * Threads: every kernel call below is split across the engine's one OpenMP team: output rows
+ * of a matrix in whole row tiles, attention by (token, head), per-token ops by token. */
+#include <math.h>
+#include <omp.h>
+
+#include "engine/engine_internal.h"
+
+/* ---- helpers: threading, profiling --------------------------------------------------- */
+
+/* Rows [r0, r1) of a rows-row matrix for thread ith of nth: contiguous whole tiles, so that
+ * kernels that interleave the rows of a tile never see half a tile. */
+static void thread_rows(size_t rows, size_t tile, int nth, int ith, size_t *r0, size_t *r1)
+{
+    size_t tiles = (rows + tile - 1) / tile;
+    size_t t0 = tiles * (size_t)ith / (size_t)nth, t1 = tiles * (size_t)(ith + 1) / (size_t)nth;
+    *r0 = t0 * tile;
+    *r1 = t1 * tile < rows ? t1 * tile : rows;
+}
+
+static double prof_start(const bn_engine *e) { return e->profiling ? bn_eng_now() : 0.0; }
+
+static void prof_stop(bn_engine *e, enum bn_prof_part part, double t0)
+{
+    if (e->profiling) e->prof[part] += bn_eng_now() - t0;
+}
+
+/* ---- per-token float ops ------------------------------------------------------------- */
+
+static void embed(bn_engine *e, const int32_t *ids, uint32_t n)
+{
+    size_t dim = e->cfg.n_embd;
+    for (uint32_t t = 0; t < n; t++)
+        bn_f16_to_f32_row(e->model->tok_embd + (size_t)ids[t] * dim, e->s.x + t * dim, dim);
+}
+
+static void rmsnorm_rows(bn_engine *e, float *out, const float *in, const float *w, uint32_t n,
+                         size_t dim)
+{
+#pragma omp parallel for num_threads(e->n_threads) if (n > 1) schedule(static)
+    for (uint32_t t = 0; t < n; t++) bn_rmsnorm(out + t * dim, in + t * dim, w, dim, e->cfg.norm_eps);
+}
+
+/* Quantizes n rows of dim floats to int8 (s.qa, row stride = the padded width the ternary
+ * kernels expect for a dim-column matrix; padding stays zero) and their scales (s.qs). */
+static void quantize_rows(bn_engine *e, const float *in, uint32_t n, size_t dim)
+{
+    size_t pad = bn_tern_cols_padded(e->fmt, dim);
+#pragma omp parallel for num_threads(e->n_threads) if (n > 1) schedule(static)
+    for (uint32_t t = 0; t < n; t++)
+        e->s.qs[t] = bn_quant_act(in + t * dim, dim, pad, e->s.qa + t * pad);
+}
+
+static void add_residual(float *x, const float *y, size_t len)
+{
+    for (size_t i = 0; i < len; i++) x[i] += y[i];
+}
+
+/* ---- ternary projections ------------------------------------------------------------- */
+
+/* y_j = W_j . act for up to three matrices sharing the quantized input in s.qa/s.qs (q,k,v or
+ * gate,up): one parallel region, each thread taking its row share of every matrix. */
+static void project(bn_engine *e, uint32_t n, int count, const bn_tensor *const *w,
+                    float *const *y)
+{
+#pragma omp parallel num_threads(e->n_threads)
+    {
+        int nth = omp_get_num_threads(), ith = omp_get_thread_num();
+        for (int j = 0; j < count; j++) {
+            size_t r0, r1, rows = w[j]->rows, cols = w[j]->cols;
+            thread_rows(rows, (size_t)e->row_tile, nth, ith, &r0, &r1);
+            if (r0 >= r1) continue;
+            if (n == 1)
+                bn_tern_gemv(e->fmt, w[j]->data, rows, cols, e->s.qa, e->s.qs[0], w[j]->scale,
+                             y[j], r0, r1);
+            else
+                bn_tern_gemm(e->fmt, w[j]->data, rows, cols, e->s.qa, e->s.qs, n, w[j]->scale,
+                             y[j], rows, r0, r1);
+        }
+    }
+}
+
+/* ---- attention ----------------------------------------------------------------------- */
+
+/* RoPE on this chunk's q and k, then k and v into the f16 cache at their positions. */
+static void rope_and_store(bn_engine *e, uint32_t layer, uint32_t n, uint32_t pos0)
+{
+    const bn_config *c = &e->cfg;
+    size_t kv_dim = e->kv.kv_dim;
+    for (uint32_t t = 0; t < n; t++) {
+        int pos = (int)(pos0 + t);
+        bn_rope_neox(e->s.q + t * c->n_embd, (int)c->n_head, (int)c->head_dim, pos,
+                     e->s.rope_inv_freq);
+        bn_rope_neox(e->s.k + t * kv_dim, (int)c->n_head_kv, (int)c->head_dim, pos,
+                     e->s.rope_inv_freq);
+        bn_f32_to_f16_row(e->s.k + t * kv_dim, bn_kv_k(&e->kv, layer, pos0 + t), kv_dim);
+        bn_f32_to_f16_row(e->s.v + t * kv_dim, bn_kv_v(&e->kv, layer, pos0 + t), kv_dim);
+    }
+}
+
+/* Causal attention of every (token, query head) of the chunk over positions [0, pos+1).
+ * Each token sees exactly the positions it would see in token-by-token decode, so batching
+ * does not change results. */
+static void attend(bn_engine *e, uint32_t layer, uint32_t n, uint32_t pos0)
+{
+    const bn_config *c = &e->cfg;
+    uint32_t group = c->n_head / c->n_head_kv;
+    size_t hd = c->head_dim, kv_dim = e->kv.kv_dim;
+    float scale = 1.0f / sqrtf((float)hd);
+    const uint16_t *K = bn_kv_k(&e->kv, layer, 0), *V = bn_kv_v(&e->kv, layer, 0);
+    long jobs = (long)n * c->n_head;
+#pragma omp parallel for num_threads(e->n_threads) schedule(static)
+    for (long j = 0; j < jobs; j++) {
+        uint32_t t = (uint32_t)(j / c->n_head), h = (uint32_t)(j % c->n_head);
+        size_t kvh = (h / group) * hd;
+        float *scores = e->s.scores + (size_t)omp_get_thread_num() * e->kv.n_ctx;
+        bn_attn_head(e->s.att + t * c->n_embd + h * hd, e->s.q + t * c->n_embd + h * hd,
+                     K + kvh, V + kvh, pos0 + t + 1, kv_dim, (int)hd, scale, scores);
+    }
+}
+
+/* ---- the two blocks of a layer ------------------------------------------------------- */
+
+static void attention_block(bn_engine *e, uint32_t l, uint32_t n, uint32_t pos0)
+{
+    const bn_layer_weights *w = &e->model->layers[l];
+    size_t dim = e->cfg.n_embd;
+    bn_scratch *s = &e->s;
+
+    double t0 = prof_start(e);
+    rmsnorm_rows(e, s->xb, s->x, w->attn_norm, n, dim);
+    quantize_rows(e, s->xb, n, dim);
+    prof_stop(e, BN_PROF_OTHER, t0);
+
+    t0 = prof_start(e);
+    const bn_tensor *qkv[3] = {w->wq, w->wk, w->wv};
+    float *qkv_out[3] = {s->q, s->k, s->v};
+    project(e, n, 3, qkv, qkv_out);
+    prof_stop(e, BN_PROF_QKV, t0);
+
+    t0 = prof_start(e);
+    rope_and_store(e, l, n, pos0);
+    attend(e, l, n, pos0);
+    prof_stop(e, BN_PROF_ATTN, t0);
+
+    t0 = prof_start(e);
+    rmsnorm_rows(e, s->xb, s->att, w->attn_sub_norm, n, dim);   /* sub-norm BEFORE o_proj */
+    quantize_rows(e, s->xb, n, dim);
+    prof_stop(e, BN_PROF_OTHER, t0);
+
+    t0 = prof_start(e);
+    project(e, n, 1, &w->wo, &s->xb2);
+    prof_stop(e, BN_PROF_O, t0);
+
+    t0 = prof_start(e);
+    add_residual(s->x, s->xb2, (size_t)n * dim);
+    prof_stop(e, BN_PROF_OTHER, t0);
+}
+
+static void ffn_block(bn_engine *e, uint32_t l, uint32_t n)
+{
+    const bn_layer_weights *w = &e->model->layers[l];
+    size_t dim = e->cfg.n_embd, ff = e->cfg.n_ff;
+    bn_scratch *s = &e->s;
+
+    double t0 = prof_start(e);
+    rmsnorm_rows(e, s->xb, s->x, w->ffn_norm, n, dim);
+    quantize_rows(e, s->xb, n, dim);
+    prof_stop(e, BN_PROF_OTHER, t0);
+
+    t0 = prof_start(e);
+    const bn_tensor *gu[2] = {w->wgate, w->wup};
+    float *gu_out[2] = {s->hg, s->hu};
+    project(e, n, 2, gu, gu_out);
+    prof_stop(e, BN_PROF_GATE_UP, t0);
+
+    t0 = prof_start(e);
+    bn_relu2_mul(s->hg, s->hg, s->hu, (size_t)n * ff);          /* relu(gate)^2 * up */
+    rmsnorm_rows(e, s->hu, s->hg, w->ffn_sub_norm, n, ff);        /* sub-norm BEFORE down */
+    quantize_rows(e, s->hu, n, ff);
+    prof_stop(e, BN_PROF_OTHER, t0);
+
+    t0 = prof_start(e);
+    project(e, n, 1, &w->wdown, &s->xb2);
+    prof_stop(e, BN_PROF_DOWN, t0);
+
+    t0 = prof_start(e);
+    add_residual(s->x, s->xb2, (size_t)n * dim);
+    prof_stop(e, BN_PROF_OTHER, t0);
+}
+
+/* ---- output -------------------------------------------------------------------------- */
+
+/* logits = lm_head . output_norm(h): the tied f16 embedding (exact f32 dot products), or the
+ * int8 per-row copy against h quantized per token like every other activation. */
+static void lm_head(bn_engine *e, const float *h, float *logits)
+{
+    const bn_model *m = e->model;
+    size_t dim = e->cfg.n_embd, vocab = e->cfg.n_vocab;
+    float *xn = e->s.xb;   /* free at this point: the layers are done */
+    bn_rmsnorm(xn, h, m->output_norm, dim, e->cfg.norm_eps);
+    float xs = 0.0f;
+    if (e->lm_head == BN_LM_HEAD_I8) xs = bn_quant_act(xn, dim, m->lm_head_cols_padded, e->s.lm_q);
+#pragma omp parallel num_threads(e->n_threads)
+    {
+        size_t r0, r1;
+        thread_rows(vocab, 16, omp_get_num_threads(), omp_get_thread_num(), &r0, &r1);
+        if (r0 < r1) {
+            if (e->lm_head == BN_LM_HEAD_I8)
+                bn_gemv_i8row(m->lm_head_i8, m->lm_head_i8_scale, dim, m->lm_head_cols_padded,
+                              e->s.lm_q, xs, logits, r0, r1);
+            else
+                bn_gemv_f16(m->tok_embd, dim, xn, logits, r0, r1);
+        }
+    }
+}
+
+/* ---- the chunk ----------------------------------------------------------------------- */
+
+void bn_forward_chunk(bn_engine *e, const int32_t *ids, uint32_t n, float *all_logits,
+                      int want_last)
+{
+    const bn_config *c = &e->cfg;
+    uint32_t pos0 = e->kv.n_past;
+    size_t dim = c->n_embd;
+
+    double t0 = prof_start(e);
+    embed(e, ids, n);
+    prof_stop(e, BN_PROF_OTHER, t0);
+
+    for (uint32_t l = 0; l < c->n_layer; l++) {
+        attention_block(e, l, n, pos0);
+        ffn_block(e, l, n);
+        if (e->hook)
+            for (uint32_t t = 0; t < n; t++) e->hook(l, pos0 + t, e->s.x + t * dim, dim, e->hook_user);
+    }
+
+    for (uint32_t t = 0; t < n; t++) e->kv.ids[pos0 + t] = ids[t];
+    e->kv.n_past = pos0 + n;
+
+    t0 = prof_start(e);
+    if (all_logits)
+        for (uint32_t t = 0; t < n; t++) lm_head(e, e->s.x + t * dim, all_logits + (size_t)t * c->n_vocab);
+    else if (want_last)
+        lm_head(e, e->s.x + (size_t)(n - 1) * dim, e->s.logits);
+    prof_stop(e, BN_PROF_LM_HEAD, t0);
+}

@@ -1,0 +1,61 @@
+/* The KV cache: f16 keys and values of every layer for up to n_ctx positions, plus the token id
+ * at each position so that a new prompt can reuse the longest prefix already computed.
+ *
+ * Invariant: positions [0, n_past) hold K/V computed from ids[0..n_past) in order; anything past
+ * n_past is garbage and never read. Truncating the cache is therefore just lowering n_past, and
+ * since the forward pass computes every token identically whatever chunk it arrives in, a
+ * reused prefix gives bit-identical results to recomputing it. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine_internal.h"
+
+size_t bn_kv_bytes(const bn_config *cfg, uint32_t n_ctx)
+{
+    size_t kv_dim = (size_t)cfg->n_head_kv * cfg->head_dim;
+    return 2 * (size_t)cfg->n_layer * n_ctx * kv_dim * sizeof(uint16_t) +
+           (size_t)n_ctx * sizeof(int32_t);
+}
+
+int bn_kv_alloc(bn_kv_cache *kv, const bn_config *cfg, uint32_t n_ctx, bn_error *err)
+{
+    kv->n_ctx = n_ctx;
+    kv->n_past = 0;
+    kv->kv_dim = (size_t)cfg->n_head_kv * cfg->head_dim;
+    kv->layer_stride = (size_t)n_ctx * kv->kv_dim;
+    size_t bytes = (size_t)cfg->n_layer * kv->layer_stride * sizeof(uint16_t);
+    /* Not zeroed on purpose: pages of positions never used are never touched, so a large n_ctx
+     * costs address space, not resident memory, until the conversation grows into it. */
+    kv->k = bn_eng_alloc64(bytes);
+    kv->v = bn_eng_alloc64(bytes);
+    kv->ids = bn_eng_alloc64((size_t)n_ctx * sizeof(int32_t));
+    if (!kv->k || !kv->v || !kv->ids) {
+        bn_kv_free(kv);
+        return bn_err(err, "cannot allocate a %u-position KV cache", n_ctx);
+    }
+    return 0;
+}
+
+void bn_kv_free(bn_kv_cache *kv)
+{
+    free(kv->k);
+    free(kv->v);
+    free(kv->ids);
+    kv->k = kv->v = NULL;
+    kv->ids = NULL;
+    kv->n_past = 0;
+}
+
+uint32_t bn_engine_n_past(const bn_engine *e) { return e->kv.n_past; }
+const int32_t *bn_engine_cached_ids(const bn_engine *e) { return e->kv.ids; }
+void bn_engine_reset(bn_engine *e) { e->kv.n_past = 0; }
+
+uint32_t bn_engine_keep_prefix(bn_engine *e, const int32_t *ids, size_t n)
+{
+    uint32_t keep = 0;
+    while (keep < e->kv.n_past && keep < n && e->kv.ids[keep] == ids[keep]) keep++;
+    /* The last prompt token is always re-run: its logits are what generation starts from. */
+    if (n > 0 && keep >= n) keep = (uint32_t)(n - 1);
+    e->kv.n_past = keep;
+    return keep;
+}

@@ -1,0 +1,2 @@
+/* being written */
+typedef int bn_placeholder_hf_write;

@@ -1,0 +1,79 @@
+#include "model/model_tokenizer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/checked.h"
+#include "model/model_format.h"
+
+static uint64_t types_bytes(uint32_t n) { return bn_align_up(n, 4); }
+
+static uint64_t template_len(const bn_vocab *v) { return v->chat_template ? strlen(v->chat_template) : 0; }
+
+uint64_t bn_tok_section_size(const bn_vocab *v)
+{
+    return sizeof(bn_tok_header) + 4ull * (v->n_tokens + 1) + types_bytes(v->n_tokens) +
+           8ull * v->n_merges + v->tok_off[v->n_tokens] + template_len(v);
+}
+
+void bn_tok_section_write(const bn_vocab *v, uint8_t *buf)
+{
+    bn_tok_header h = {
+        .n_tokens = v->n_tokens, .n_merges = v->n_merges, .pre = v->pre, .chat = v->chat,
+        .bos = v->bos, .eos = v->eos, .eot = v->eot, .pad = v->pad,
+        .ignore_merges = v->ignore_merges, .template_len = (uint32_t)template_len(v),
+        .text_bytes = v->tok_off[v->n_tokens],
+    };
+    uint8_t *p = buf;
+    memcpy(p, &h, sizeof h); p += sizeof h;
+    memcpy(p, v->tok_off, 4ull * (v->n_tokens + 1)); p += 4ull * (v->n_tokens + 1);
+    memset(p, 0, types_bytes(v->n_tokens));
+    memcpy(p, v->type, v->n_tokens); p += types_bytes(v->n_tokens);
+    memcpy(p, v->merges, 8ull * v->n_merges); p += 8ull * v->n_merges;
+    memcpy(p, v->text, h.text_bytes); p += h.text_bytes;
+    if (h.template_len) memcpy(p, v->chat_template, h.template_len);
+}
+
+int bn_tok_section_read(const uint8_t *buf, uint64_t len, const char *file, bn_vocab **out, bn_error *err)
+{
+    *out = NULL;
+    bn_tok_header h;
+    if (len < sizeof h) return bn_err(err, "%s: tokenizer section: %llu bytes is shorter than its header", file, (unsigned long long)len);
+    memcpy(&h, buf, sizeof h);
+    if (h.n_tokens == 0 || h.n_tokens > (1u << 24) || h.n_merges > (1u << 24))
+        return bn_err(err, "%s: tokenizer section: n_tokens %u / n_merges %u out of range", file, h.n_tokens, h.n_merges);
+    uint64_t need = sizeof h + 4ull * (h.n_tokens + 1) + types_bytes(h.n_tokens) + 8ull * h.n_merges +
+                    (uint64_t)h.text_bytes + h.template_len;
+    if (need != len)
+        return bn_err(err, "%s: tokenizer section: arrays need %llu bytes but the section has %llu", file,
+                      (unsigned long long)need, (unsigned long long)len);
+    bn_vocab *v = bn_vocab_alloc(h.n_tokens, h.text_bytes, h.n_merges);
+    if (!v) return bn_err(err, "%s: tokenizer section: out of memory", file);
+    const uint8_t *p = buf + sizeof h;
+    memcpy(v->tok_off, p, 4ull * (h.n_tokens + 1)); p += 4ull * (h.n_tokens + 1);
+    memcpy(v->type, p, h.n_tokens); p += types_bytes(h.n_tokens);
+    memcpy(v->merges, p, 8ull * h.n_merges); p += 8ull * h.n_merges;
+    memcpy(v->text, p, h.text_bytes); p += h.text_bytes;
+    v->pre = h.pre; v->chat = h.chat; v->ignore_merges = h.ignore_merges;
+    v->bos = h.bos; v->eos = h.eos; v->eot = h.eot; v->pad = h.pad;
+    if (h.template_len) {
+        v->chat_template = malloc((size_t)h.template_len + 1);
+        if (!v->chat_template) {
+            bn_vocab_free(v);
+            return bn_err(err, "%s: tokenizer section: out of memory", file);
+        }
+        memcpy(v->chat_template, p, h.template_len);
+        v->chat_template[h.template_len] = 0;
+    }
+    if (v->tok_off[h.n_tokens] != h.text_bytes) {
+        bn_vocab_free(v);
+        return bn_err(err, "%s: tokenizer section: last token offset %u != text_bytes %u", file,
+                      v->tok_off[h.n_tokens], h.text_bytes);
+    }
+    if (bn_vocab_validate(v, err) != 0) {
+        bn_vocab_free(v);
+        return bn_err_prefix(err, "%s: tokenizer section", file);
+    }
+    *out = v;
+    return 0;
+}

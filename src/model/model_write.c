@@ -1,0 +1,334 @@
+/* Packing a model: plan every tensor (name, type, shape, size) from the config, lay out the
+ * file, then pull each tensor from the source, pack it and write it with its checksum. */
+#include "model/model_write.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "base/checked.h"
+#include "base/file.h"
+#include "kernels/half.h"
+#include "model/model_format.h"
+#include "model/model_tokenizer.h"
+#include "model/ternarize.h"
+
+/* Rows of the embedding converted per band: bounds memory to ~1024 x n_embd floats. */
+#define EMBD_BAND_ROWS 1024
+
+enum plan_kind { PK_EMBD_F16, PK_NORM_F32, PK_TERNARY, PK_LM_I8, PK_LM_I8_SCALE };
+
+typedef struct plan_entry {
+    char name[BN_NAME_MAX];
+    enum plan_kind kind;
+    uint32_t dtype;
+    uint64_t rows, cols;
+    uint64_t nbytes, offset;
+    float scale;
+    uint64_t checksum;
+} plan_entry;
+
+typedef struct plan {
+    plan_entry *e;
+    uint32_t n, cap;
+} plan;
+
+static const char *const layer_kinds[] = {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_sub_norm",
+                                          "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
+                                          "ffn_sub_norm", "ffn_down"};
+
+void bn_pack_opts_default(bn_pack_opts *o)
+{
+    o->tern = BN_TERN_T5;
+    o->lm_head_i8 = 1;
+}
+
+void bn_layer_tensor_name(char *buf, size_t len, uint32_t layer, const char *kind)
+{
+    snprintf(buf, len, "blk.%u.%s", layer, kind);
+}
+
+static int plan_add(plan *p, const char *name, enum plan_kind kind, uint32_t dtype, uint64_t rows,
+                    uint64_t cols, uint64_t nbytes)
+{
+    if (p->n == p->cap) {
+        uint32_t cap = p->cap ? p->cap * 2 : 64;
+        plan_entry *e = realloc(p->e, cap * sizeof *e);
+        if (!e) return -1;
+        p->e = e;
+        p->cap = cap;
+    }
+    plan_entry *x = &p->e[p->n++];
+    memset(x, 0, sizeof *x);
+    snprintf(x->name, sizeof x->name, "%s", name);
+    x->kind = kind;
+    x->dtype = dtype;
+    x->rows = rows;
+    x->cols = cols;
+    x->nbytes = nbytes;
+    x->scale = 1.0f;
+    return 0;
+}
+
+/* Shape [rows][cols] of layer tensor kind k. */
+static void layer_shape(const bn_config *c, const char *k, uint64_t *rows, uint64_t *cols)
+{
+    uint64_t kv = (uint64_t)c->head_dim * c->n_head_kv;
+    *rows = 1;
+    if (!strcmp(k, "attn_norm") || !strcmp(k, "ffn_norm") || !strcmp(k, "attn_sub_norm")) *cols = c->n_embd;
+    else if (!strcmp(k, "ffn_sub_norm")) *cols = c->n_ff;
+    else if (!strcmp(k, "attn_q") || !strcmp(k, "attn_output")) *rows = c->n_embd, *cols = c->n_embd;
+    else if (!strcmp(k, "attn_k") || !strcmp(k, "attn_v")) *rows = kv, *cols = c->n_embd;
+    else if (!strcmp(k, "ffn_gate") || !strcmp(k, "ffn_up")) *rows = c->n_ff, *cols = c->n_embd;
+    else *rows = c->n_embd, *cols = c->n_ff; /* ffn_down */
+}
+
+static int is_norm(const char *k) { return strstr(k, "norm") != NULL; }
+
+static int build_plan(const bn_config *c, const bn_pack_opts *o, plan *p)
+{
+    uint64_t V = c->n_vocab, D = c->n_embd, Dp = bn_align_up(D, 64);
+    int rc = plan_add(p, "token_embd", PK_EMBD_F16, BN_DT_F16, V, D, V * D * 2);
+    if (!c->tied) rc |= plan_add(p, "output", PK_EMBD_F16, BN_DT_F16, V, D, V * D * 2);
+    rc |= plan_add(p, "output_norm", PK_NORM_F32, BN_DT_F32, 1, D, D * 4);
+    if (o->lm_head_i8) {
+        rc |= plan_add(p, "output_q8", PK_LM_I8, BN_DT_I8, V, Dp, V * Dp);
+        rc |= plan_add(p, "output_q8.scale", PK_LM_I8_SCALE, BN_DT_F32, 1, V, V * 4);
+    }
+    for (uint32_t l = 0; l < c->n_layer && rc == 0; l++) {
+        for (size_t k = 0; k < sizeof layer_kinds / sizeof layer_kinds[0]; k++) {
+            char name[BN_NAME_MAX];
+            uint64_t rows, cols;
+            bn_layer_tensor_name(name, sizeof name, l, layer_kinds[k]);
+            layer_shape(c, layer_kinds[k], &rows, &cols);
+            if (is_norm(layer_kinds[k])) rc |= plan_add(p, name, PK_NORM_F32, BN_DT_F32, 1, cols, cols * 4);
+            else
+                rc |= plan_add(p, name, PK_TERNARY, o->tern == BN_TERN_I2 ? BN_DT_TERN_I2 : BN_DT_TERN_T5,
+                               rows, cols, bn_tern_packed_size(o->tern, rows, cols));
+        }
+    }
+    return rc;
+}
+
+static uint64_t tensor_align(uint64_t nbytes)
+{
+    return nbytes >= BN_PAGE_ALIGN_MIN_BYTES ? BN_PAGE_ALIGN : BN_TENSOR_ALIGN;
+}
+
+/* Writes data and folds it into the tensor's checksum. */
+static int put(bn_atomic_file *f, XXH3_state_t *h, const void *buf, size_t len, bn_error *err)
+{
+    XXH3_64bits_update(h, buf, len);
+    return bn_atomic_write(f, buf, len, err);
+}
+
+static int write_norm(bn_source *src, bn_atomic_file *f, XXH3_state_t *h, plan_entry *e, bn_error *err)
+{
+    float *v = malloc(e->cols * sizeof *v);
+    if (!v) return bn_err(err, "out of memory");
+    int rc = src->ops->floats(src, e->name, 1, e->cols, 0, 1, v, err);
+    for (uint64_t i = 0; rc == 0 && i < e->cols; i++)
+        if (!isfinite(v[i])) rc = bn_err(err, "%s: tensor %s: element %llu is not finite", src->path, e->name, (unsigned long long)i);
+    if (rc == 0) rc = put(f, h, v, e->cols * sizeof *v, err);
+    free(v);
+    return rc;
+}
+
+static int write_ternary(bn_source *src, bn_atomic_file *f, XXH3_state_t *h, plan_entry *e,
+                         bn_tern_fmt fmt, bn_error *err)
+{
+    int8_t *t = malloc(e->rows * e->cols);
+    uint8_t *packed = malloc(e->nbytes);
+    int rc = (!t || !packed) ? bn_err(err, "out of memory packing %s", e->name) : 0;
+    if (rc == 0) rc = src->ops->ternary(src, e->name, e->rows, e->cols, t, &e->scale, err);
+    if (rc == 0) rc = bn_check_scale(e->scale, src->path, e->name, err);
+    if (rc == 0) {
+        bn_tern_pack(fmt, t, e->rows, e->cols, packed);
+        rc = put(f, h, packed, e->nbytes, err);
+    }
+    free(t);
+    free(packed);
+    return rc;
+}
+
+/* The embedding (f16) and, optionally, the int8 lm_head are both derived from the same f16
+ * values, streamed in bands of rows; the int8 rows are kept for their own pass below. */
+static int write_embd_f16(bn_source *src, bn_atomic_file *f, XXH3_state_t *h, plan_entry *e, bn_error *err)
+{
+    uint64_t band = EMBD_BAND_ROWS;
+    float *rows = malloc(band * e->cols * sizeof *rows);
+    uint16_t *half = malloc(band * e->cols * sizeof *half);
+    int rc = (!rows || !half) ? bn_err(err, "out of memory") : 0;
+    for (uint64_t r0 = 0; rc == 0 && r0 < e->rows; r0 += band) {
+        uint64_t n = e->rows - r0 < band ? e->rows - r0 : band;
+        rc = src->ops->floats(src, e->name, e->rows, e->cols, r0, n, rows, err);
+        for (uint64_t i = 0; rc == 0 && i < n * e->cols; i++) {
+            if (!isfinite(rows[i]))
+                rc = bn_err(err, "%s: tensor %s: row %llu is not finite", src->path, e->name,
+                            (unsigned long long)(r0 + i / e->cols));
+            half[i] = bn_f32_to_f16(rows[i]);
+        }
+        if (rc == 0) rc = put(f, h, half, n * e->cols * sizeof *half, err);
+    }
+    free(rows);
+    free(half);
+    return rc;
+}
+
+/* int8 lm_head (+ its row scales, the next plan entry): quantized from the f16-rounded
+ * embedding so every route that yields the same f16 yields the same int8. */
+static int write_lm_i8(bn_source *src, bn_atomic_file *f, XXH3_state_t *h, plan_entry *e,
+                       float *row_scales, const char *lm_name, bn_error *err)
+{
+    uint64_t band = EMBD_BAND_ROWS, D = src->cfg.n_embd;
+    float *rows = malloc(band * D * sizeof *rows);
+    int8_t *q = malloc(band * e->cols);
+    int rc = (!rows || !q) ? bn_err(err, "out of memory") : 0;
+    for (uint64_t r0 = 0; rc == 0 && r0 < e->rows; r0 += band) {
+        uint64_t n = e->rows - r0 < band ? e->rows - r0 : band;
+        rc = src->ops->floats(src, lm_name, e->rows, D, r0, n, rows, err);
+        for (uint64_t r = 0; rc == 0 && r < n; r++) {
+            float *row = rows + r * D;
+            for (uint64_t i = 0; i < D; i++) row[i] = bn_f16_to_f32(bn_f32_to_f16(row[i]));
+            bn_quant_rows_i8(row, D, e->cols, q + r * e->cols, &row_scales[r0 + r]);
+        }
+        if (rc == 0) rc = put(f, h, q, n * e->cols, err);
+    }
+    free(rows);
+    free(q);
+    return rc;
+}
+
+static int write_tensor(bn_source *src, bn_atomic_file *f, plan_entry *e, const bn_pack_opts *o,
+                        float *lm_scales, bn_error *err)
+{
+    XXH3_state_t *h = XXH3_createState();
+    if (!h) return bn_err(err, "out of memory");
+    XXH3_64bits_reset(h);
+    int rc = 0;
+    const char *lm_name = src->cfg.tied ? "token_embd" : "output";
+    switch (e->kind) {
+    case PK_EMBD_F16: rc = write_embd_f16(src, f, h, e, err); break;
+    case PK_NORM_F32: rc = write_norm(src, f, h, e, err); break;
+    case PK_TERNARY: rc = write_ternary(src, f, h, e, o->tern, err); break;
+    case PK_LM_I8: rc = write_lm_i8(src, f, h, e, lm_scales, lm_name, err); break;
+    case PK_LM_I8_SCALE: rc = put(f, h, lm_scales, e->nbytes, err); break;
+    }
+    e->checksum = XXH3_64bits_digest(h);
+    XXH3_freeState(h);
+    return rc;
+}
+
+/* Layout: header, directory, tokenizer, provenance text, then page-aligned data. */
+static void layout(plan *p, bn_file_header *hd, uint64_t tok_size, uint64_t src_size)
+{
+    hd->tensors_offset = sizeof *hd;
+    hd->n_tensors = p->n;
+    hd->tensor_entry_size = sizeof(bn_tensor_entry);
+    hd->tokenizer_offset = bn_align_up(hd->tensors_offset + (uint64_t)p->n * sizeof(bn_tensor_entry), 64);
+    hd->tokenizer_size = tok_size;
+    hd->source_offset = bn_align_up(hd->tokenizer_offset + tok_size, 64);
+    hd->source_size = src_size;
+    hd->data_offset = bn_align_up(hd->source_offset + src_size, BN_PAGE_ALIGN);
+    uint64_t off = hd->data_offset;
+    for (uint32_t i = 0; i < p->n; i++) {
+        off = bn_align_up(off, tensor_align(p->e[i].nbytes));
+        p->e[i].offset = off;
+        off += p->e[i].nbytes;
+    }
+    hd->file_size = off;
+}
+
+static void fill_header(bn_file_header *hd, const bn_config *c, const bn_pack_opts *o)
+{
+    memcpy(hd->magic, BN_FILE_MAGIC, 8);
+    hd->version_major = BN_FILE_VERSION_MAJOR;
+    hd->version_minor = BN_FILE_VERSION_MINOR;
+    hd->tern_fmt = o->tern;
+    hd->hp = (bn_disk_hparams){c->n_embd, c->n_layer, c->n_head, c->n_head_kv, c->head_dim, c->n_ff,
+                               c->n_vocab, c->n_ctx_max, c->rope_theta, c->norm_eps, c->act, c->tied,
+                               c->bos, c->eos, c->eot, 1};
+}
+
+/* Builds the metadata region [0, data_offset) with entries and checksum filled in. */
+static uint8_t *build_meta(const bn_file_header *hd0, const plan *p, const bn_vocab *v, const char *prov)
+{
+    bn_file_header hd = *hd0;
+    uint8_t *meta = calloc(1, hd.data_offset);
+    if (!meta) return NULL;
+    for (uint32_t i = 0; i < p->n; i++) {
+        const plan_entry *e = &p->e[i];
+        bn_tensor_entry te = {0};
+        memcpy(te.name, e->name, sizeof te.name);
+        te.dtype = e->dtype;
+        te.rows = e->rows;
+        te.cols = e->cols;
+        te.offset = e->offset;
+        te.nbytes = e->nbytes;
+        te.scale = e->scale;
+        te.checksum = e->checksum;
+        memcpy(meta + hd.tensors_offset + (uint64_t)i * sizeof te, &te, sizeof te);
+    }
+    bn_tok_section_write(v, meta + hd.tokenizer_offset);
+    memcpy(meta + hd.source_offset, prov, hd.source_size);
+    hd.header_checksum = 0;
+    memcpy(meta, &hd, sizeof hd);
+    hd.header_checksum = XXH3_64bits(meta, hd.data_offset);
+    memcpy(meta, &hd, sizeof hd);
+    return meta;
+}
+
+static char *provenance(const bn_source *src, const bn_pack_opts *o)
+{
+    const char *notes = src->notes ? src->notes : "";
+    size_t n = strlen(src->kind) + strlen(src->path) + strlen(notes) + 128;
+    char *s = malloc(n);
+    if (s) snprintf(s, n, "source: %s\nsource_kind: %s\nternary: %s\nlm_head_i8: %d\n%s", src->path, src->kind,
+                    o->tern == BN_TERN_I2 ? "i2" : "t5", o->lm_head_i8, notes);
+    return s;
+}
+
+int bn_pack_write(bn_source *src, const char *out_path, const bn_pack_opts *o, bn_error *err)
+{
+    const bn_config *c = &src->cfg;
+    if (bn_config_validate(c, err) != 0) return bn_err_prefix(err, "%s", src->path);
+    if (!src->vocab) return bn_err(err, "%s: no tokenizer", src->path);
+    if (src->vocab->n_tokens > c->n_vocab)
+        return bn_err(err, "%s: tokenizer has %u tokens but the model's vocab_size is %u", src->path,
+                      src->vocab->n_tokens, c->n_vocab);
+    plan p = {0};
+    bn_file_header hd = {0};
+    bn_atomic_file f;
+    char *prov = provenance(src, o);
+    float *lm_scales = o->lm_head_i8 ? malloc((size_t)c->n_vocab * sizeof *lm_scales) : NULL;
+    uint8_t *meta = NULL;
+    int rc = (!prov || (o->lm_head_i8 && !lm_scales) || build_plan(c, o, &p) != 0) ? bn_err(err, "out of memory") : 0;
+    if (rc == 0) {
+        fill_header(&hd, c, o);
+        layout(&p, &hd, bn_tok_section_size(src->vocab), strlen(prov) + 1);
+        rc = bn_atomic_open(&f, out_path, err);
+    }
+    if (rc == 0) {
+        /* Reserve the metadata region; it is written last, once checksums are known. */
+        static const char zeros[BN_PAGE_ALIGN];
+        while (rc == 0 && f.off < hd.data_offset) {
+            uint64_t left = hd.data_offset - f.off;
+            rc = bn_atomic_write(&f, zeros, left < sizeof zeros ? left : sizeof zeros, err);
+        }
+        for (uint32_t i = 0; rc == 0 && i < p.n; i++) {
+            rc = bn_atomic_pad(&f, tensor_align(p.e[i].nbytes), err);
+            if (rc == 0) rc = write_tensor(src, &f, &p.e[i], o, lm_scales, err);
+        }
+        if (rc == 0 && !(meta = build_meta(&hd, &p, src->vocab, prov))) rc = bn_err(err, "out of memory");
+        if (rc == 0) rc = bn_atomic_pwrite(&f, meta, hd.data_offset, 0, err);
+        if (rc == 0) rc = bn_atomic_commit(&f, err);
+        else bn_atomic_abort(&f);
+    }
+    free(meta);
+    free(p.e);
+    free(prov);
+    free(lm_scales);
+    return rc;
+}

@@ -1,0 +1,21 @@
+/* The packer: any bn_source -> one packed model file (docs/model-format.md). */
+#ifndef BN_MODEL_WRITE_H
+#define BN_MODEL_WRITE_H
+
+#include "model/source.h"
+
+typedef struct bn_pack_opts {
+    bn_tern_fmt tern;      /* packing of the ternary tensors (default BN_TERN_T5) */
+    int lm_head_i8;        /* also store an int8 per-row copy of the lm_head (default 1) */
+} bn_pack_opts;
+
+void bn_pack_opts_default(bn_pack_opts *o);
+
+/* Streams src tensor by tensor into out_path, atomically (temp file, fsync, rename): a reader
+ * never sees a half-written file. Peak memory is one tensor plus a band of embedding rows. */
+int bn_pack_write(bn_source *src, const char *out_path, const bn_pack_opts *o, bn_error *err);
+
+/* Canonical name of layer tensor kind k for layer l ("blk.3.attn_q"). */
+void bn_layer_tensor_name(char *buf, size_t len, uint32_t layer, const char *kind);
+
+#endif
