@@ -1,1 +1,1 @@
-# benchmark scripts (programs are registered by each layer)
+EXTRA_DIST += bench/bench_convert.sh bench/README.md

@@ -1,1 +1,2 @@
 dist_doc_DATA += docs/model-format.md
+EXTRA_DIST += conf/README.md packaging/install-deps.sh .ci/valgrind-tests

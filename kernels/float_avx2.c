@@ -1,5 +1,225 @@
-/* AVX2 + FMA + F16C float kernels, and the AVX2 dispatch table. */
+/* AVX2 + FMA + F16C float kernels, the int8/f16 lm_head GEMVs, and the AVX2 dispatch table.
+ * Reductions (sums of squares, dot products, softmax sums) run in 8 lanes and then a tree, so
+ * they differ from the sequential scalar sums in the last bits; elementwise steps use the same
+ * operations in the same order as the scalar code. The int8 lm_head is exact. */
 #include "simd_x86.h"
+#include "float_x86.h"
+#include "half.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+static inline float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float hmax256(__m256 v)
+{
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline int32_t hsum256_epi32(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* exp(x) for x <= 0 (softmax arguments), within ~2 ulp of expf: x = n*ln2 + r, |r| <= ln2/2,
+ * degree-6 polynomial for e^r (Cephes coefficients), scaled by 2^n through the exponent bits.
+ * Below -87.3 the result flushes to 0, like expf underflowing. */
+static inline __m256 exp256(__m256 x)
+{
+    const __m256 lo = _mm256_set1_ps(-87.33654f);
+    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, lo);
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    /* n >= -126 here, so 2^n is a normal float */
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+void bn_rmsnorm_avx2(float *out, const float *x, const float *w, size_t n, float eps)
+{
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        const __m256d l = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), h = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+        a0 = _mm256_fmadd_pd(l, l, a0);
+        a1 = _mm256_fmadd_pd(h, h, a1);
+    }
+    double lanes[4];
+    _mm256_storeu_pd(lanes, _mm256_add_pd(a0, a1));
+    double ss = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    for (; i < n; i++) ss += (double)x[i] * (double)x[i];
+    const float mean = (float)(ss / (double)n);
+    const float scale = 1.0f / sqrtf(mean + eps);
+    const __m256 vs = _mm256_set1_ps(scale);
+    for (i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs), _mm256_loadu_ps(w + i)));
+    for (; i < n; i++) out[i] = (x[i] * scale) * w[i];
+}
+
+void bn_relu2_mul_avx2(float *out, const float *g, const float *u, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 r = _mm256_max_ps(_mm256_loadu_ps(g + i), _mm256_setzero_ps());
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(r, r), _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) {
+        const float r = g[i] > 0.0f ? g[i] : 0.0f;
+        out[i] = (r * r) * u[i];
+    }
+}
+
+void bn_softmax_avx2(float *x, size_t n)
+{
+    if (n == 0) return;
+    __m256 vm = _mm256_set1_ps(x[0]);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
+    float mx = hmax256(vm);
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    vm = _mm256_set1_ps(mx);
+    __m256 vsum = _mm256_setzero_ps();
+    for (i = 0; i + 8 <= n; i += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+        _mm256_storeu_ps(x + i, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    double sum = hsum256(vsum);
+    for (; i < n; i++) sum += (x[i] = expf(x[i] - mx));
+    const float inv = (float)(1.0 / sum);
+    const __m256 vi = _mm256_set1_ps(inv);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vi));
+    for (; i < n; i++) x[i] *= inv;
+}
+
+static inline __m256 ld_h8(const uint16_t *p)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* q . k_p for one position; head_dim a multiple of 16. */
+static inline float dot_f16_256(const float *q, const uint16_t *k, int hd)
+{
+    __m256 a = _mm256_setzero_ps(), b = a;
+    for (int d = 0; d < hd; d += 16) {
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), ld_h8(k + d), a);
+        b = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8), ld_h8(k + d + 8), b);
+    }
+    return hsum256(_mm256_add_ps(a, b));
+}
+
+void bn_attn_head_avx2(float *out, const float *q, const uint16_t *k, const uint16_t *v,
+                       size_t n_pos, size_t kv_stride, int head_dim, float scale, float *scratch)
+{
+    if (head_dim % 64 != 0) {
+        bn_attn_head_scalar(out, q, k, v, n_pos, kv_stride, head_dim, scale, scratch);
+        return;
+    }
+    for (size_t p = 0; p < n_pos; p++) scratch[p] = dot_f16_256(q, k + p * kv_stride, head_dim) * scale;
+    bn_softmax_avx2(scratch, n_pos);
+    /* out += p_j * v_j, 64 dimensions (8 registers) at a time */
+    for (int d0 = 0; d0 < head_dim; d0 += 64) {
+        __m256 acc[8];
+        for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+        for (size_t p = 0; p < n_pos; p++) {
+            const __m256 a = _mm256_broadcast_ss(scratch + p);
+            const uint16_t *vp = v + p * kv_stride + d0;
+            for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(a, ld_h8(vp + 8 * j), acc[j]);
+        }
+        for (int j = 0; j < 8; j++) _mm256_storeu_ps(out + d0 + 8 * j, acc[j]);
+    }
+}
+
+void bn_gemv_f16_avx2(const uint16_t *w, size_t cols, const float *x, float *y, size_t r0, size_t r1)
+{
+    for (size_t r = r0; r < r1; r++) {
+        const uint16_t *wr = w + r * cols;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        size_t c = 0;
+        for (; c + 32 <= cols; c += 32) {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + c), ld_h8(wr + c), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + c + 8), ld_h8(wr + c + 8), a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + c + 16), ld_h8(wr + c + 16), a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + c + 24), ld_h8(wr + c + 24), a3);
+        }
+        for (; c + 8 <= cols; c += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + c), ld_h8(wr + c), a0);
+        float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+        for (; c < cols; c++) s += x[c] * bn_f16_to_f32(wr[c]);
+        y[r] = s;
+    }
+}
+
+/* maddubs(|q|, sign(w, q)) == q*w pairwise, exact while w != -128 (bn_quant_rows_i8 emits
+ * [-127, 127]); pair sums are <= 2*128*127 < 32767. Four rows share each activation load. */
+static inline __m256i i8dot32(__m256i acc, __m256i aq, __m256i q, const int8_t *w)
+{
+    const __m256i p = _mm256_maddubs_epi16(aq, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)w), q));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+void bn_gemv_i8row_avx2(const int8_t *w, const float *row_scale, size_t cols, size_t cols_padded,
+                        const int8_t *qx, float x_scale, float *y, size_t r0, size_t r1)
+{
+    const size_t cv = cols_padded / 32 * 32;
+    size_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const int8_t *w0 = w + r * cols_padded;
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+        for (size_t c = 0; c < cv; c += 32) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(qx + c)), aq = _mm256_abs_epi8(q);
+            a0 = i8dot32(a0, aq, q, w0 + c);
+            a1 = i8dot32(a1, aq, q, w0 + cols_padded + c);
+            a2 = i8dot32(a2, aq, q, w0 + 2 * cols_padded + c);
+            a3 = i8dot32(a3, aq, q, w0 + 3 * cols_padded + c);
+        }
+        int32_t s[4] = {hsum256_epi32(a0), hsum256_epi32(a1), hsum256_epi32(a2), hsum256_epi32(a3)};
+        for (int j = 0; j < 4; j++) {
+            for (size_t c = cv; c < cols_padded; c++) s[j] += w0[j * cols_padded + c] * qx[c];
+            y[r + j] = bn_tern_out(s[j], x_scale, row_scale[r + j]);
+        }
+    }
+    if (r < r1) bn_gemv_i8row_scalar(w, row_scale, cols, cols_padded, qx, x_scale, y, r, r1);
+}
+
+void bn_f16_to_f32_avx2(const uint16_t *in, float *out, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, ld_h8(in + i));
+    for (; i < n; i++) out[i] = bn_f16_to_f32(in[i]);
+}
+
+void bn_f32_to_f16_avx2(const float *in, uint16_t *out, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(out + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++) out[i] = bn_f32_to_f16(in[i]);
+}
 
 const bn_ktab bn_ktab_avx2 = {
     .quant_act = bn_quant_act_avx2,
@@ -7,12 +227,12 @@ const bn_ktab bn_ktab_avx2 = {
     .gemv_t5 = bn_tern_gemv_t5_avx2,
     .gemm_i2 = bn_tern_gemm_i2_avx2,
     .gemm_t5 = bn_tern_gemm_t5_avx2,
-    .rmsnorm = bn_rmsnorm_scalar,
-    .softmax = bn_softmax_scalar,
-    .relu2_mul = bn_relu2_mul_scalar,
-    .attn_head = bn_attn_head_scalar,
-    .gemv_f16 = bn_gemv_f16_scalar,
-    .gemv_i8row = bn_gemv_i8row_scalar,
-    .f16_to_f32 = bn_f16_to_f32_scalar,
-    .f32_to_f16 = bn_f32_to_f16_scalar,
+    .rmsnorm = bn_rmsnorm_avx2,
+    .softmax = bn_softmax_avx2,
+    .relu2_mul = bn_relu2_mul_avx2,
+    .attn_head = bn_attn_head_avx2,
+    .gemv_f16 = bn_gemv_f16_avx2,
+    .gemv_i8row = bn_gemv_i8row_avx2,
+    .f16_to_f32 = bn_f16_to_f32_avx2,
+    .f32_to_f16 = bn_f32_to_f16_avx2,
 };

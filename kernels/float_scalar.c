@@ -117,8 +117,10 @@ void bn_quant_rows_i8(const float *row, size_t cols, size_t cols_padded, int8_t 
     /* Symmetric [-127, 127] (never -128), so the SIMD kernels may negate weights freely. */
     float is = amax > 0.0f ? 127.0f / amax : 0.0f;
     for (size_t c = 0; c < cols; c++) {
-        float r = nearbyintf(row[c] * is);
-        out[c] = (int8_t)(r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r);
+        float v = row[c] * is;
+        v = v > 127.0f ? 127.0f : v;
+        v = v >= -127.0f ? v : -127.0f;
+        out[c] = (int8_t)bn_round_even(v);
     }
     for (size_t c = cols; c < cols_padded; c++) out[c] = 0;
     *scale = amax / 127.0f;

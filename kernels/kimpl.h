@@ -73,14 +73,20 @@ static inline float bn_tern_out(int32_t acc, float act_scale, float w_scale)
 {
     return (float)acc / act_scale * w_scale;
 }
+/* Round to nearest, ties to even, for |v| <= 2^22: adding 1.5*2^23 lands in a binade whose
+ * ulp is 1, so the FPU's default rounding does the work (ggml's nearest_int trick; cheaper
+ * than nearbyintf, which saves and restores the FP environment). */
+static inline float bn_round_even(float v)
+{
+    return (v + 12582912.0f) - 12582912.0f;
+}
 static inline int8_t bn_quant_one(float v)
 {
-    /* nearbyintf rounds ties to even under the default rounding mode; NaN maps to -128,
-     * which is what cvtps_epi32 + signed saturation gives in the SIMD variants. */
-    float r = __builtin_nearbyintf(v);
-    if (r > 127.0f) r = 127.0f;
-    if (!(r >= -128.0f)) r = -128.0f;
-    return (int8_t)r;
+    /* Clamping before rounding gives the same result as cvtps_epi32 + signed saturation in
+     * the SIMD variants (127.5 -> 128 -> 127 there, 127 here). NaN maps to -128 in both. */
+    if (v > 127.0f) v = 127.0f;
+    if (!(v >= -128.0f)) v = -128.0f;
+    return (int8_t)bn_round_even(v);
 }
 
 void bn_tern_gemv_i2_scalar(const uint8_t *w, size_t rows, size_t cols, const int8_t *q,

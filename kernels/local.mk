@@ -14,10 +14,10 @@ BN_AVX2_FLAGS = -mavx2 -mfma -mf16c
 # (target attribute), so the plain AVX512 variant can never contain a vpdpbusd.
 BN_AVX512_FLAGS = -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq
 libbnkernels_avx2_a_CFLAGS = $(AM_CFLAGS) $(BN_AVX2_FLAGS)
-libbnkernels_avx2_a_SOURCES = kernels/kimpl.h kernels/simd_x86.h \
+libbnkernels_avx2_a_SOURCES = kernels/kimpl.h kernels/simd_x86.h kernels/float_x86.h \
 	kernels/ternary_avx2.c kernels/float_avx2.c
 libbnkernels_avx512_a_CFLAGS = $(AM_CFLAGS) $(BN_AVX512_FLAGS)
-libbnkernels_avx512_a_SOURCES = kernels/kimpl.h kernels/simd_x86.h \
+libbnkernels_avx512_a_SOURCES = kernels/kimpl.h kernels/simd_x86.h kernels/float_x86.h \
 	kernels/ternary_avx512.c kernels/ternary_avx512_tmpl.h kernels/float_avx512.c
 BN_KERNEL_LIBS += libbnkernels_avx512.a libbnkernels_avx2.a
 endif

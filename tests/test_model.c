@@ -375,9 +375,15 @@ static void assert_same_model(const char *a, const char *b)
 
 START_TEST(test_cross_format_identity)
 {
+    /* TQ2_0 stores 256-element blocks along each row, as real TQ2_0 files do (2560, 6912):
+     * this shape keeps every input dimension a multiple of 256. */
+    bn_error err = {{0}};
+    ck_assert_int_eq(bn_synth_shape("tiny,n_embd=256,n_ff=512", &tiny.cfg, &err), 0);
+    tiny.cfg.bos = tiny_vocab->bos;
+    tiny.cfg.eos = tiny_vocab->eos;
+    tiny.cfg.eot = tiny_vocab->eot;
     const char *ref = bn_test_path("xref.bnpk");
     write_packed(ref, BN_TERN_T5, 1);
-    bn_error err = {{0}};
     const struct {
         const char *name;
         int hf, arg;

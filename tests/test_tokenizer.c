@@ -142,6 +142,74 @@ START_TEST(fixture_vocab_shape)
 }
 END_TEST
 
+/* Code points newer than PCRE2 10.42's Unicode 14 tables. The reference (HF tokenizers 0.23.2,
+ * Oniguruma with Unicode 16.0) treats letters assigned up to Unicode 16.0 as \p{L}, so the
+ * contraction "'s" after them is one token (596); a Unicode 17.0 letter is not a letter to it.
+ * Expected ids were produced by that reference. Also White_Space: U+0085 is whitespace and
+ * U+FEFF is not. */
+START_TEST(fixture_unicode_versions)
+{
+    NEED_FIXTURES();
+    static const struct {
+        const char *text;
+        int32_t ids[8];
+        size_t n;
+    } cases[] = {
+        {"\xf0\xb1\x8d\x90's", {172, 109, 235, 238, 596}, 5},       /* U+31350, Unicode 15.0 */
+        {"\xf0\xae\xaf\xb0's", {172, 106, 107, 108, 596}, 5},       /* U+2EBF0, Unicode 15.1 */
+        {"\xf0\x9e\x97\x90's", {172, 252, 245, 238, 596}, 5},       /* U+1E5D0, Unicode 16.0 */
+        {"\xf0\x96\xba\xa0's", {172, 244, 118, 254, 6, 82}, 6},     /* U+16EA0, Unicode 17.0 */
+        {"x \xc2\x85y", {87, 220, 116360, 88}, 4},                     /* U+0085 */
+        {"a\xef\xbb\xbf b", {64, 3305, 293}, 3},                       /* U+FEFF */
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        bn_error err;
+        bn_tokens t = {0};
+        ck_assert(bn_tokenize_append(llama, cases[c].text, strlen(cases[c].text), &t, &err) == 0);
+        ck_assert_msg(t.n == cases[c].n, "case %zu: %zu tokens, expected %zu", c, t.n, cases[c].n);
+        for (size_t i = 0; i < t.n; i++) ck_assert_int_eq(t.ids[i], cases[c].ids[i]);
+        bn_tokens_free(&t);
+    }
+}
+END_TEST
+
+/* Streaming with the real vocabulary: an emoji is two tokens there (76460 = F0 9F 98, 222 = 80),
+ * and a CJK character can be split too; nothing is emitted until the character is complete. */
+START_TEST(fixture_stream_decode_split_emoji)
+{
+    NEED_FIXTURES();
+    static const char text[] = "ok \xf0\x9f\x98\x80 \xe4\xbd\xa0\xe5\xa5\xbd\xf0\x9f\xa6\x99!";
+    bn_error err;
+    int32_t *ids;
+    size_t n;
+    ck_assert(bn_tokenize(llama, text, sizeof text - 1, &ids, &n, &err) == 0);
+    bn_stream_decoder *sd = bn_stream_decoder_new(llama, 0);
+    char out[128];
+    size_t o = 0, held = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *t;
+        size_t tl, bl;
+        ck_assert(bn_stream_decoder_feed(sd, ids[i], &t, &tl, &err) == 0);
+        bn_token_bytes(llama, ids[i], &bl);
+        held += tl < bl;
+        /* every chunk ends on a character boundary: its last lead byte is complete */
+        if (tl) ck_assert((unsigned char)t[tl - 1] < 0x80 || ((unsigned char)t[tl - 1] & 0xc0) == 0x80);
+        memcpy(out + o, t, tl);
+        o += tl;
+    }
+    const char *t;
+    size_t tl;
+    bn_stream_decoder_flush(sd, &t, &tl);
+    ck_assert_uint_eq(tl, 0);
+    ck_assert_uint_eq(o, sizeof text - 1);
+    ck_assert(memcmp(out, text, o) == 0);
+    ck_assert_uint_gt(held, 0);
+    ck_assert(bn_token_is_eog(llama, 128009) && bn_token_is_eog(llama, 128001) && !bn_token_is_eog(llama, 128000));
+    bn_stream_decoder_free(sd);
+    free(ids);
+}
+END_TEST
+
 /* Special-token strings in user text are ordinary text; the _special variant matches them. */
 START_TEST(fixture_specials_are_text)
 {
@@ -471,6 +539,8 @@ static Suite *suite(void)
     tcase_add_test(fx, fixture_vectors_match);
     tcase_add_test(fx, fixture_vocab_shape);
     tcase_add_test(fx, fixture_specials_are_text);
+    tcase_add_test(fx, fixture_unicode_versions);
+    tcase_add_test(fx, fixture_stream_decode_split_emoji);
     tcase_add_test(fx, fixture_random_bytes_round_trip);
     tcase_add_test(fx, fixture_invalid_utf8);
     tcase_add_test(fx, fixture_chat_bitnet_ids);

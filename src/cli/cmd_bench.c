@@ -1,9 +1,311 @@
-/* placeholder: replaced by the layer that owns this command */
+/* bitnet bench: prefill (pp) and decode (tg) speed in the style of llama-bench, plus
+ * --roofline: this machine's memory read bandwidth, decode speed as a fraction of
+ * bandwidth / weight bytes per token, and where the time of a decoded token goes. */
+#include <getopt.h>
+#include <math.h>
+#include <omp.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli_common.h"
 #include "cli/commands.h"
+#include "engine/engine.h"
+
+#define MAX_THREAD_LIST 16
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: bitnet bench -m MODEL [options]\n"
+            "  -m, --model FILE      packed model file\n"
+            "  -p, --n-prompt N      prefill test of N tokens (default 512; 0 = skip)\n"
+            "  -n, --n-gen N         decode test of N tokens (default 128; 0 = skip)\n"
+            "  -t, --threads LIST    thread counts, comma-separated (default: CPUs available)\n"
+            "  -r, --reps N          repetitions per test, after one warm-up (default 5)\n"
+            "  -b, --batch N         prefill chunk (default 64)\n"
+            "      --lm-head f16|i8  lm_head to use (default: i8 if the file has it)\n"
+            "      --isa NAME        force a kernel variant (scalar, avx2, avx512, avx512vnni)\n"
+            "      --pin             pin threads to CPUs\n"
+            "      --roofline        memory bandwidth, decode as a fraction of it, time split\n"
+            "      --agreement       top-1 agreement of the int8 lm_head with f16 over -p positions\n");
+}
+
+typedef struct bench_args {
+    const char *model;
+    uint32_t n_prompt, n_gen, reps, batch;
+    int threads[MAX_THREAD_LIST], n_threads_list;
+    int lm_head, pin, roofline, agreement;
+} bench_args;
+
+static void mean_sd(const double *x, int n, double *mean, double *sd)
+{
+    double s = 0, s2 = 0;
+    for (int i = 0; i < n; i++) s += x[i];
+    *mean = s / n;
+    for (int i = 0; i < n; i++) s2 += (x[i] - *mean) * (x[i] - *mean);
+    *sd = n > 1 ? sqrt(s2 / (n - 1)) : 0.0;
+}
+
+/* Deterministic prompt ids in the vocabulary (content does not matter for speed). */
+static void fill_ids(int32_t *ids, uint32_t n, uint32_t n_vocab, int32_t bos)
+{
+    for (uint32_t i = 0; i < n; i++) ids[i] = (int32_t)((i * 2654435761u + 12345u) % n_vocab);
+    if (n && bos >= 0) ids[0] = bos;
+}
+
+static int run_pp(bn_engine *e, const int32_t *ids, uint32_t n, double *tps, bn_error *err)
+{
+    bn_engine_reset(e);
+    double t0 = bn_now();
+    if (bn_engine_eval(e, ids, n, NULL, err)) return -1;
+    *tps = n / (bn_now() - t0);
+    return 0;
+}
+
+/* Decode of n tokens from an empty cache, one at a time, as llama-bench's tg test. */
+static int run_tg(bn_engine *e, const int32_t *ids, uint32_t n, double *tps, bn_error *err)
+{
+    bn_engine_reset(e);
+    double t0 = bn_now();
+    for (uint32_t i = 0; i < n; i++)
+        if (bn_engine_eval(e, ids + i, 1, NULL, err)) return -1;
+    *tps = n / (bn_now() - t0);
+    return 0;
+}
+
+static int bench_test(bn_engine *e, const bench_args *a, const int32_t *ids, int is_pp,
+                      double *mean, double *sd, bn_error *err)
+{
+    double *x = calloc(a->reps, sizeof *x), warm;
+    uint32_t n = is_pp ? a->n_prompt : a->n_gen;
+    int rc = is_pp ? run_pp(e, ids, n, &warm, err) : run_tg(e, ids, n, &warm, err);
+    for (uint32_t r = 0; rc == 0 && r < a->reps; r++)
+        rc = is_pp ? run_pp(e, ids, n, &x[r], err) : run_tg(e, ids, n, &x[r], err);
+    if (rc == 0) mean_sd(x, (int)a->reps, mean, sd);
+    free(x);
+    return rc;
+}
+
+/* ---- roofline ------------------------------------------------------------------------ */
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Multi-threaded streaming read of a buffer much larger than the caches; GB/s best and median
+ * of several passes. Eight independent accumulators keep the loads, not the adds, the limit. */
+static void measure_bandwidth(int threads, double *best, double *median)
+{
+    size_t bytes = (size_t)1 << 30, n = bytes / sizeof(uint64_t);
+    uint64_t *buf = malloc(bytes);
+    if (!buf) {
+        *best = *median = 0;
+        return;
+    }
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (size_t i = 0; i < n; i++) buf[i] = i;   /* fault in, by the threads that will read */
+    enum { PASSES = 7 };
+    double gbs[PASSES];
+    volatile uint64_t sink = 0;
+    for (int p = 0; p < PASSES; p++) {
+        double t0 = bn_now();
+        uint64_t total = 0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : total)
+        for (size_t blk = 0; blk < n / 8; blk++) {
+            const uint64_t *q = buf + blk * 8;
+            total += (q[0] ^ q[1]) + (q[2] ^ q[3]) + (q[4] ^ q[5]) + (q[6] ^ q[7]);
+        }
+        gbs[p] = (double)bytes / (bn_now() - t0) / 1e9;
+        sink += total;
+    }
+    (void)sink;
+    qsort(gbs, PASSES, sizeof *gbs, cmp_double);
+    *best = gbs[PASSES - 1];
+    *median = gbs[PASSES / 2];
+    free(buf);
+}
+
+static int roofline(bn_engine *e, const bench_args *a, const int32_t *ids, int threads,
+                    bn_error *err)
+{
+    double best, median, tps, sd;
+    measure_bandwidth(threads, &best, &median);
+    uint64_t wbytes = bn_engine_weight_bytes_per_token(e);
+    if (bench_test(e, a, ids, 0, &tps, &sd, err)) return -1;
+    double bound = best * 1e9 / (double)wbytes;
+    printf("\nroofline (%d threads): memory read bandwidth %.1f GB/s best, %.1f GB/s median\n",
+           threads, best, median);
+    printf("  weights read per token: %.1f MiB (lm_head %s)\n", (double)wbytes / (1 << 20),
+           bn_engine_lm_head(e) == BN_LM_HEAD_I8 ? "i8" : "f16");
+    printf("  bound: %.1f tok/s; measured decode %.2f tok/s = %.0f%% of the roofline\n", bound, tps,
+           100.0 * tps / bound);
+
+    /* where the time of a decoded token goes */
+    bn_engine_profile(e, 1);
+    double tg;
+    if (run_tg(e, ids, a->n_gen, &tg, err)) return -1;
+    bn_engine_profile(e, 0);
+    const double *prof = bn_engine_profile_get(e);
+    double total = 0;
+    for (int i = 0; i < BN_PROF_COUNT; i++) total += prof[i];
+    printf("  decode time split (%u tokens, %.2f ms/token profiled):\n", a->n_gen, 1e3 * total / a->n_gen);
+    for (int i = 0; i < BN_PROF_COUNT; i++)
+        printf("    %-30s %7.3f ms/token  %5.1f%%\n", bn_prof_part_name((enum bn_prof_part)i),
+               1e3 * prof[i] / a->n_gen, 100.0 * prof[i] / (total > 0 ? total : 1));
+    return 0;
+}
+
+/* Top-1 agreement of the int8 lm_head with the exact f16 one, at each of n positions: the same
+ * chunk is evaluated twice from the same cache state, once per head. */
+static int agreement(bn_engine *e, const int32_t *ids, uint32_t n, bn_error *err)
+{
+    uint32_t V = bn_engine_model(e)->cfg.n_vocab, chunk = 32, agree = 0;
+    float *a = malloc((size_t)chunk * V * sizeof *a), *b = malloc((size_t)chunk * V * sizeof *b);
+    int rc = a && b ? 0 : bn_err(err, "out of memory");
+    bn_engine_reset(e);
+    for (uint32_t p = 0; rc == 0 && p < n; p += chunk) {
+        uint32_t m = n - p < chunk ? n - p : chunk;
+        rc = bn_engine_set_lm_head(e, BN_LM_HEAD_F16, err);
+        if (rc == 0) rc = bn_engine_eval(e, ids + p, m, a, err);
+        bn_engine_truncate(e, p);
+        if (rc == 0) rc = bn_engine_set_lm_head(e, BN_LM_HEAD_I8, err);
+        if (rc == 0) rc = bn_engine_eval(e, ids + p, m, b, err);
+        for (uint32_t t = 0; rc == 0 && t < m; t++) {
+            uint32_t ba = 0, bb = 0;
+            for (uint32_t i = 1; i < V; i++) {
+                if (a[(size_t)t * V + i] > a[(size_t)t * V + ba]) ba = i;
+                if (b[(size_t)t * V + i] > b[(size_t)t * V + bb]) bb = i;
+            }
+            agree += ba == bb;
+        }
+    }
+    if (rc == 0)
+        printf("\nlm_head: int8 top-1 agreement with f16: %u/%u positions (%.2f%%)\n", agree, n,
+               100.0 * agree / n);
+    free(a);
+    free(b);
+    return rc;
+}
+
+/* ---- main ---------------------------------------------------------------------------- */
+
+static int parse_threads(const char *s, bench_args *a)
+{
+    a->n_threads_list = 0;
+    char *end;
+    while (*s && a->n_threads_list < MAX_THREAD_LIST) {
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 1) return -1;
+        a->threads[a->n_threads_list++] = (int)v;
+        s = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',') return -1;
+    }
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, bench_args *a)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},  {"n-prompt", required_argument, 0, 'p'},
+        {"n-gen", required_argument, 0, 'n'},  {"threads", required_argument, 0, 't'},
+        {"reps", required_argument, 0, 'r'},   {"batch", required_argument, 0, 'b'},
+        {"lm-head", required_argument, 0, 'L'}, {"isa", required_argument, 0, 'I'},
+        {"pin", no_argument, 0, 'P'},          {"roofline", no_argument, 0, 'R'},
+        {"agreement", no_argument, 0, 'A'},    {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    *a = (bench_args){.n_prompt = 512, .n_gen = 128, .reps = 5};
+    int c, i8;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:p:n:t:r:b:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': a->model = optarg; break;
+        case 'p': a->n_prompt = (uint32_t)strtoul(optarg, NULL, 10); break;
+        case 'n': a->n_gen = (uint32_t)strtoul(optarg, NULL, 10); break;
+        case 't': if (parse_threads(optarg, a)) return 2; break;
+        case 'r': a->reps = (uint32_t)strtoul(optarg, NULL, 10); break;
+        case 'b': a->batch = (uint32_t)strtoul(optarg, NULL, 10); break;
+        case 'L':
+            if (bn_parse_lm_head(optarg, &i8)) return 2;
+            a->lm_head = i8 ? BN_LM_HEAD_I8 : BN_LM_HEAD_F16;
+            break;
+        case 'I':
+            if (bn_isa_parse(optarg) < 0 || bn_kernels_force((bn_isa)bn_isa_parse(optarg)) != 0) {
+                fprintf(stderr, "bitnet bench: kernel variant '%s' is unknown or unsupported here\n", optarg);
+                return 2;
+            }
+            break;
+        case 'P': a->pin = 1; break;
+        case 'R': a->roofline = 1; break;
+        case 'A': a->agreement = 1; break;
+        case 'h': usage(stdout); return 1;
+        default: return 2;
+        }
+    }
+    if (!a->model || optind != argc || a->reps == 0) return 2;
+    if (a->n_threads_list == 0) a->threads[a->n_threads_list++] = 0;
+    return 0;
+}
+
 int cmd_bench(int argc, char **argv)
 {
-    (void)argc; (void)argv;
-    fprintf(stderr, "bitnet bench: not built yet\n");
-    return 2;
+    bench_args a;
+    int prc = parse_args(argc, argv, &a);
+    if (prc) {
+        if (prc == 2) usage(stderr);
+        return prc == 1 ? 0 : 2;
+    }
+    bn_error err = {{0}};
+    bn_model *m = NULL;
+    if (bn_model_open(a.model, &m, &err)) {
+        fprintf(stderr, "bitnet bench: %s\n", err.msg);
+        return 1;
+    }
+    uint32_t n_ids = a.n_prompt > a.n_gen ? a.n_prompt : a.n_gen;
+    int32_t *ids = malloc((n_ids ? n_ids : 1) * sizeof *ids);
+    fill_ids(ids, n_ids, m->cfg.n_vocab, m->cfg.bos);
+    const char *name = strrchr(m->path, '/') ? strrchr(m->path, '/') + 1 : m->path;
+    printf("| model | size | isa | lm_head | threads | test | t/s |\n");
+    printf("| --- | ---: | --- | --- | ---: | ---: | ---: |\n");
+    int rc = 0;
+    for (int ti = 0; rc == 0 && ti < a.n_threads_list; ti++) {
+        bn_engine_opts eo;
+        bn_engine_opts_default(&eo);
+        eo.n_threads = a.threads[ti];
+        eo.pin = a.pin;
+        eo.lm_head = a.lm_head;
+        eo.batch = a.batch;
+        eo.n_ctx = n_ids > 0 ? n_ids : 1;
+        bn_engine *e = NULL;
+        if ((rc = bn_engine_create(m, &eo, &e, &err))) break;
+        if (ti == 0) {
+            bn_engine_mem mem;
+            bn_engine_memory(e, &mem);
+            fprintf(stderr, "memory: model mapping %.1f MiB, KV cache %.1f MiB (n_ctx %u, f16), scratch %.1f MiB\n",
+                    (double)m->map_len / (1 << 20), (double)mem.kv / (1 << 20), mem.n_ctx,
+                    (double)mem.scratch / (1 << 20));
+        }
+        const char *head = bn_engine_lm_head(e) == BN_LM_HEAD_I8 ? "i8" : "f16";
+        for (int is_pp = 1; rc == 0 && is_pp >= 0; is_pp--) {
+            uint32_t n = is_pp ? a.n_prompt : a.n_gen;
+            if (n == 0) continue;
+            double mean, sd;
+            if ((rc = bench_test(e, &a, ids, is_pp, &mean, &sd, &err))) break;
+            printf("| %s | %.2f GiB | %s | %s | %d | %s%u | %.2f ± %.2f |\n", name,
+                   (double)m->map_len / (1 << 30), bn_isa_name(bn_kernels_isa()), head,
+                   bn_engine_threads(e), is_pp ? "pp" : "tg", n, mean, sd);
+            fflush(stdout);
+        }
+        /* before the roofline's 1 GiB bandwidth buffer inflates it */
+        if (ti == 0) fprintf(stderr, "peak RSS %.1f MiB\n", bn_peak_rss_mib());
+        if (rc == 0 && a.roofline && a.n_gen) rc = roofline(e, &a, ids, bn_engine_threads(e), &err);
+        if (rc == 0 && a.agreement && ti == 0 && a.n_prompt) rc = agreement(e, ids, a.n_prompt, &err);
+        bn_engine_free(e);
+    }
+    if (rc) fprintf(stderr, "bitnet bench: %s\n", err.msg);
+    free(ids);
+    bn_model_close(m);
+    return rc ? 1 : 0;
 }

@@ -1,9 +1,325 @@
-/* placeholder: replaced by the layer that owns this command */
+/* bitnet run: generate from a prompt, or chat interactively (--chat), streaming text as it is
+ * decoded. Text handling (tokenize, streaming UTF-8 decode, stop strings, chat template) is
+ * the text layer's; generation is the engine's; this file only wires them and prints. */
+#include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli/cli_common.h"
 #include "cli/commands.h"
+#include "engine/engine.h"
+#include "text/tokenizer.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: bitnet run -m MODEL -p PROMPT [options]\n"
+            "       bitnet run -m MODEL --chat [-p SYSTEM_PROMPT] [options]\n"
+            "  -m, --model FILE            packed model file\n"
+            "  -p, --prompt TEXT           prompt (with --chat: the system prompt)\n"
+            "  -n, --n-predict N           tokens to generate (default -1: until a stop or a full context)\n"
+            "  -t, --threads N             threads (default: CPUs available to this process)\n"
+            "  -c, --ctx N                 context length (default: the model's maximum)\n"
+            "      --chat                  interactive chat: one line per user turn, Ctrl-D ends\n"
+            "      --stop STR              stop string (repeatable, at most %d)\n"
+            "      --temp T                temperature (default 0.8; 0 = greedy)\n"
+            "      --top-k N               (default 40; 0 = off)\n"
+            "      --top-p P               (default 0.95; 1 = off)\n"
+            "      --min-p P               (default 0.05; 0 = off)\n"
+            "      --repeat-penalty P      HF repetition penalty (default 1 = off)\n"
+            "      --presence-penalty P    OpenAI presence penalty (default 0)\n"
+            "      --frequency-penalty P   OpenAI frequency penalty (default 0)\n"
+            "      --seed N                sampling seed (default: random, printed)\n"
+            "      --lm-head f16|i8        lm_head to use (default: i8 if the file has it)\n"
+            "      --isa NAME              force a kernel variant (scalar, avx2, avx512, avx512vnni)\n"
+            "      --pin                   pin threads to CPUs\n",
+            BN_STOP_MAX);
+}
+
+typedef struct run_args {
+    const char *model, *prompt;
+    long n_predict;
+    int chat, seed_set;
+    const char *stops[BN_STOP_MAX];
+    size_t n_stops;
+    bn_sampling sampling;
+    bn_engine_opts eo;
+} run_args;
+
+/* ---- streaming output: decoder -> stop matcher -> stdout (and the chat transcript) ------- */
+
+static volatile sig_atomic_t interrupted;
+static void on_sigint(int sig) { (void)sig; interrupted = 1; }
+
+typedef struct stream {
+    bn_stream_decoder *sd;
+    bn_stop_matcher *sm;
+    char *text;          /* everything emitted this turn (the assistant message in chat mode) */
+    size_t len, cap;
+    int stopped, failed;
+} stream;
+
+static void emit(stream *st, const char *s, size_t n)
+{
+    if (n == 0) return;
+    fwrite(s, 1, n, stdout);
+    fflush(stdout);
+    if (st->len + n + 1 > st->cap) {
+        size_t cap = (st->len + n + 1) * 2;
+        char *p = realloc(st->text, cap);
+        if (!p) {
+            st->failed = 1;
+            return;
+        }
+        st->text = p;
+        st->cap = cap;
+    }
+    memcpy(st->text + st->len, s, n);
+    st->len += n;
+    st->text[st->len] = 0;
+}
+
+static int on_token(int32_t id, void *user)
+{
+    stream *st = user;
+    const char *t, *out;
+    size_t n, on;
+    bn_error err;
+    if (interrupted) return BN_GEN_CANCEL;
+    if (bn_stream_decoder_feed(st->sd, id, &t, &n, &err)) {
+        st->failed = 1;
+        return BN_GEN_CANCEL;
+    }
+    int r = bn_stop_matcher_feed(st->sm, t, n, &out, &on);
+    emit(st, out, on);
+    if (r == -2) st->failed = 1;
+    if (r >= 0) st->stopped = 1;
+    return r >= 0 ? BN_GEN_STOP : r == -2 ? BN_GEN_CANCEL : BN_GEN_CONTINUE;
+}
+
+static int stream_begin(stream *st, const bn_tokenizer *tk, const run_args *a, bn_error *err)
+{
+    memset(st, 0, sizeof *st);
+    st->sd = bn_stream_decoder_new(tk, BN_DECODE_SKIP_CONTROL);
+    st->sm = bn_stop_matcher_new(a->stops, a->n_stops, err);
+    if (!st->sd || !st->sm) return bn_err(err, "cannot set up the output stream");
+    return 0;
+}
+
+/* Releases what the decoder and the matcher held back, unless a stop string ended the turn. */
+static void stream_end(stream *st)
+{
+    const char *t, *out = NULL;
+    size_t n, on = 0;
+    if (!st->stopped) {
+        bn_stream_decoder_flush(st->sd, &t, &n);
+        int r = bn_stop_matcher_feed(st->sm, t, n, &out, &on);
+        if (r != -2) emit(st, out, on);   /* r >= 0: the text before a stop in the tail */
+        if (r == -1) {
+            bn_stop_matcher_flush(st->sm, &out, &on);
+            emit(st, out, on);
+        }
+    }
+    bn_stream_decoder_free(st->sd);
+    bn_stop_matcher_free(st->sm);
+    st->sd = NULL;
+    st->sm = NULL;
+}
+
+/* ---- one generation ------------------------------------------------------------------ */
+
+static void print_timings(const bn_gen_result *r)
+{
+    static const char *why[] = {"", "stop", "length", "cancelled"};
+    fprintf(stderr, "\n\nprefill: %u tokens (%u reused from cache) in %.3f s, %.2f tok/s\n",
+            r->n_prompt, r->n_cached, r->prefill_s,
+            r->prefill_s > 0 ? (r->n_prompt - r->n_cached) / r->prefill_s : 0.0);
+    fprintf(stderr, "decode:  %u tokens (%u forward passes) in %.3f s, %.2f tok/s   [finish: %s]\n",
+            r->n_completion, r->n_decoded, r->decode_s,
+            r->decode_s > 0 ? r->n_decoded / r->decode_s : 0.0, why[r->finish]);
+}
+
+static int generate(bn_engine *e, const bn_tokenizer *tk, const run_args *a, const int32_t *ids,
+                    size_t n, char **reply, bn_error *err)
+{
+    stream st;
+    if (stream_begin(&st, tk, a, err)) {
+        stream_end(&st);
+        return -1;
+    }
+    bn_gen_result res;
+    uint32_t max = a->n_predict < 0 ? UINT32_MAX : (uint32_t)a->n_predict;
+    interrupted = 0;
+    int rc = bn_generate(e, ids, n, &a->sampling, max, on_token, &st, &res, err);
+    stream_end(&st);
+    if (rc == 0 && st.failed) rc = bn_err(err, "out of memory while streaming the output");
+    if (rc == 0) print_timings(&res);
+    if (reply) *reply = st.text ? st.text : strdup("");
+    else free(st.text);
+    return rc;
+}
+
+/* ---- modes --------------------------------------------------------------------------- */
+
+static int run_prompt(bn_engine *e, const bn_tokenizer *tk, const run_args *a, bn_error *err)
+{
+    const bn_model *m = bn_engine_model(e);
+    bn_tokens toks = {0};
+    int rc = m->cfg.bos >= 0 ? bn_tokens_push(&toks, m->cfg.bos, err) : 0;
+    if (rc == 0) rc = bn_tokenize_append(tk, a->prompt, strlen(a->prompt), &toks, err);
+    if (rc == 0 && toks.n == 0) rc = bn_err(err, "empty prompt");
+    if (rc == 0) {
+        fputs(a->prompt, stdout);
+        rc = generate(e, tk, a, toks.ids, toks.n, NULL, err);
+    }
+    bn_tokens_free(&toks);
+    return rc;
+}
+
+/* The conversation is re-rendered every turn; the engine's prefix reuse makes that cost only
+ * the new tokens, since the cache still holds the previous turns. */
+static int run_chat(bn_engine *e, const bn_tokenizer *tk, const run_args *a, bn_error *err)
+{
+    const bn_model *m = bn_engine_model(e);
+    enum bn_chat_kind kind = bn_chat_kind_of_vocab(m->vocab);
+    size_t n_msgs = 0, cap = 16;
+    bn_chat_msg *msgs = malloc(cap * sizeof *msgs);
+    char *line = NULL;
+    size_t line_cap = 0;
+    int rc = msgs ? 0 : bn_err(err, "out of memory");
+    if (rc == 0 && a->prompt) msgs[n_msgs++] = (bn_chat_msg){"system", strdup(a->prompt)};
+    fprintf(stderr, "chat (%s template): type a message, Ctrl-D to end.\n", bn_chat_kind_name(kind));
+    while (rc == 0) {
+        fprintf(stderr, "\n> ");
+        ssize_t got = getline(&line, &line_cap, stdin);
+        if (got < 0) break;
+        while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r')) line[--got] = 0;
+        if (got == 0) continue;
+        if (n_msgs + 2 > cap) {
+            bn_chat_msg *p = realloc(msgs, (cap *= 2) * sizeof *msgs);
+            if (!p) { rc = bn_err(err, "out of memory"); break; }
+            msgs = p;
+        }
+        msgs[n_msgs++] = (bn_chat_msg){"user", strdup(line)};
+        bn_tokens toks = {0};
+        rc = bn_chat_render(tk, kind, msgs, n_msgs, 1, &toks, err);
+        char *reply = NULL;
+        if (rc == 0) rc = generate(e, tk, a, toks.ids, toks.n, &reply, err);
+        bn_tokens_free(&toks);
+        if (rc == 0) msgs[n_msgs++] = (bn_chat_msg){"assistant", reply};
+        else free(reply);
+    }
+    for (size_t i = 0; i < n_msgs; i++) free((char *)msgs[i].content);
+    free(msgs);
+    free(line);
+    return rc;
+}
+
+/* ---- arguments ----------------------------------------------------------------------- */
+
+enum {
+    OPT_CHAT = 256, OPT_STOP, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_REP, OPT_PRES, OPT_FREQ,
+    OPT_SEED, OPT_LMHEAD, OPT_ISA, OPT_PIN,
+};
+
+static int parse_args(int argc, char **argv, run_args *a)
+{
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},      {"prompt", required_argument, 0, 'p'},
+        {"n-predict", required_argument, 0, 'n'},  {"threads", required_argument, 0, 't'},
+        {"ctx", required_argument, 0, 'c'},        {"chat", no_argument, 0, OPT_CHAT},
+        {"stop", required_argument, 0, OPT_STOP},  {"temp", required_argument, 0, OPT_TEMP},
+        {"top-k", required_argument, 0, OPT_TOPK}, {"top-p", required_argument, 0, OPT_TOPP},
+        {"min-p", required_argument, 0, OPT_MINP}, {"repeat-penalty", required_argument, 0, OPT_REP},
+        {"presence-penalty", required_argument, 0, OPT_PRES},
+        {"frequency-penalty", required_argument, 0, OPT_FREQ},
+        {"seed", required_argument, 0, OPT_SEED},  {"lm-head", required_argument, 0, OPT_LMHEAD},
+        {"isa", required_argument, 0, OPT_ISA},    {"pin", no_argument, 0, OPT_PIN},
+        {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
+    memset(a, 0, sizeof *a);
+    a->n_predict = -1;
+    bn_sampling_default(&a->sampling);
+    bn_engine_opts_default(&a->eo);
+    int c, i8;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:p:n:t:c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': a->model = optarg; break;
+        case 'p': a->prompt = optarg; break;
+        case 'n': a->n_predict = strtol(optarg, NULL, 10); break;
+        case 't': a->eo.n_threads = atoi(optarg); break;
+        case 'c': a->eo.n_ctx = (uint32_t)strtoul(optarg, NULL, 10); break;
+        case OPT_CHAT: a->chat = 1; break;
+        case OPT_STOP:
+            if (a->n_stops == BN_STOP_MAX || !*optarg) return 2;
+            a->stops[a->n_stops++] = optarg;
+            break;
+        case OPT_TEMP: a->sampling.temperature = strtof(optarg, NULL); break;
+        case OPT_TOPK: a->sampling.top_k = atoi(optarg); break;
+        case OPT_TOPP: a->sampling.top_p = strtof(optarg, NULL); break;
+        case OPT_MINP: a->sampling.min_p = strtof(optarg, NULL); break;
+        case OPT_REP: a->sampling.repeat_penalty = strtof(optarg, NULL); break;
+        case OPT_PRES: a->sampling.presence_penalty = strtof(optarg, NULL); break;
+        case OPT_FREQ: a->sampling.frequency_penalty = strtof(optarg, NULL); break;
+        case OPT_SEED: a->sampling.seed = strtoull(optarg, NULL, 0); a->seed_set = 1; break;
+        case OPT_LMHEAD:
+            if (bn_parse_lm_head(optarg, &i8)) return 2;
+            a->eo.lm_head = i8 ? BN_LM_HEAD_I8 : BN_LM_HEAD_F16;
+            break;
+        case OPT_ISA:
+            if (bn_isa_parse(optarg) < 0 || bn_kernels_force((bn_isa)bn_isa_parse(optarg)) != 0) {
+                fprintf(stderr, "bitnet run: kernel variant '%s' is unknown or unsupported here\n", optarg);
+                return 2;
+            }
+            break;
+        case OPT_PIN: a->eo.pin = 1; break;
+        case 'h': usage(stdout); return 1;
+        default: return 2;
+        }
+    }
+    if (!a->model || optind != argc || (!a->chat && !a->prompt)) return 2;
+    if (!a->seed_set) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        a->sampling.seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20);
+    }
+    return 0;
+}
+
 int cmd_run(int argc, char **argv)
 {
-    (void)argc; (void)argv;
-    fprintf(stderr, "bitnet run: not built yet\n");
-    return 2;
+    run_args a;
+    int prc = parse_args(argc, argv, &a);
+    if (prc) {
+        if (prc == 2) usage(stderr);
+        return prc == 1 ? 0 : 2;
+    }
+    bn_error err = {{0}};
+    bn_model *m = NULL;
+    bn_engine *e = NULL;
+    bn_tokenizer *tk = NULL;
+    int rc = -1;
+    if (bn_model_open(a.model, &m, &err)) goto out;
+    bn_engine_mem mem;
+    if (bn_engine_plan(m, &a.eo, &mem, &err)) goto out;
+    fprintf(stderr, "memory: model mapping %.1f MiB, KV cache %.1f MiB (n_ctx %u, f16), scratch %.1f MiB\n",
+            (double)m->map_len / (1 << 20), (double)mem.kv / (1 << 20), mem.n_ctx,
+            (double)mem.scratch / (1 << 20));
+    if (bn_engine_create(m, &a.eo, &e, &err)) goto out;
+    if (!(tk = bn_tokenizer_new(m->vocab, &err))) goto out;
+    fprintf(stderr, "threads %d, isa %s, lm_head %s, seed %llu\n\n", bn_engine_threads(e),
+            bn_isa_name(bn_kernels_isa()), bn_engine_lm_head(e) == BN_LM_HEAD_I8 ? "i8" : "f16",
+            (unsigned long long)a.sampling.seed);
+    struct sigaction sa = {.sa_handler = on_sigint};
+    sigaction(SIGINT, &sa, NULL);
+    rc = a.chat ? run_chat(e, tk, &a, &err) : run_prompt(e, tk, &a, &err);
+out:
+    if (rc) fprintf(stderr, "bitnet run: %s\n", err.msg);
+    bn_tokenizer_free(tk);
+    bn_engine_free(e);
+    bn_model_close(m);
+    return rc ? 1 : 0;
 }

@@ -206,6 +206,10 @@ int bn_engine_create(const bn_model *m, const bn_engine_opts *opts, bn_engine **
     if (m->cfg.act != BN_ACT_RELU2)
         return bn_err(err, "%s: only the relu2 FFN activation is implemented", m->path);
     if (m->cfg.head_dim % 2) return bn_err(err, "%s: head_dim must be even for RoPE", m->path);
+    /* the scratch layout assumes the query width is the hidden width, and GQA whole groups */
+    if (m->cfg.n_head * m->cfg.head_dim != m->cfg.n_embd || m->cfg.n_head % m->cfg.n_head_kv)
+        return bn_err(err, "%s: n_head * head_dim must equal n_embd and n_head_kv divide n_head",
+                      m->path);
 
     bn_engine *e = calloc(1, sizeof *e);
     if (!e) return bn_err(err, "out of memory");
@@ -253,6 +257,11 @@ int bn_engine_threads(const bn_engine *e) { return e->n_threads; }
 uint32_t bn_engine_n_ctx(const bn_engine *e) { return e->kv.n_ctx; }
 enum bn_lm_head_kind bn_engine_lm_head(const bn_engine *e) { return e->lm_head; }
 float *bn_engine_logits(bn_engine *e) { return e->s.logits; }
+
+int bn_engine_set_lm_head(bn_engine *e, enum bn_lm_head_kind kind, bn_error *err)
+{
+    return resolve_lm_head(e->model, kind, &e->lm_head, err);
+}
 
 void bn_engine_set_layer_hook(bn_engine *e, bn_layer_hook fn, void *user)
 {

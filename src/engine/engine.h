@@ -59,6 +59,8 @@ void bn_engine_memory(const bn_engine *e, bn_engine_mem *mem);
 int bn_engine_threads(const bn_engine *e);
 uint32_t bn_engine_n_ctx(const bn_engine *e);
 enum bn_lm_head_kind bn_engine_lm_head(const bn_engine *e);   /* F16 or I8: what is used */
+/* Switches the lm_head for later passes (comparisons); fails if the file lacks that kind. */
+int bn_engine_set_lm_head(bn_engine *e, enum bn_lm_head_kind kind, bn_error *err);
 
 /* ---- KV cache and positions ---------------------------------------------------------- */
 
@@ -68,6 +70,8 @@ uint32_t bn_engine_n_past(const bn_engine *e);
 const int32_t *bn_engine_cached_ids(const bn_engine *e);
 /* Forgets every cached position. */
 void bn_engine_reset(bn_engine *e);
+/* Forgets the positions from n_past on (no-op if n_past >= the current count). */
+void bn_engine_truncate(bn_engine *e, uint32_t n_past);
 /* Keeps the longest common prefix of the cache and ids[0..n), but never all n tokens (the last
  * one must be run again to produce logits). Returns the number of positions kept: the caller
  * then evaluates ids[kept..n). */
@@ -173,5 +177,27 @@ typedef struct bn_gen_result {
 int bn_generate(bn_engine *e, const int32_t *prompt, size_t n, const bn_sampling *params,
                 uint32_t max_tokens, bn_token_cb cb, void *user, bn_gen_result *res,
                 bn_error *err);
+
+/* ---- perplexity (llama.cpp's method) ------------------------------------------------- */
+
+typedef struct bn_ppl_result {
+    double ppl;          /* exp(mean negative log-likelihood) */
+    double ppl_err;      /* llama.cpp's +/- estimate: ppl * stderr of the mean nll */
+    double nll_sum, nll2_sum;
+    uint64_t n_scored;   /* tokens scored */
+    uint32_t n_chunks, ctx;
+    double seconds;
+} bn_ppl_result;
+
+/* Called after each window with the running perplexity. */
+typedef void (*bn_ppl_cb)(uint32_t chunk, uint32_t n_chunks, double running_ppl, void *user);
+
+/* Perplexity of ids[0..n) (tokenized with BOS by the caller) as llama.cpp computes it:
+ * non-overlapping windows of ctx tokens (ctx 0 = min(512, n_ctx); clamped to the engine's
+ * n_ctx), each window's first token replaced by bos, each evaluated from an empty cache, and
+ * only the second half of each window scored (the logits at position j predict token j+1, for
+ * j in [ctx/2, ctx-1)). Needs at least one whole window (n >= ctx). Clears the cache. */
+int bn_perplexity(bn_engine *e, const int32_t *ids, size_t n, uint32_t ctx, int32_t bos,
+                  bn_ppl_cb cb, void *user, bn_ppl_result *res, bn_error *err);
 
 #endif

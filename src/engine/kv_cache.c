@@ -50,6 +50,11 @@ uint32_t bn_engine_n_past(const bn_engine *e) { return e->kv.n_past; }
 const int32_t *bn_engine_cached_ids(const bn_engine *e) { return e->kv.ids; }
 void bn_engine_reset(bn_engine *e) { e->kv.n_past = 0; }
 
+void bn_engine_truncate(bn_engine *e, uint32_t n_past)
+{
+    if (n_past < e->kv.n_past) e->kv.n_past = n_past;
+}
+
 uint32_t bn_engine_keep_prefix(bn_engine *e, const int32_t *ids, size_t n)
 {
     uint32_t keep = 0;

@@ -322,12 +322,27 @@ static int parse_header(cursor *c, bn_gguf *g)
     return 0;
 }
 
+/* Arrays grow as entries actually parse, so a lying count in a large file costs nothing: memory
+ * stays proportional to the header bytes really present. Ensures room for index i. */
+static int grow(void **arr, uint64_t *cap, uint64_t i, size_t elem)
+{
+    if (i < *cap) return 0;
+    uint64_t n = *cap ? *cap * 2 : 16;
+    void *p = realloc(*arr, (size_t)n * elem); /* n <= 2 * file size / 13: no overflow */
+    if (!p) return -1;
+    memset((char *)p + *cap * elem, 0, (size_t)(n - *cap) * elem);
+    *arr = p;
+    *cap = n;
+    return 0;
+}
+
 static int parse_metadata(cursor *c, bn_gguf *g)
 {
-    g->kv = calloc(g->n_kv ? g->n_kv : 1, sizeof *g->kv);
-    if (!g->kv) return bn_err(c->err, "%s: out of memory for %llu metadata entries", c->path, (unsigned long long)g->n_kv);
-    for (uint64_t i = 0; i < g->n_kv; i++)
+    for (uint64_t i = 0; i < g->n_kv; i++) {
+        if (grow((void **)&g->kv, &g->kv_cap, i, sizeof *g->kv) != 0)
+            return bn_err(c->err, "%s: out of memory for %llu metadata entries", c->path, (unsigned long long)g->n_kv);
         if (parse_kv(c, &g->kv[i], i) != 0) return -1;
+    }
     uint64_t dup;
     if (sort_names(&g->kv[0].key, sizeof *g->kv, g->n_kv, &g->kv_sorted, &dup) != 0)
         return bn_err(c->err, "%s: out of memory indexing metadata", c->path);
@@ -416,21 +431,25 @@ static int place_tensor(bn_gguf *g, bn_gguf_tensor *t, bn_error *err)
     if (t->offset % g->alignment)
         return bn_err(err, "%s: tensor '%s': data offset %llu is not a multiple of the alignment %llu", g->path, name,
                       (unsigned long long)t->offset, (unsigned long long)g->alignment);
-    uint64_t off;
-    if (!bn_add_ok(g->data_off, t->offset, &off) || !bn_range_ok(off, t->nbytes, g->size))
-        return bn_err(err, "%s: tensor '%s': data [%llu, %llu+%llu) extends past end of file (%llu bytes)", g->path, name,
-                      (unsigned long long)g->data_off, (unsigned long long)t->offset, (unsigned long long)t->nbytes,
+    uint64_t off, end;
+    if (!bn_add_ok(g->data_off, t->offset, &off) || !bn_add_ok(off, t->nbytes, &end))
+        return bn_err(err, "%s: tensor '%s': data offset %llu + %llu bytes extends past end of file (%llu bytes)",
+                      g->path, name, (unsigned long long)t->offset, (unsigned long long)t->nbytes,
                       (unsigned long long)g->size);
+    if (end > g->size)
+        return bn_err(err, "%s: tensor '%s': data [%llu, %llu) extends past end of file (%llu bytes)", g->path, name,
+                      (unsigned long long)off, (unsigned long long)end, (unsigned long long)g->size);
     t->data = g->base + off;
     return 0;
 }
 
 static int parse_tensors(cursor *c, bn_gguf *g)
 {
-    g->tensors = calloc(g->n_tensors ? g->n_tensors : 1, sizeof *g->tensors);
-    if (!g->tensors) return bn_err(c->err, "%s: out of memory for %llu tensors", c->path, (unsigned long long)g->n_tensors);
-    for (uint64_t i = 0; i < g->n_tensors; i++)
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        if (grow((void **)&g->tensors, &g->t_cap, i, sizeof *g->tensors) != 0)
+            return bn_err(c->err, "%s: out of memory for %llu tensors", c->path, (unsigned long long)g->n_tensors);
         if (parse_tensor_info(c, g, &g->tensors[i], i) != 0) return -1;
+    }
     uint64_t dup;
     if (sort_names(&g->tensors[0].name, sizeof *g->tensors, g->n_tensors, &g->t_sorted, &dup) != 0)
         return bn_err(c->err, "%s: out of memory indexing tensors", c->path);

@@ -92,6 +92,7 @@ typedef struct bn_gguf {
     bn_mapping map;                /* owned when opened from a path */
     uint64_t *kv_sorted;           /* kv indices sorted by key, for lookups */
     uint64_t *t_sorted;            /* tensor indices sorted by name */
+    uint64_t kv_cap, t_cap;        /* allocated entries of kv / tensors */
 } bn_gguf;
 
 /* Maps and parses path. */

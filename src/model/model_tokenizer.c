@@ -8,7 +8,10 @@
 
 static uint64_t types_bytes(uint32_t n) { return bn_align_up(n, 4); }
 
-static uint64_t template_len(const bn_vocab *v) { return v->chat_template ? strlen(v->chat_template) : 0; }
+/* The source's template text is not stored: sources disagree on it (HF's Jinja, GGUF's
+ * placeholder) while `chat` already says which format the model uses, and every route to
+ * the same model must give the same bytes. The field stays in the format for future use. */
+static uint64_t template_len(const bn_vocab *v) { (void)v; return 0; }
 
 uint64_t bn_tok_section_size(const bn_vocab *v)
 {

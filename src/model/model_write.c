@@ -1,5 +1,6 @@
 /* Packing a model: plan every tensor (name, type, shape, size) from the config, lay out the
  * file, then pull each tensor from the source, pack it and write it with its checksum. */
+#include "config.h"
 #include "model/model_write.h"
 
 #include <math.h>
@@ -280,13 +281,14 @@ static uint8_t *build_meta(const bn_file_header *hd0, const plan *p, const bn_vo
     return meta;
 }
 
-static char *provenance(const bn_source *src, const bn_pack_opts *o)
+/* Route-independent on purpose: the same weights reached through any source must give a
+ * byte-identical file, so the source's path, kind and notes are reported by `bitnet convert`
+ * rather than stored. */
+static char *provenance(const bn_pack_opts *o)
 {
-    const char *notes = src->notes ? src->notes : "";
-    size_t n = strlen(src->kind) + strlen(src->path) + strlen(notes) + 128;
-    char *s = malloc(n);
-    if (s) snprintf(s, n, "source: %s\nsource_kind: %s\nternary: %s\nlm_head_i8: %d\n%s", src->path, src->kind,
-                    o->tern == BN_TERN_I2 ? "i2" : "t5", o->lm_head_i8, notes);
+    char *s = malloc(160);
+    if (s) snprintf(s, 160, "writer: %s %s\nternary: %s\nlm_head_i8: %d\n", PACKAGE_NAME, PACKAGE_VERSION,
+                    o->tern == BN_TERN_I2 ? "i2" : "t5", o->lm_head_i8);
     return s;
 }
 
@@ -301,7 +303,7 @@ int bn_pack_write(bn_source *src, const char *out_path, const bn_pack_opts *o, b
     plan p = {0};
     bn_file_header hd = {0};
     bn_atomic_file f;
-    char *prov = provenance(src, o);
+    char *prov = provenance(o);
     float *lm_scales = o->lm_head_i8 ? malloc((size_t)c->n_vocab * sizeof *lm_scales) : NULL;
     uint8_t *meta = NULL;
     int rc = (!prov || (o->lm_head_i8 && !lm_scales) || build_plan(c, o, &p) != 0) ? bn_err(err, "out of memory") : 0;

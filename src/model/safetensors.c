@@ -6,7 +6,9 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "base/checked.h"
 #include "kernels/half.h"
@@ -52,6 +54,43 @@ float bn_st_float_at(const bn_st_tensor *t, uint64_t i)
     case BN_ST_I8: return (float)(int8_t)p[i];
     default: return 0.0f;
     }
+}
+
+void bn_st_floats(const bn_st_tensor *t, uint64_t first, uint64_t n, float *out)
+{
+    const uint8_t *p = t->data;
+    switch (t->dtype) {
+    case BN_ST_F32:
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        memcpy(out, p + 4 * first, (size_t)n * 4); /* the file is little-endian, as is the host */
+        return;
+#else
+        break;
+#endif
+    case BN_ST_BF16:
+        p += 2 * first;
+        for (uint64_t i = 0; i < n; i++) out[i] = bn_bf16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+        return;
+    case BN_ST_F16:
+        p += 2 * first;
+        for (uint64_t i = 0; i < n; i++) out[i] = bn_f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+        return;
+    default: break;
+    }
+    for (uint64_t i = 0; i < n; i++) out[i] = bn_st_float_at(t, first + i);
+}
+
+void bn_st_release(const bn_st_tensor *t, uint64_t first, uint64_t n)
+{
+    if (!t->file || !t->file->map.data || !n) return;
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0) return;
+    size_t esize = bn_st_dtype_size(t->dtype);
+    uintptr_t lo = (uintptr_t)(t->data + first * esize), hi = (uintptr_t)(t->data + (first + n) * esize);
+    /* Inward to whole pages: a page shared with a neighbouring range may still be wanted. */
+    lo = (lo + (uintptr_t)page - 1) / (uintptr_t)page * (uintptr_t)page;
+    hi = hi / (uintptr_t)page * (uintptr_t)page;
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED); /* advisory: failure is harmless */
 }
 
 /* ---- one file ------------------------------------------------------------------------ */
@@ -192,6 +231,7 @@ static int parse_tensors(bn_st_file *f, json_t *root, bn_error *err)
             continue;
         }
         bn_st_tensor *t = &f->tensors[f->n_tensors];
+        t->file = f;
         if (!(t->name = strdup(key))) {
             rc = FAIL(err, f->name, "out of memory");
             break;

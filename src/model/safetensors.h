@@ -27,8 +27,11 @@
 
 enum bn_st_dtype { BN_ST_F32 = 1, BN_ST_F16, BN_ST_BF16, BN_ST_U8, BN_ST_I8 };
 
+struct bn_st_file;
+
 typedef struct bn_st_tensor {
     const char *name;          /* owned by the file */
+    const struct bn_st_file *file;   /* the file holding it */
     uint32_t dtype;            /* enum bn_st_dtype */
     uint32_t n_dims;           /* 0 = scalar (one element) */
     uint64_t shape[BN_ST_MAX_DIMS];
@@ -62,6 +65,15 @@ const char *bn_st_dtype_name(uint32_t dtype);
 /* Element i of a float tensor (F32, F16 or BF16) as float. Does not check i (the caller keeps
  * i < n_elem). */
 float bn_st_float_at(const bn_st_tensor *t, uint64_t i);
+/* Elements [first, first + n) as floats into out (the bulk form of bn_st_float_at; the caller
+ * keeps first + n <= n_elem). */
+void bn_st_floats(const bn_st_tensor *t, uint64_t first, uint64_t n, float *out);
+/* Tells the kernel that elements [first, first + n) have been consumed: the whole pages inside
+ * that range are dropped from this process's resident set (they stay in the page cache and fault
+ * back in if read again). Streaming a 1 GB checkpoint thus keeps the RSS at about one tensor.
+ * Only for files opened with bn_st_open (a no-op for caller buffers, whose pages it must never
+ * discard). */
+void bn_st_release(const bn_st_tensor *t, uint64_t first, uint64_t n);
 
 /* A checkpoint directory: model.safetensors, or model.safetensors.index.json naming the shard
  * of every tensor. Shards are mapped lazily, each at most once, the first time one of their

@@ -67,18 +67,27 @@ static int expect_tensor(const bn_gguf *g, const char *name, uint64_t rows, uint
     return 0;
 }
 
+/* Per-layer tensors and their shapes; r/c: 0 = n_embd, 1 = q dim, 2 = kv dim, 3 = n_ff,
+ * 4 = one row (vectors). tern: read through ternary() (else floats()). */
+static const struct { const char *n; int r, c, tern; } lt[] = {
+    {"attn_norm", 4, 0, 0}, {"attn_q", 1, 0, 1}, {"attn_k", 2, 0, 1}, {"attn_v", 2, 0, 1},
+    {"attn_sub_norm", 4, 1, 0}, {"attn_output", 0, 1, 1}, {"ffn_norm", 4, 0, 0}, {"ffn_gate", 3, 0, 1},
+    {"ffn_up", 3, 0, 1}, {"ffn_sub_norm", 4, 3, 0}, {"ffn_down", 0, 3, 1},
+};
+
+static int is_layer_tensor(const char *suffix)
+{
+    for (size_t i = 0; i < sizeof lt / sizeof lt[0]; i++)
+        if (!strcmp(lt[i].n, suffix)) return 1;
+    return 0;
+}
+
 static int check_tensors(const bn_gguf *g, const bn_config *c, bn_error *err)
 {
     uint64_t E = c->n_embd, F = c->n_ff, V = c->n_vocab;
     uint64_t Q = (uint64_t)c->n_head * c->head_dim, KV = (uint64_t)c->n_head_kv * c->head_dim;
     if (expect_tensor(g, "token_embd", V, E, 0, err) || expect_tensor(g, "output_norm", 1, E, 0, err)) return -1;
     if (!c->tied && expect_tensor(g, "output", V, E, 0, err)) return -1;
-    static const struct { const char *n; int r, c, tern; } lt[] = {
-        /* r/c: 0 = n_embd, 1 = q dim, 2 = kv dim, 3 = n_ff, 4 = one row */
-        {"attn_norm", 4, 0, 0}, {"attn_q", 1, 0, 1}, {"attn_k", 2, 0, 1}, {"attn_v", 2, 0, 1},
-        {"attn_sub_norm", 4, 1, 0}, {"attn_output", 0, 1, 1}, {"ffn_norm", 4, 0, 0}, {"ffn_gate", 3, 0, 1},
-        {"ffn_up", 3, 0, 1}, {"ffn_sub_norm", 4, 3, 0}, {"ffn_down", 0, 3, 1},
-    };
     const uint64_t dim[5] = {E, Q, KV, F, 1};
     for (uint32_t l = 0; l < c->n_layer; l++)
         for (size_t i = 0; i < sizeof lt / sizeof lt[0]; i++) {
@@ -107,7 +116,7 @@ static void note_unknown_tensors(gguf_source *s)
         else if (sscanf(buf, "blk.%u.%63[a-z_].weight", &l, rest) == 2 && l < s->base.cfg.n_layer) {
             char canon[96];
             snprintf(canon, sizeof canon, "blk.%u.%s.weight", l, rest);
-            known = !strcmp(canon, buf);
+            known = !strcmp(canon, buf) && is_layer_tensor(rest);
         }
         if (!known && n++ == 0) memcpy(first, buf, sizeof first);
     }

@@ -60,16 +60,8 @@ static int flush_segment(sink *k)
 static int put_control(sink *k, const char *name, int32_t known_id)
 {
     if (!k->tk) return put_text(k, name, strlen(name));
-    int32_t id = known_id;
-    if (id < 0) {
-        const bn_vocab *v = bn_tokenizer_vocab(k->tk);
-        for (uint32_t i = 0; i < v->n_tokens && id < 0; i++) {
-            size_t len;
-            const char *s = bn_vocab_token(v, i, &len);
-            if (v->type[i] == BN_TOK_CONTROL && len == strlen(name) && !memcmp(s, name, len)) id = (int32_t)i;
-        }
-        if (id < 0) return bn_err(k->err, "chat template: the vocabulary has no control token %s", name);
-    }
+    int32_t id = known_id >= 0 ? known_id : bn_tokenizer_control_id(k->tk, name);
+    if (id < 0) return bn_err(k->err, "chat template: the vocabulary has no control token %s", name);
     if (flush_segment(k)) return -1;
     return bn_tokens_push(k->ids, id, k->err);
 }

@@ -11,6 +11,8 @@
  *    no). PCRE2's \s in UCP mode is "Z category + HT/LF/VT/FF/CR", which misses U+0085. So the
  *    patterns below spell White_Space out as WS / NOT_WS instead of using \s and \S.
  *  - (?i:'s): Unicode case folding makes 's match 'ſ (U+017F) too, in both engines.
+ *  - Unicode version: PCRE2 10.42 has Unicode 14 tables; the reference's Oniguruma is newer.
+ *    unicode_extra.h lists the letters and numbers assigned since, added to \p{L} / \p{N}.
  *
  * Invalid UTF-8: HF only ever sees valid strings. We compile with PCRE2_MATCH_INVALID_UTF, under
  * which invalid bytes can never be part of a match; so each maximal run of them falls into a
@@ -23,19 +25,24 @@
 #include <string.h>
 
 #include "text/text_internal.h"
+#include "text/unicode_extra.h"
 
 /* Unicode White_Space, the set Oniguruma's \s matches. */
 #define WS_CHARS "\\t\\n\\x{0B}\\f\\r\\x{20}\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
 #define WS "[" WS_CHARS "]"
 #define NOT_WS "[^" WS_CHARS "]"
 
+/* Letters and numbers: PCRE2's classes plus what newer Unicode versions added (unicode_extra.h). */
+#define L_CHARS "\\p{L}" BN_L_EXTRA
+#define N_CHARS "\\p{N}" BN_N_EXTRA
+
 /* tokenizer.json of Llama 3: (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
  *                            ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+ */
 static const char llama3_pattern[] =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)"
-    "|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+"
-    "|\\p{N}{1,3}"
-    "| ?[^" WS_CHARS "\\p{L}\\p{N}]+[\\r\\n]*"
+    "|[^\\r\\n" L_CHARS N_CHARS "]?[" L_CHARS "]+"
+    "|[" N_CHARS "]{1,3}"
+    "| ?[^" WS_CHARS L_CHARS N_CHARS "]+[\\r\\n]*"
     "|" WS "*[\\r\\n]+"
     "|" WS "+(?!" NOT_WS ")"
     "|" WS "+";
@@ -44,9 +51,9 @@ static const char llama3_pattern[] =
  * ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
 static const char gpt2_pattern[] =
     "'s|'t|'re|'ve|'m|'ll|'d"
-    "| ?\\p{L}+"
-    "| ?\\p{N}+"
-    "| ?[^" WS_CHARS "\\p{L}\\p{N}]+"
+    "| ?[" L_CHARS "]+"
+    "| ?[" N_CHARS "]+"
+    "| ?[^" WS_CHARS L_CHARS N_CHARS "]+"
     "|" WS "+(?!" NOT_WS ")"
     "|" WS "+";
 

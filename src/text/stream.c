@@ -191,11 +191,11 @@ int bn_stop_matcher_feed(bn_stop_matcher *sm, const char *text, size_t len, cons
     *out_len = 0;
     if (sm->matched >= 0) return sm->matched;
     /* Drop what the previous call returned, keeping the held-back tail, then append. */
-    memmove(sm->buf, sm->buf + sm->emitted, sm->len - sm->emitted);
+    if (sm->emitted) memmove(sm->buf, sm->buf + sm->emitted, sm->len - sm->emitted);
     sm->len -= sm->emitted;
     sm->emitted = 0;
     if (grow(&sm->buf, &sm->cap, sm->len + len + 1)) return -2;
-    memcpy(sm->buf + sm->len, text, len);
+    if (len) memcpy(sm->buf + sm->len, text, len);
     sm->len += len;
     /* The held tail holds no complete match, so a match ends in the new text. Take the one that
      * ends first (it is complete soonest, as a token-by-token reader would see it), and the

@@ -77,4 +77,9 @@ int bn_merge_lookup(const bn_merge_table *mt, int32_t left, int32_t right, uint3
 size_t bn_bpe_scratch_size(size_t n);
 size_t bn_bpe_merge(const bn_merge_table *mt, int32_t *syms, size_t n, void *scratch);
 
+/* ---- tokenizer.c ---- */
+
+/* The id of the control token whose text is name, or -1. */
+int32_t bn_tokenizer_control_id(const bn_tokenizer *tk, const char *name);
+
 #endif

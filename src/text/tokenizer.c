@@ -233,6 +233,13 @@ static int32_t control_at(const bn_tokenizer *tk, const char *s, size_t len)
     return best;
 }
 
+int32_t bn_tokenizer_control_id(const bn_tokenizer *tk, const char *name)
+{
+    size_t len = strlen(name);
+    int32_t id = control_at(tk, name, len);
+    return id >= 0 && tk->bytes_off[id + 1] - tk->bytes_off[id] == len ? id : -1;
+}
+
 int bn_tokenize_special_append(const bn_tokenizer *tk, const char *text, size_t len,
                                bn_tokens *out, bn_error *err)
 {
@@ -265,6 +272,11 @@ const char *bn_token_bytes(const bn_tokenizer *tk, int32_t id, size_t *len)
 int bn_token_is_control(const bn_tokenizer *tk, int32_t id)
 {
     return id >= 0 && (uint32_t)id < tk->v->n_tokens && tk->v->type[id] == BN_TOK_CONTROL;
+}
+
+int bn_token_is_eog(const bn_tokenizer *tk, int32_t id)
+{
+    return id >= 0 && (id == tk->v->eos || id == tk->v->eot);
 }
 
 int bn_detokenize(const bn_tokenizer *tk, const int32_t *ids, size_t n, unsigned flags,

@@ -10,7 +10,7 @@
  *
  * Special (control) tokens such as <|eot_id|> are never produced from text by bn_tokenize():
  * the same characters in user text are ordinary text. Control token ids come only from the chat
- * renderer (which emits them directly) or from the explicit bn_tokenize_special() used on trusted
+ * renderer (which emits them directly) or from bn_tokenize_special_append(), for trusted
  * text (debugging, tests). */
 #ifndef BN_TEXT_TOKENIZER_H
 #define BN_TEXT_TOKENIZER_H
@@ -66,6 +66,8 @@ const char *bn_token_bytes(const bn_tokenizer *tk, int32_t id, size_t *len);
 
 /* Is id a control token (BN_TOK_CONTROL)? False for ids out of range. */
 int bn_token_is_control(const bn_tokenizer *tk, int32_t id);
+/* Does id end generation: the vocab's eos or eot (for BitNet-b1.58-2B-4T: 128001, 128009)? */
+int bn_token_is_eog(const bn_tokenizer *tk, int32_t id);
 
 enum {
     BN_DECODE_SKIP_CONTROL = 1, /* control tokens produce no text */
@@ -150,10 +152,12 @@ int bn_vocab_load_hf(const char *tokenizer_json, const char *tokenizer_config, b
 int bn_vocab_load_hf_mem(const char *json, size_t len, const char *config_json, size_t config_len,
                          const char *name, bn_vocab **out, bn_error *err);
 
-/* A small deterministic byte-level vocabulary for synthetic models: 256 byte tokens, a fixed set
- * of English merges, then <|begin_of_text|>, <|end_of_text|>, <|eot_id|>, <|start_header_id|>,
- * <|end_header_id|>, then <|reserved_special_token_N|> up to n_vocab tokens. n_vocab must be at
- * least bn_vocab_builtin_min(). chat = BITNET, pre = LLAMA3. Caller frees with bn_vocab_free. */
+/* A small deterministic byte-level vocabulary for synthetic models: ids 0-255 are the bytes (id ==
+ * byte value), then the merges of a fixed list of English words (all 410 of them from n_vocab
+ * 671 on, as many as fit below), then <|begin_of_text|>, <|end_of_text|>, <|eot_id|>,
+ * <|start_header_id|>, <|end_header_id|>, then <|reserved_special_token_N|> up to n_vocab tokens.
+ * n_vocab must be at least bn_vocab_builtin_min() (261). chat = BITNET, pre = LLAMA3; bos, eos and
+ * eot are set. A pure function of n_vocab. Caller frees with bn_vocab_free. */
 bn_vocab *bn_vocab_builtin(uint32_t n_vocab, bn_error *err);
 uint32_t bn_vocab_builtin_min(void);
 

@@ -56,9 +56,10 @@ int bn_vocab_index(bn_vocab *v, bn_error *err)
             size_t olen;
             const char *o = bn_vocab_token(v, slots[i], &olen);
             if (olen == len && memcmp(o, s, len) == 0) {
+                uint32_t first = slots[i];   /* read before the free */
                 free(slots);
                 return bn_err(err, "tokens %u and %u are the same string '%.*s'",
-                              slots[i], id, (int)(len > 40 ? 40 : len), s);
+                              first, id, (int)(len > 40 ? 40 : len), s);
             }
         }
     }
