@@ -22,8 +22,8 @@ for fmt in hf hf-bf16 hf-sharded gguf-i2_s gguf-tq2_0 gguf-f16; do
     # Tensor data and tokenizer must match the direct packing (provenance text differs).
     data_off=$(od -An -t u8 -j 32 -N 8 "$work/out.bnpk" | tr -d ' ')
     if cmp -s <(tail -c +$((data_off + 1)) "$work/out.bnpk") <(tail -c +$((data_off + 1)) "$work/direct.bnpk"); then same=yes; else same=NO; fi
-    printf '| %s | %.2f GB | %s | %.0f | %.3f GB | %s |\n' "$fmt" "$(echo "$ssize/1e9" | bc -l)" "$wall" \
-        "$(echo "$rss_kb/1024" | bc -l)" "$(echo "$psize/1e9" | bc -l)" "$same"
+    awk -v f="$fmt" -v s="$ssize" -v w="$wall" -v r="$rss_kb" -v p="$psize" -v same="$same" \
+        'BEGIN { printf "| %s | %.2f GB | %s | %.0f | %.3f GB | %s |\n", f, s / 1e9, w, r / 1024, p / 1e9, same }'
     rm -rf "$src" "$work/out.bnpk"
 done
 rm -f "$work/direct.bnpk" "$work/time"

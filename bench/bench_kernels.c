@@ -302,6 +302,15 @@ static void attn_work(void *vc, int tid, int nth)
                         c->npos, 640, 128, 0.0883883f, c->sc + (size_t)h * c->npos);
 }
 
+static void attn_group_work(void *vc, int tid, int nth)
+{
+    small_ctx *c = vc;
+    /* the 5 KV groups of 4 query heads each */
+    for (int g = tid; g < 5; g += nth)
+        c->k->attn_group(c->out + g * 512, c->x + g * 512, 4, c->kc + g * 128, c->vc + g * 128,
+                         c->npos, 640, 128, 0.0883883f, c->sc + (size_t)g * 4 * c->npos);
+}
+
 static void quant_work(void *vc, int tid, int nth)
 {
     small_ctx *c = vc;
@@ -331,11 +340,18 @@ static void bench_small(void)
     for (int isa = 0; isa < BN_ISA_COUNT; isa++) {
         if (!bn_kernels_isa_supported((bn_isa)isa) || (g_isa_only >= 0 && isa != g_isa_only)) continue;
         c.k = bn_ktab_get((bn_isa)isa);
-        if (wanted("attn")) {
+        if (wanted("attn ")) {
             for (int nth = 1; nth <= g_threads_max; nth++) {
                 timing t = measure(attn_work, &c, nth);
                 printf("%-28s %-10s thr=%d  %7.3f ms/layer (20 heads; x30 layers = %.1f ms/token)\n", "attn ctx=4096",
                        bn_isa_name((bn_isa)isa), nth, t.best * 1e3, t.best * 30e3);
+            }
+        }
+        if (wanted("attn_group")) {
+            for (int nth = 1; nth <= g_threads_max; nth++) {
+                timing t = measure(attn_group_work, &c, nth);
+                printf("%-28s %-10s thr=%d  %7.3f ms/layer (5 groups x 4 heads; x30 layers = %.1f ms/token)\n",
+                       "attn_group ctx=4096", bn_isa_name((bn_isa)isa), nth, t.best * 1e3, t.best * 30e3);
             }
         }
         if (wanted("quant_act")) {
@@ -348,6 +364,105 @@ static void bench_small(void)
         }
     }
     free(c.x), free(c.out), free(c.w), free(c.sc), free(c.q), free(c.kc), free(c.vc);
+}
+
+/* ---- whole-model simulation: the 7 linears of 30 layers + the int8 lm_head ---------------- */
+/* Kernel-only decode / prefill throughput for the 2B model with T5 weights (attention, norms and
+ * the engine's own overheads excluded): every layer has its own weights, so a token streams
+ * ~417 MB of T5 weights plus the 328 MB int8 lm_head from DRAM, as real decoding does. */
+
+enum { SIM_LAYERS = 30, SIM_MATS = 7 };
+static const size_t sim_shape[SIM_MATS][2] = {
+    {2560, 2560}, {640, 2560}, {640, 2560}, {2560, 2560}, {6912, 2560}, {6912, 2560}, {2560, 6912}};
+
+typedef struct {
+    const bn_ktab *k;
+    bn_tern_fmt fmt;
+    uint8_t *w[SIM_LAYERS][SIM_MATS];
+    int8_t *lm, *q;
+    float *lm_sc, *as, *y;
+    size_t ntok;
+} sim_ctx;
+
+static void sim_decode_work(void *vc, int tid, int nth)
+{
+    sim_ctx *c = vc;
+    bn_tern_gemv_fn f = c->fmt == BN_TERN_T5 ? c->k->gemv_t5 : c->k->gemv_i2;
+    for (int l = 0; l < SIM_LAYERS; l++)
+        for (int m = 0; m < SIM_MATS; m++) {
+            size_t r0, r1;
+            split(sim_shape[m][0], BN_TILE_ROWS, tid, nth, &r0, &r1);
+            f(c->w[l][m], sim_shape[m][0], sim_shape[m][1], c->q, 3.0f, 0.5f, c->y, r0, r1);
+#pragma omp barrier
+        }
+    size_t r0, r1;
+    split(128256, 16, tid, nth, &r0, &r1);
+    c->k->gemv_i8row(c->lm, c->lm_sc, 2560, 2560, c->q, 3.0f, c->y, r0, r1);
+}
+
+static void sim_prefill_work(void *vc, int tid, int nth)
+{
+    sim_ctx *c = vc;
+    bn_tern_gemm_fn f = c->fmt == BN_TERN_T5 ? c->k->gemm_t5 : c->k->gemm_i2;
+    for (int l = 0; l < SIM_LAYERS; l++)
+        for (int m = 0; m < SIM_MATS; m++) {
+            size_t r0, r1;
+            split(sim_shape[m][0], BN_TILE_ROWS, tid, nth, &r0, &r1);
+            f(c->w[l][m], sim_shape[m][0], sim_shape[m][1], c->q, c->as, c->ntok, 0.5f, c->y,
+              sim_shape[m][0], r0, r1);
+#pragma omp barrier
+        }
+}
+
+static void bench_model_sim(void)
+{
+    if (!wanted("model")) return;
+    const bn_tern_fmt fmts[2] = {BN_TERN_T5, BN_TERN_I2};
+    for (int f = 0; f < 2; f++) {
+        sim_ctx c = {.fmt = fmts[f], .ntok = 512};
+        size_t total = 0;
+        for (int m = 0; m < SIM_MATS; m++) {
+            size_t bytes;
+            uint8_t *w0 = make_tern(c.fmt, sim_shape[m][0], sim_shape[m][1], 1, &bytes);
+            for (int l = 0; l < SIM_LAYERS; l++) {
+                c.w[l][m] = xalloc(bytes);
+                memcpy(c.w[l][m], w0, bytes);
+                total += bytes;
+            }
+            free(w0);
+        }
+        c.lm = xalloc((size_t)128256 * 2560);
+        c.lm_sc = xalloc(128256 * sizeof(float));
+        for (size_t i = 0; i < 128256; i++) c.lm_sc[i] = 0.01f;
+        c.q = xalloc(6920 * c.ntok);
+        for (size_t i = 0; i < 6920 * c.ntok; i++) c.q[i] = (int8_t)(i * 37 % 255 - 127);
+        c.as = xalloc(c.ntok * sizeof(float));
+        for (size_t i = 0; i < c.ntok; i++) c.as[i] = 1.0f;
+        c.y = xalloc(128256 * sizeof(float) + 6912 * c.ntok * sizeof(float));
+        for (int isa = 1; isa < BN_ISA_COUNT; isa++) {
+            if (!bn_kernels_isa_supported((bn_isa)isa) || (g_isa_only >= 0 && isa != g_isa_only)) continue;
+            c.k = bn_ktab_get((bn_isa)isa);
+            for (int nth = 1; nth <= g_threads_max; nth++) {
+                timing t = measure(sim_decode_work, &c, nth);
+                double bytes = (double)total + 128256.0 * 2560;
+                printf("%-28s %-10s thr=%d  %7.1f tok/s (median %6.1f)  %6.2f GB/s  [%s %.0f MB + i8 lm_head 328 MB]\n",
+                       "model decode (linears+lm)", bn_isa_name((bn_isa)isa), nth, 1 / t.best, 1 / t.median,
+                       bytes / t.best * 1e-9, c.fmt == BN_TERN_T5 ? "T5" : "I2", total / 1e6);
+            }
+            for (int nth = 1; nth <= g_threads_max; nth++) {
+                int reps = g_reps;
+                g_reps = reps < 3 ? reps : 3;
+                timing t = measure(sim_prefill_work, &c, nth);
+                g_reps = reps;
+                printf("%-28s %-10s thr=%d  %7.1f tok/s (median %6.1f)  [%s, 512 tokens, linears only]\n",
+                       "model prefill (linears)", bn_isa_name((bn_isa)isa), nth, c.ntok / t.best, c.ntok / t.median,
+                       c.fmt == BN_TERN_T5 ? "T5" : "I2");
+            }
+        }
+        for (int l = 0; l < SIM_LAYERS; l++)
+            for (int m = 0; m < SIM_MATS; m++) free(c.w[l][m]);
+        free(c.lm), free(c.lm_sc), free(c.q), free(c.as), free(c.y);
+    }
 }
 
 int main(int argc, char **argv)
@@ -369,5 +484,6 @@ int main(int argc, char **argv)
     bench_lm_head();
     bench_tern_gemm();
     bench_small();
+    bench_model_sim();
     return 0;
 }

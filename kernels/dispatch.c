@@ -18,6 +18,7 @@ const bn_ktab bn_ktab_scalar = {
     .softmax = bn_softmax_scalar,
     .relu2_mul = bn_relu2_mul_scalar,
     .attn_head = bn_attn_head_scalar,
+    .attn_group = bn_attn_group_scalar,
     .gemv_f16 = bn_gemv_f16_scalar,
     .gemv_i8row = bn_gemv_i8row_scalar,
     .f16_to_f32 = bn_f16_to_f32_scalar,
@@ -51,13 +52,23 @@ const bn_ktab *bn_ktab_get(bn_isa isa)
     }
 }
 
+#ifdef BN_X86_64
+#include <cpuid.h>
+/* F16C from CPUID.1:ECX[29]: clang's __builtin_cpu_supports does not know "f16c". */
+static int cpu_has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+#endif
+
 static int cpu_has(bn_isa isa)
 {
 #ifdef BN_X86_64
     __builtin_cpu_init();
     /* __builtin_cpu_supports also checks that the OS saves the ymm/zmm state (XCR0). */
     int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c");
+               cpu_has_f16c();
     int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
     switch (isa) {
@@ -155,6 +166,12 @@ void bn_attn_head(float *out, const float *q, const uint16_t *k, const uint16_t 
                   size_t kv_stride, int head_dim, float scale, float *scratch)
 {
     tab()->attn_head(out, q, k, v, n_pos, kv_stride, head_dim, scale, scratch);
+}
+
+void bn_attn_group(float *out, const float *q, int n_q, const uint16_t *k, const uint16_t *v,
+                   size_t n_pos, size_t kv_stride, int head_dim, float scale, float *scratch)
+{
+    tab()->attn_group(out, q, n_q, k, v, n_pos, kv_stride, head_dim, scale, scratch);
 }
 
 void bn_gemv_f16(const uint16_t *w, size_t cols, const float *x, float *y, size_t r0, size_t r1)

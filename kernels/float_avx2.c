@@ -154,6 +154,15 @@ void bn_attn_head_avx2(float *out, const float *q, const uint16_t *k, const uint
     }
 }
 
+/* 256-bit code is not the target; the group is simply n_q heads, which is exact by design. */
+void bn_attn_group_avx2(float *out, const float *q, int n_q, const uint16_t *k, const uint16_t *v,
+                        size_t n_pos, size_t kv_stride, int head_dim, float scale, float *scratch)
+{
+    for (int h = 0; h < n_q; h++)
+        bn_attn_head_avx2(out + (size_t)h * head_dim, q + (size_t)h * head_dim, k, v, n_pos,
+                          kv_stride, head_dim, scale, scratch + (size_t)h * n_pos);
+}
+
 void bn_gemv_f16_avx2(const uint16_t *w, size_t cols, const float *x, float *y, size_t r0, size_t r1)
 {
     for (size_t r = r0; r < r1; r++) {
@@ -231,6 +240,7 @@ const bn_ktab bn_ktab_avx2 = {
     .softmax = bn_softmax_avx2,
     .relu2_mul = bn_relu2_mul_avx2,
     .attn_head = bn_attn_head_avx2,
+    .attn_group = bn_attn_group_avx2,
     .gemv_f16 = bn_gemv_f16_avx2,
     .gemv_i8row = bn_gemv_i8row_avx2,
     .f16_to_f32 = bn_f16_to_f32_avx2,

@@ -88,6 +88,14 @@ void bn_attn_head_scalar(float *out, const float *q, const uint16_t *k, const ui
     }
 }
 
+void bn_attn_group_scalar(float *out, const float *q, int n_q, const uint16_t *k, const uint16_t *v,
+                          size_t n_pos, size_t kv_stride, int head_dim, float scale, float *scratch)
+{
+    for (int h = 0; h < n_q; h++)
+        bn_attn_head_scalar(out + (size_t)h * head_dim, q + (size_t)h * head_dim, k, v, n_pos,
+                            kv_stride, head_dim, scale, scratch + (size_t)h * n_pos);
+}
+
 void bn_gemv_f16_scalar(const uint16_t *w, size_t cols, const float *x, float *y, size_t r0, size_t r1)
 {
     for (size_t r = r0; r < r1; r++) {

@@ -10,6 +10,8 @@ void bn_relu2_mul_avx2(float *out, const float *g, const float *u, size_t n);
 void bn_softmax_avx2(float *x, size_t n);
 void bn_attn_head_avx2(float *out, const float *q, const uint16_t *k, const uint16_t *v,
                        size_t n_pos, size_t kv_stride, int head_dim, float scale, float *scratch);
+void bn_attn_group_avx2(float *out, const float *q, int n_q, const uint16_t *k, const uint16_t *v,
+                        size_t n_pos, size_t kv_stride, int head_dim, float scale, float *scratch);
 void bn_gemv_f16_avx2(const uint16_t *w, size_t cols, const float *x, float *y, size_t r0, size_t r1);
 void bn_gemv_i8row_avx2(const int8_t *w, const float *row_scale, size_t cols, size_t cols_padded,
                         const int8_t *qx, float x_scale, float *y, size_t r0, size_t r1);

@@ -100,14 +100,26 @@ void bn_relu2_mul(float *out, const float *g, const float *u, size_t n);
 void bn_attn_head(float *out, const float *q, const uint16_t *k, const uint16_t *v,
                   size_t n_pos, size_t kv_stride, int head_dim, float scale, float *scratch);
 
+/* All n_q query heads of one GQA group (sharing one KV head) in one pass over K and V:
+ * q and out hold n_q heads of head_dim floats back to back; scratch holds n_q * n_pos floats.
+ * Bit for bit equal to n_q calls of bn_attn_head with the same variant, but K/V are read and
+ * converted once instead of n_q times (the 2B model has n_q = 4). */
+void bn_attn_group(float *out, const float *q, int n_q, const uint16_t *k, const uint16_t *v,
+                   size_t n_pos, size_t kv_stride, int head_dim, float scale, float *scratch);
+
 /* ---- lm_head and embeddings ---------------------------------------------------------- */
 /* f16 rows: logits[r] = dot(x, W[r]) for r in [r0,r1), W rows x cols f16 row-major. Exact f32 accumulate. */
 void bn_gemv_f16(const uint16_t *w, size_t cols, const float *x, float *y, size_t r0, size_t r1);
-/* int8 rows with one f32 scale per row: logits[r] = row_scale[r] * sum_c w[r][c]*qx[c] / x_scale.
- * qx is x quantized by bn_quant_act (cols padded to 64). */
+/* int8 rows with one f32 scale per row: logits[r] = row_scale[r] * sum_c w[r][c]*qx[c] / x_scale,
+ * evaluated exactly as (float)isum / x_scale * row_scale[r] (isum exact in every variant).
+ * qx is x quantized by bn_quant_act (cols padded to 64). W rows have stride cols_padded, the
+ * padding zero, and values in [-127, 127] as bn_quant_rows_i8 writes them (the AVX2 kernel
+ * negates weights with vpsignb, which cannot represent -(-128)). */
 void bn_gemv_i8row(const int8_t *w, const float *row_scale, size_t cols, size_t cols_padded,
                    const int8_t *qx, float x_scale, float *y, size_t r0, size_t r1);
-/* Quantizes an f32/f16 matrix to int8 per row (scale = max|row|/127), at convert time. */
+/* Quantizes one f32 row to int8: q = round_half_even(row[c] * (127 / max|row|)) clamped to
+ * [-127, 127], *scale = max|row| / 127 (0 for an all-zero row); zeros in [cols, cols_padded).
+ * Called per row at convert time. */
 void bn_quant_rows_i8(const float *row, size_t cols, size_t cols_padded, int8_t *out, float *scale);
 
 /* ---- conversions ------------------------------------------------------------------- */

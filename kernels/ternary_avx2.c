@@ -2,8 +2,8 @@
  * rows 8-15 of the tile. Digits d = t+1 in {0,1,2} times int8 activations go through
  * vpmaddubsw (pair sums <= 512; at most 5 planes = 2560 summed in int16, no saturation) and
  * vpmaddwd, then sum(q) is subtracted once: exact, so equal to the scalar reference bit for bit.
- * The GEMM keeps one tile's packed weights in L1 and runs all tokens over it, which gives
- * exactly the GEMV's integer sums. */
+ * The GEMM decodes a K slice of one tile to u8 digits once and runs up to 64 tokens over it;
+ * its integer sums are the GEMV's exactly. */
 #include "simd_x86.h"
 
 #include <immintrin.h>
@@ -100,6 +100,109 @@ static inline void tile_t5_256(const uint8_t *t, size_t nch, const int8_t *q, __
     *lo = alo, *hi = ahi;
 }
 
+/* ---- GEMM: decode a K slice of one tile to u8 digits once, reuse it for many tokens ---- */
+/* Slices of at most 32 groups of 4 columns keep the int16 partial sums of vpmaddubsw
+ * (<= 512 per group) below 32 * 512 = 16384 before they are widened into accb. */
+#define G2_SLICE_I2 8 /* chunks: 128 columns, 32 groups */
+#define G2_SLICE_T5 6 /* chunks: 120 columns, 30 groups */
+#define G2_NB 64      /* tokens per decode of a slice */
+
+static void decode_i2_256(const uint8_t *src, size_t nch, uint8_t *dst)
+{
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (size_t g = 0; g < nch; g++, src += BN_CHUNK_BYTES)
+        for (int h = 0; h < 2; h++) {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(src + 32 * h));
+            for (int p = 0; p < 4; p++)
+                _mm256_store_si256((__m256i *)(dst + (g * 4 + p) * 64 + 32 * h),
+                                   _mm256_and_si256(_mm256_srli_epi16(x, 2 * p), m3));
+        }
+}
+
+static void decode_t5_256(const uint8_t *src, size_t nch, uint8_t *dst)
+{
+    const __m256i x80 = _mm256_set1_epi8((char)0x80);
+    for (size_t g = 0; g < nch; g++, src += BN_CHUNK_BYTES)
+        for (int h = 0; h < 2; h++) {
+            __m256i z = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(src + 32 * h)), x80);
+            for (int p = 0; p < 5; p++) {
+                _mm256_store_si256((__m256i *)(dst + (g * 5 + p) * 64 + 32 * h), t5_digits_256(z));
+                z = _mm256_add_epi8(z, _mm256_add_epi8(z, z));
+            }
+        }
+}
+
+/* accb[t][0..15] += sum over nk4 groups of codes x q_t, for NT tokens (1 or 4). */
+static inline __attribute__((always_inline)) void mk_256(const int NT, const uint8_t *codes, size_t nk4,
+                                                         const int8_t *q, size_t qstride, int32_t *accb)
+{
+    __m256i l0 = _mm256_setzero_si256(), h0 = l0, l1 = l0, h1 = l0, l2 = l0, h2 = l0, l3 = l0, h3 = l0;
+    for (size_t k = 0; k < nk4; k++) {
+        const __m256i cl = _mm256_load_si256((const __m256i *)(codes + k * 64));
+        const __m256i ch = _mm256_load_si256((const __m256i *)(codes + k * 64 + 32));
+        __m256i b = bcast4_256(q + 4 * k);
+        l0 = _mm256_add_epi16(l0, _mm256_maddubs_epi16(cl, b));
+        h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(ch, b));
+        if (NT == 4) {
+            b = bcast4_256(q + qstride + 4 * k);
+            l1 = _mm256_add_epi16(l1, _mm256_maddubs_epi16(cl, b));
+            h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(ch, b));
+            b = bcast4_256(q + 2 * qstride + 4 * k);
+            l2 = _mm256_add_epi16(l2, _mm256_maddubs_epi16(cl, b));
+            h2 = _mm256_add_epi16(h2, _mm256_maddubs_epi16(ch, b));
+            b = bcast4_256(q + 3 * qstride + 4 * k);
+            l3 = _mm256_add_epi16(l3, _mm256_maddubs_epi16(cl, b));
+            h3 = _mm256_add_epi16(h3, _mm256_maddubs_epi16(ch, b));
+        }
+    }
+    const __m256i one16 = _mm256_set1_epi16(1);
+#define FLUSH(t, l, h)                                                                                   \
+    {                                                                                                    \
+        __m256i *a = (__m256i *)(accb + (t) * 16);                                                       \
+        _mm256_store_si256(a, _mm256_add_epi32(_mm256_load_si256(a), _mm256_madd_epi16(l, one16)));     \
+        _mm256_store_si256(a + 1, _mm256_add_epi32(_mm256_load_si256(a + 1), _mm256_madd_epi16(h, one16))); \
+    }
+    FLUSH(0, l0, h0)
+    if (NT == 4) {
+        FLUSH(1, l1, h1)
+        FLUSH(2, l2, h2)
+        FLUSH(3, l3, h3)
+    }
+#undef FLUSH
+}
+
+static void gemm_decoded_256(int t5, const uint8_t *w, size_t cols_p, const int8_t *q, const float *as,
+                             size_t n, float ws, float *y, size_t ldy, size_t r0, size_t r1)
+{
+    const size_t tb = t5 ? bn_t5_tile_bytes(cols_p) : bn_i2_tile_bytes(cols_p);
+    const size_t ccols = t5 ? BN_T5_CHUNK_COLS : BN_I2_CHUNK_COLS, k4pc = ccols / 4;
+    const size_t nch = cols_p / ccols, slice = t5 ? G2_SLICE_T5 : G2_SLICE_I2;
+    _Alignas(32) uint8_t codes[32 * 64];
+    _Alignas(32) int32_t accb[G2_NB * 16];
+    int32_t sq[G2_NB];
+    for (size_t T = r0 / BN_TILE_ROWS; T * BN_TILE_ROWS < r1; T++)
+        for (size_t tok0 = 0; tok0 < n; tok0 += G2_NB) {
+            const size_t nb = n - tok0 < G2_NB ? n - tok0 : G2_NB;
+            const int8_t *qb = q + tok0 * cols_p;
+            memset(accb, 0, nb * 16 * sizeof(int32_t));
+            for (size_t t = 0; t < nb; t++) sq[t] = sum_q_256(qb + t * cols_p, cols_p);
+            for (size_t ch0 = 0; ch0 < nch; ch0 += slice) {
+                const size_t sc = nch - ch0 < slice ? nch - ch0 : slice, nk4 = sc * k4pc;
+                const uint8_t *src = w + T * tb + ch0 * BN_CHUNK_BYTES;
+                if (t5) decode_t5_256(src, sc, codes);
+                else decode_i2_256(src, sc, codes);
+                const int8_t *qs = qb + ch0 * ccols;
+                size_t t = 0;
+                for (; t + 4 <= nb; t += 4) mk_256(4, codes, nk4, qs + t * cols_p, cols_p, accb + t * 16);
+                for (; t < nb; t++) mk_256(1, codes, nk4, qs + t * cols_p, cols_p, accb + t * 16);
+            }
+            for (size_t t = 0; t < nb; t++)
+                store_tile_256(y + (tok0 + t) * ldy, _mm256_load_si256((const __m256i *)(accb + t * 16)),
+                               _mm256_load_si256((const __m256i *)(accb + t * 16 + 8)), sq[t], as[tok0 + t], ws,
+                               T * BN_TILE_ROWS, r0, r1);
+        }
+}
+
 typedef void (*tile_fn)(const uint8_t *, size_t, const int8_t *, __m256i *, __m256i *);
 
 /* Tiles outer, tokens inner: a tile's packed bytes (3.2-4 bytes per column) stay in L1 while
@@ -145,8 +248,9 @@ void bn_tern_gemm_i2_avx2(const uint8_t *w, size_t rows, size_t cols, const int8
 {
     (void)rows;
     const size_t cp = bn_tern_cols_padded(BN_TERN_I2, cols);
-    gemm_256(tile_i2_256, bn_i2_tile_bytes(cp), cp / BN_I2_CHUNK_COLS, cp, w, q, act_scale, n,
-             w_scale, y, ldy, r0, r1);
+    if (n == 1) gemm_256(tile_i2_256, bn_i2_tile_bytes(cp), cp / BN_I2_CHUNK_COLS, cp, w, q, act_scale, n,
+                         w_scale, y, ldy, r0, r1);
+    else gemm_decoded_256(0, w, cp, q, act_scale, n, w_scale, y, ldy, r0, r1);
 }
 
 void bn_tern_gemm_t5_avx2(const uint8_t *w, size_t rows, size_t cols, const int8_t *q,
@@ -155,8 +259,9 @@ void bn_tern_gemm_t5_avx2(const uint8_t *w, size_t rows, size_t cols, const int8
 {
     (void)rows;
     const size_t cp = bn_tern_cols_padded(BN_TERN_T5, cols);
-    gemm_256(tile_t5_256, bn_t5_tile_bytes(cp), cp / BN_T5_CHUNK_COLS, cp, w, q, act_scale, n,
-             w_scale, y, ldy, r0, r1);
+    if (n == 1) gemm_256(tile_t5_256, bn_t5_tile_bytes(cp), cp / BN_T5_CHUNK_COLS, cp, w, q, act_scale, n,
+                         w_scale, y, ldy, r0, r1);
+    else gemm_decoded_256(1, w, cp, q, act_scale, n, w_scale, y, ldy, r0, r1);
 }
 
 /* ---- activation quantization ----------------------------------------------------------- */

@@ -1,7 +1,8 @@
 /* AVX512 (F/BW/VL/DQ) ternary kernels and activation quantization, in two variants generated
- * from ternary_avx512_tmpl.h: plain AVX512 (vpmaddubsw) and AVX512-VNNI (vpdpbusd). The VNNI
- * instantiation is compiled under a target pragma so that no VNNI instruction can leak into
- * the plain variant, which must run on AVX512 CPUs without VNNI (Skylake-X). */
+ * from ternary_avx512_tmpl.h: plain AVX512 (vpmaddubsw) and AVX512-VNNI (vpdpbusd). This file
+ * is compiled without -mavx512vnni, so the compiler can never emit a VNNI instruction into
+ * the plain variant (which must run on Skylake-X); the VNNI variant issues vpdpbusd through
+ * inline asm only (see dot4 in the template), which works with GCC and clang alike. */
 #include "simd_x86.h"
 
 #include <immintrin.h>
@@ -12,7 +13,7 @@
  * in L1; GM_NB tokens share one decode of a slice. */
 #define GM_MT 4
 #define GM_NT 6
-#define GM_NB 64
+#define GM_NB 60 /* a multiple of GM_NT: only the last block has a token tail */
 #define GM_SLICE_I2 16 /* chunks: 256 columns, 64 groups of 4 */
 #define GM_SLICE_T5 13 /* chunks: 260 columns, 65 groups of 4 */
 #define GM_SLICE_MAXK4 65
@@ -125,14 +126,11 @@ float bn_quant_act_avx512(const float *x, size_t n, size_t n_padded, int8_t *q)
 #undef SFX
 #undef BN_VNNI
 
-#pragma GCC push_options
-#pragma GCC target("avx512vnni")
 #define SFX avx512vnni
 #define BN_VNNI 1
 #include "ternary_avx512_tmpl.h"
 #undef SFX
 #undef BN_VNNI
-#pragma GCC pop_options
 
 float bn_quant_act_avx512vnni(const float *x, size_t n, size_t n_padded, int8_t *q)
 {

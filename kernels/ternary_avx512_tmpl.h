@@ -15,12 +15,17 @@
 static inline __m512i FN(dot4)(__m512i acc, __m512i c, __m512i b)
 {
 #if BN_VNNI
-    /* Inline asm instead of _mm512_dpbusd_epi32: GCC 12 fails to coalesce the tied
-     * accumulator of the builtin and copies/spills every accumulator in the GEMM loop. */
+    /* Inline asm, not _mm512_dpbusd_epi32: (1) this file is built without -mavx512vnni so no
+     * VNNI code can leak into the plain variant; (2) with the builtins, GCC 12 keeps a memory
+     * copy of every GEMM accumulator (a store per update, measured 2.2x slower); an in-place
+     * asm update keeps all 24 in registers. */
     __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(c), "v"(b));
     return acc;
 #else
-    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(c, b), _mm512_set1_epi16(1)));
+    /* the accumulation goes through asm for the register-allocation reason above */
+    const __m512i t = _mm512_madd_epi16(_mm512_maddubs_epi16(c, b), _mm512_set1_epi16(1));
+    __asm__("vpaddd %1, %0, %0" : "+v"(acc) : "v"(t));
+    return acc;
 #endif
 }
 
@@ -45,10 +50,10 @@ static void FN(gemv_i2_rows)(const uint8_t *w, size_t cols_p, const int8_t *q, f
             const __m512i p3 = _mm512_and_si512(_mm512_srli_epi16(x, 6), m3);
 #if BN_VNNI
             /* one accumulator per plane: four independent dependency chains */
-            a0 = _mm512_dpbusd_epi32(a0, p0, bcast4(qg));
-            a1 = _mm512_dpbusd_epi32(a1, p1, bcast4(qg + 4));
-            a2 = _mm512_dpbusd_epi32(a2, p2, bcast4(qg + 8));
-            a3 = _mm512_dpbusd_epi32(a3, p3, bcast4(qg + 12));
+            a0 = FN(dot4)(a0, p0, bcast4(qg));
+            a1 = FN(dot4)(a1, p1, bcast4(qg + 4));
+            a2 = FN(dot4)(a2, p2, bcast4(qg + 8));
+            a3 = FN(dot4)(a3, p3, bcast4(qg + 12));
 #else
             __m512i s = _mm512_add_epi16(_mm512_maddubs_epi16(p0, bcast4(qg)),
                                          _mm512_maddubs_epi16(p1, bcast4(qg + 4)));
@@ -84,9 +89,9 @@ static void FN(gemv_t5_rows)(const uint8_t *w, size_t cols_p, const int8_t *q, f
 #pragma GCC unroll 5
             for (int p = 0; p < 5; p++) {
                 const __m512i b = bcast4(qg + 4 * p);
-                s1[p] = _mm512_dpbusd_epi32(s1[p], x, b);
+                s1[p] = FN(dot4)(s1[p], x, b);
                 x = _mm512_add_epi8(x, _mm512_add_epi8(x, x));
-                s2[p] = _mm512_dpbusd_epi32(s2[p], x, b);
+                s2[p] = FN(dot4)(s2[p], x, b);
             }
         }
         __m512i a = _mm512_add_epi32(_mm512_add_epi32(s1[0], s1[1]), _mm512_add_epi32(s1[2], s1[3]));
@@ -178,8 +183,9 @@ FN(mk)(const int MT, const int NT, const uint8_t *codes, size_t cstride, size_t 
         for (int t = 0; t < NT; t++) _mm512_store_si512(accb + ((size_t)t * GM_MT + m) * 16, acc[m][t]);
 }
 
-/* The hot 4 x 6 case written out with named accumulators: GCC keeps an array of 24 zmm
- * accumulators on the stack (a store per update), named variables stay in registers. */
+/* The hot 4 x 6 case written out with named accumulators, so that it is fully unrolled with
+ * all 24 accumulators in registers at -O2 (GCC does not unroll the generic mk's loops before
+ * register allocation, and then keeps its accumulator array in memory). */
 #define MK_T(X, m) X(m, 0) X(m, 1) X(m, 2) X(m, 3) X(m, 4) X(m, 5)
 #define MK_ALL(X) MK_T(X, 0) MK_T(X, 1) MK_T(X, 2) MK_T(X, 3)
 #define MK_ACC(m, t) ((t) * GM_MT + (m)) * 16

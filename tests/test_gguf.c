@@ -200,6 +200,8 @@ START_TEST(roundtrip_f16) { check_roundtrip("tiny", BN_GGML_F16, "gguf-f16"); }
 END_TEST
 START_TEST(roundtrip_f32) { check_roundtrip("tiny", BN_GGML_F32, "gguf-f32"); }
 END_TEST
+START_TEST(roundtrip_bf16) { check_roundtrip("tiny", BN_GGML_BF16, "gguf-bf16"); }
+END_TEST
 /* TQ types need 256-column blocks: widen tiny. */
 START_TEST(roundtrip_tq2) { check_roundtrip("tiny,n_embd=256,n_ff=512", BN_GGML_TQ2_0, "gguf-tq2_0"); }
 END_TEST
@@ -331,6 +333,7 @@ typedef struct edits {
     const char *arch;          /* rename the architecture */
     void (*extra)(wb *b);      /* appends one extra KV */
     int (*thook)(tinfo *t);
+    void (*dup_hook)(tinfo *t); /* applied to the second copy when thook returns 2 */
 } edits;
 
 static void emit_kv_value(wb *b, const bn_gguf_kv *kv)
@@ -399,6 +402,7 @@ static uint8_t *emit(const char *src_path, const edits *e, size_t *len)
         ti.offset = t->offset;
         int times = e->thook ? e->thook(&ti) : 1;
         for (int k = 0; k < times; k++) {
+            if (k == 1 && e->dup_hook) e->dup_hook(&ti);
             n_t++;
             wstr(&tis, ti.name, strlen(ti.name));
             w32(&tis, ti.n_dims);
@@ -537,6 +541,9 @@ START_TEST(bad_counts)
     patch_and_expect(SMALL, BN_GGML_I2_S, 8, &huge, 8, "tensor count", NULL);
     huge = UINT64_MAX;
     patch_and_expect(SMALL, BN_GGML_I2_S, 16, &huge, 8, "metadata count", NULL);
+    uint64_t zero = 0; /* empty tables (a fuzzer finding: no NULL arrays may reach the sort) */
+    patch_and_expect(SMALL, BN_GGML_I2_S, 16, &zero, 8, "general.architecture", "missing");
+    patch_and_expect(SMALL, BN_GGML_I2_S, 8, &zero, 8, "token_embd.weight", "missing");
 }
 END_TEST
 
@@ -675,6 +682,26 @@ END_TEST
 static int t_drop(tinfo *t) { return strcmp(t->name, "blk.0.ffn_up.weight") != 0; }
 static int t_dup(tinfo *t) { return !strcmp(t->name, "blk.0.attn_v.weight") ? 2 : 1; }
 static int t_drop_embd(tinfo *t) { return strcmp(t->name, "token_embd.weight") != 0; }
+
+static void rename_rope(tinfo *t) { snprintf(t->name, sizeof t->name, "rope_freqs.weight"); }
+
+/* Extra tensors (bitnet.cpp's loader tolerates rope_freqs, biases...) are noted, not fatal. */
+START_TEST(unknown_tensor_noted)
+{
+    bn_synth s;
+    const char *good = write_synth(SMALL, BN_GGML_I2_S, "u.gguf", &s);
+    edits e = {.thook = t_dup, .dup_hook = rename_rope};
+    size_t len;
+    uint8_t *d = emit(good, &e, &len);
+    bn_source *src;
+    bn_error err;
+    ck_assert_msg(bn_source_open_gguf_mem(d, len, "u.gguf", &src, &err) == 0, "%s", err.msg);
+    ck_assert_ptr_nonnull(strstr(src->notes, "rope_freqs.weight"));
+    bn_source_close(src);
+    free(d);
+    remove(good);
+}
+END_TEST
 
 START_TEST(bad_missing_duplicate)
 {
@@ -840,6 +867,8 @@ static Suite *suite(void)
     tcase_add_test(rt, roundtrip_i2s);
     tcase_add_test(rt, roundtrip_f16);
     tcase_add_test(rt, roundtrip_f32);
+    tcase_add_test(rt, roundtrip_bf16);
+    tcase_add_test(rt, unknown_tensor_noted);
     tcase_add_test(rt, roundtrip_tq2);
     tcase_add_test(rt, roundtrip_tq1);
     tcase_add_test(rt, tq_needs_blocks);

@@ -280,6 +280,125 @@ static void rewrite_st(const char *dir, const char *name, header_edit edit, data
     free(p);
 }
 
+/* Rewrites dir/name with every BF16 tensor as F32. With make_ternary, each linear becomes
+ * ternary-valued: the synthetic latent magnitudes are c/16 (code 0) and c/2, 3c/2 (codes +-1),
+ * so |w| > c/4 -> sign(w) * 0.25 keeps the codes and makes the exact scale 0.25. */
+static void transcode_f32(const char *dir, const char *name, int make_ternary)
+{
+    char *p = path_in(dir, name), *tmp = NULL;
+    bn_st_file *st;
+    bn_error err = {{0}};
+    ck_assert_msg(bn_st_open(p, &st, &err) == 0, "%s", err.msg);
+    json_t *h = json_object();
+    uint64_t off = 0;
+    for (size_t i = 0; i < st->n_tensors; i++) {
+        const bn_st_tensor *t = &st->tensors[i];
+        uint32_t dt = t->dtype == BN_ST_BF16 ? BN_ST_F32 : t->dtype;
+        uint64_t nb = t->n_elem * bn_st_dtype_size(dt);
+        json_t *shape = json_array();
+        for (uint32_t d = 0; d < t->n_dims; d++) json_array_append_new(shape, json_integer((json_int_t)t->shape[d]));
+        json_object_set_new(h, t->name, json_pack("{s:s, s:o, s:[I, I]}", "dtype", bn_st_dtype_name(dt), "shape", shape,
+                                                  "data_offsets", (json_int_t)off, (json_int_t)(off + nb)));
+        off += nb;
+    }
+    char *hj = json_dumps(h, JSON_COMPACT);
+    json_decref(h);
+    ck_assert_int_gt(asprintf(&tmp, "%s.new", p), 0);
+    FILE *fp = fopen(tmp, "wb");
+    ck_assert_ptr_nonnull(fp);
+    uint64_t hl = strlen(hj);
+    for (int i = 0; i < 8; i++) fputc((int)(hl >> (8 * i)) & 0xff, fp);
+    fwrite(hj, 1, hl, fp);
+    for (size_t i = 0; i < st->n_tensors; i++) {
+        const bn_st_tensor *t = &st->tensors[i];
+        if (t->dtype != BN_ST_BF16) {
+            fwrite(t->data, 1, t->nbytes, fp);
+            continue;
+        }
+        float *w = malloc(t->n_elem * sizeof *w), m = 0;
+        bn_st_floats(t, 0, t->n_elem, w);
+        if (make_ternary && strstr(t->name, "_proj.weight")) {
+            for (uint64_t k = 0; k < t->n_elem; k++) m = fabsf(w[k]) > m ? fabsf(w[k]) : m;
+            float c = m * 2 / 3;
+            for (uint64_t k = 0; k < t->n_elem; k++) w[k] = fabsf(w[k]) > c / 4 ? (w[k] > 0 ? 0.25f : -0.25f) : 0.0f;
+        }
+        fwrite(w, sizeof *w, t->n_elem, fp); /* little-endian host, as the file format */
+        free(w);
+    }
+    fclose(fp);
+    free(hj);
+    bn_st_close(st);
+    ck_assert_int_eq(rename(tmp, p), 0);
+    free(tmp);
+    free(p);
+}
+
+/* Checks every linear's codes against the synthetic ones and its scale against want (0: the
+ * synthetic scale). */
+static void check_linears(bn_source *src, const fixture *f, float want)
+{
+    bn_error err = {{0}};
+    const bn_config *c = &f->s.cfg;
+    for (uint32_t l = 0; l < c->n_layer; l++)
+        for (size_t k = 0; k < sizeof linears / sizeof *linears; k++) {
+            char name[64];
+            uint64_t rows, cols;
+            snprintf(name, sizeof name, "blk.%u.%s", l, linears[k]);
+            linear_shape(c, linears[k], &rows, &cols);
+            int8_t *t = malloc(rows * cols), *ref = malloc(rows * cols);
+            float scale, ref_scale;
+            ck_assert_msg(src->ops->ternary(src, name, rows, cols, t, &scale, &err) == 0, "%s", err.msg);
+            bn_synth_ternary(&f->s, name, rows, cols, ref, &ref_scale);
+            ck_assert_mem_eq(t, ref, rows * cols);
+            ck_assert_msg(scale == (want ? want : ref_scale), "%s: scale %g", name, scale);
+            free(t);
+            free(ref);
+        }
+}
+
+static bn_source *open_ok(const char *dir, const char *kind, const char *note)
+{
+    bn_error err = {{0}};
+    bn_source *src;
+    ck_assert_msg(bn_source_open(dir, &src, &err) == 0, "%s", err.msg);
+    ck_assert_str_eq(src->kind, kind);
+    if (note) ck_assert_msg(src->notes && strstr(src->notes, note), "notes '%s' lack '%s'", src->notes, note);
+    return src;
+}
+
+/* Float checkpoints other than bf16 latent: F32 latent (online: absmean), a float export without
+ * quantization_config (already-ternary values keep their exact scale), and ternary-valued
+ * weights under online mode, where HF's absmean gives mean|W| = 0.25 * 10/16. */
+START_TEST(test_float_forms)
+{
+    fixture f;
+    fixture_init(&f, "tiny");
+    char *dir = write_hf(&f, 1, 1);
+    transcode_f32(dir, "model.safetensors", 0);
+    bn_source *src = open_ok(dir, "hf-f32", "absmean");
+    check_source_matches(src, &f, 0);
+    bn_source_close(src);
+    edit_config(dir, "quantization_config", NULL);
+    src = open_ok(dir, "hf-f32", "without quantization_config");
+    check_linears(src, &f, 0);
+    bn_source_close(src);
+    rm_rf(dir);
+
+    dir = write_hf(&f, 1, 1);
+    transcode_f32(dir, "model.safetensors", 1);
+    src = open_ok(dir, "hf-f32", "absmean");
+    check_linears(src, &f, 0.25f * 10 / 16);
+    bn_source_close(src);
+    edit_config(dir, "quantization_config", NULL);
+    src = open_ok(dir, "hf-f32", NULL);
+    check_linears(src, &f, 0.25f);
+    ck_assert_ptr_nonnull(strstr(src->notes, "already ternary-valued"));
+    bn_source_close(src);
+    rm_rf(dir);
+    bn_vocab_free(f.v);
+}
+END_TEST
+
 /* ---- the row-block packing ------------------------------------------------------------- */
 
 START_TEST(test_unpack_8x4)
@@ -344,8 +463,13 @@ START_TEST(test_sharded)
     free(p);
     open_and_check(&f, dir, "hf-packed", 0);
     rm_rf(dir);
-    /* The latent form sharded too. */
+    /* The latent form sharded too; then the same directory rewritten as one file and back. */
     dir = write_hf(&f, 1, 2);
+    open_and_check(&f, dir, "hf-bf16", 0);
+    bn_error err = {{0}};
+    ck_assert_msg(bn_hf_write_synth(&f.s, f.v, dir, 0, 1, &err) == 0, "%s", err.msg);
+    open_and_check(&f, dir, "hf-packed", 0);
+    ck_assert_msg(bn_hf_write_synth(&f.s, f.v, dir, 1, 3, &err) == 0, "%s", err.msg);
     open_and_check(&f, dir, "hf-bf16", 0);
     rm_rf(dir);
     bn_vocab_free(f.v);
@@ -445,13 +569,22 @@ START_TEST(test_vocab_json_roundtrip)
     ck_assert_msg(bn_vocab_load_hf(p, NULL, &v, &err) == 0, "%s", err.msg);
     vocab_eq(v, f.v);
     bn_vocab_free(v);
-    /* Meta's Llama-3 tokenizer.json survives load -> write -> load unchanged. */
+    /* Meta's Llama-3 tokenizer.json survives load -> write -> load unchanged ... */
     const char *fx = getenv("BN_FIXTURES_DIR");
     char *meta = NULL;
     if (fx && *fx && asprintf(&meta, "%s/tokenizer/llama3-tokenizer.json", fx) > 0 && access(meta, R_OK) == 0) {
         bn_vocab *a = NULL, *b = NULL;
         ck_assert_msg(bn_vocab_load_hf(meta, NULL, &a, &err) == 0, "%s", err.msg);
         ck_assert_msg(bn_vocab_write_hf_json(a, p, &err) == 0, "%s", err.msg);
+        /* ... and is written back byte for byte as Meta wrote it. */
+        char *orig = NULL, *mine = NULL;
+        size_t olen = 0, mlen = 0;
+        ck_assert_int_eq(bn_read_file(meta, (size_t)1 << 26, &orig, &olen, &err), 0);
+        ck_assert_int_eq(bn_read_file(p, (size_t)1 << 26, &mine, &mlen, &err), 0);
+        ck_assert_uint_eq(olen, mlen);
+        ck_assert(memcmp(orig, mine, olen) == 0);
+        free(orig);
+        free(mine);
         ck_assert_msg(bn_vocab_load_hf(p, NULL, &b, &err) == 0, "%s", err.msg);
         vocab_eq(a, b);
         ck_assert_uint_eq(b->n_tokens, 128256);
@@ -841,6 +974,7 @@ static Suite *hf_suite(void)
     tcase_add_test(tc, test_latent);
     tcase_add_test(tc, test_sharded);
     tcase_add_test(tc, test_bitlinear_divides);
+    tcase_add_test(tc, test_float_forms);
     tcase_add_test(tc, test_untied_and_extras);
     tcase_add_test(tc, test_tie_decisions);
     tcase_add_test(tc, test_vocab_json_roundtrip);

@@ -382,14 +382,17 @@ START_TEST(test_cross_format_identity)
     tiny.cfg.bos = tiny_vocab->bos;
     tiny.cfg.eos = tiny_vocab->eos;
     tiny.cfg.eot = tiny_vocab->eot;
-    const char *ref = bn_test_path("xref.bnpk");
+    char ref[512]; /* own copies: bn_test_path() reuses its buffers */
+    snprintf(ref, sizeof ref, "%s", bn_test_path("xref.bnpk"));
     write_packed(ref, BN_TERN_T5, 1);
     const struct {
         const char *name;
         int hf, arg;
     } routes[] = {{"hf", 1, 0}, {"hf-bf16", 1, 1}, {"hf-sharded", 1, 2}, {"gguf-i2_s", 0, 36}, {"gguf-tq2_0", 0, 35}, {"gguf-f16", 0, 1}};
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
-        const char *src = bn_test_path(routes[i].name), *out = bn_test_path("xout.bnpk");
+        char src[512], out[512];
+        snprintf(src, sizeof src, "%s", bn_test_path(routes[i].name));
+        snprintf(out, sizeof out, "%s", bn_test_path("xout.bnpk"));
         int rc = routes[i].hf ? bn_hf_write_synth(&tiny, tiny_vocab, src, routes[i].arg == 1, routes[i].arg == 2 ? 3 : 1, &err)
                               : bn_gguf_write_synth(&tiny, tiny_vocab, src, routes[i].arg, &err);
         ck_assert_msg(rc == 0, "%s: %s", routes[i].name, err.msg);

@@ -491,6 +491,9 @@ START_TEST(json_errors_name_file_and_field)
     expect_error("{\"pre_tokenizer\":{\"type\":\"ByteLevel\"},\"model\":{\"vocab\":{\"a\":0,\"b\":0},\"merges\":[]}}",
                  "tokenizer.json: model.vocab: token id 0 appears twice");
     expect_error("{\"pre_tokenizer\":{\"type\":\"ByteLevel\"},\"model\":{\"vocab\":{\"a\":0,\"b\":2},\"merges\":[]}}",
+                 "tokenizer.json: model.vocab: token ids go up to 2 but there are only 2 tokens");
+    expect_error("{\"pre_tokenizer\":{\"type\":\"ByteLevel\"},\"added_tokens\":[{\"id\":0,\"content\":\"a\"}],"
+                 "\"model\":{\"vocab\":{\"a\":0,\"b\":2},\"merges\":[]}}",
                  "tokenizer.json: model.vocab: no token has id 1");
     expect_error("{\"pre_tokenizer\":{\"type\":\"ByteLevel\"},\"model\":{\"vocab\":{\"a\":-1},\"merges\":[]}}",
                  "tokenizer.json: model.vocab: token 'a' has an id");

@@ -7,7 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
-/* A per-process scratch path "<BN_TEST_TMPDIR or /tmp>/<name>.<pid>" (static buffer rotation). */
+/* A per-process scratch path "<BN_TEST_TMPDIR or /tmp>/<name>.<pid>". The result lives in one of
+ * 8 rotating static buffers: copy it if it must outlive later calls. */
 static inline const char *bn_test_path(const char *name)
 {
     static char bufs[8][512];

@@ -1,13 +1,17 @@
 # text tests: registered by the text layer
 if HAVE_CHECK
-check_PROGRAMS += tests/test_tokenizer tests/test_tokenizer_stream
-TESTS += tests/test_tokenizer tests/test_tokenizer_stream
+check_PROGRAMS += tests/test_tokenizer tests/test_tokenizer_stream tests/test_tokenizer_cli
+TESTS += tests/test_tokenizer tests/test_tokenizer_stream tests/test_tokenizer_cli
 tests_test_tokenizer_SOURCES = tests/test_tokenizer.c
 tests_test_tokenizer_CFLAGS = $(TEST_CFLAGS)
 tests_test_tokenizer_LDADD = $(TEST_LIBS)
 tests_test_tokenizer_stream_SOURCES = tests/test_tokenizer_stream.c
 tests_test_tokenizer_stream_CFLAGS = $(TEST_CFLAGS)
 tests_test_tokenizer_stream_LDADD = $(TEST_LIBS)
+# runs the bitnet binary ($BN_BITNET): tokenize on a `bitnet mkmodel` model and on the fixture
+tests_test_tokenizer_cli_SOURCES = tests/test_tokenizer_cli.c
+tests_test_tokenizer_cli_CFLAGS = $(TEST_CFLAGS)
+tests_test_tokenizer_cli_LDADD = $(CHECK_LIBS)
 endif
 
 # Encode speed on ~1 MB of generated English prose (not run by `make check`).

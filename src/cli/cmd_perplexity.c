@@ -108,8 +108,10 @@ int cmd_perplexity(int argc, char **argv)
     if (tokenize_file(m, file, &ids, &n, &err)) goto out;
     fprintf(stderr, "perplexity: tokenized %s: %zu tokens in %.2f s\n", file, n, bn_now() - t0);
     if (bn_engine_create(m, &eo, &e, &err)) goto out;
+    bn_engine_mem mem;
+    bn_engine_memory(e, &mem);
     fprintf(stderr, "perplexity: %zu chunks, n_ctx=%u, batch %u, %d threads, isa %s, lm_head %s\n",
-            n / ctx, ctx, eo.batch ? eo.batch : 64, bn_engine_threads(e), bn_isa_name(bn_kernels_isa()),
+            n / ctx, ctx, mem.batch, bn_engine_threads(e), bn_isa_name(bn_kernels_isa()),
             bn_engine_lm_head(e) == BN_LM_HEAD_I8 ? "i8" : "f16");
 
     bn_ppl_result res;

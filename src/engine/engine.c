@@ -9,6 +9,9 @@
 #include <string.h>
 #include <time.h>
 
+#include <hwloc.h>
+#include <hwloc/glibc-sched.h>
+
 #include "base/checked.h"
 #include "engine/engine_internal.h"
 
@@ -44,12 +47,36 @@ static int affinity_cpus(cpu_set_t *set)
     return n > 0 ? n : 1;
 }
 
+/* Physical cores with at least one CPU in set (hwloc), or -1 if the topology is unavailable.
+ * Two hyperthreads of one core share its load ports, and decode is bound by memory reads,
+ * so the default is one thread per core, as llama.cpp does. */
+static int physical_cores(const cpu_set_t *set)
+{
+    hwloc_topology_t topo;
+    if (hwloc_topology_init(&topo)) return -1;
+    int n = -1;
+    hwloc_bitmap_t allowed = hwloc_bitmap_alloc();
+    if (allowed && hwloc_topology_load(topo) == 0 &&
+        hwloc_cpuset_from_glibc_sched_affinity(topo, allowed, set, sizeof *set) == 0) {
+        n = 0;
+        for (hwloc_obj_t core = NULL;
+             (core = hwloc_get_next_obj_by_type(topo, HWLOC_OBJ_CORE, core)) != NULL;)
+            if (hwloc_bitmap_intersects(core->cpuset, allowed)) n++;
+    }
+    hwloc_bitmap_free(allowed);
+    hwloc_topology_destroy(topo);
+    return n;
+}
+
+/* Default: the physical cores available to this process. Never more threads than CPUs in the
+ * affinity mask: a second thread on a busy CPU makes every OpenMP barrier wait for it. */
 static int resolve_threads(int requested)
 {
     cpu_set_t set;
     int avail = affinity_cpus(&set);
-    if (requested <= 0 || requested > avail) return avail;
-    return requested;
+    if (requested > 0) return requested < avail ? requested : avail;
+    int cores = physical_cores(&set);
+    return cores > 0 && cores < avail ? cores : avail;
 }
 
 static int resolve_lm_head(const bn_model *m, int want, enum bn_lm_head_kind *out, bn_error *err)
@@ -129,8 +156,8 @@ int bn_engine_plan(const bn_model *m, const bn_engine_opts *opts, bn_engine_mem 
         bn_engine_opts_default(&def);
         opts = &def;
     }
-    uint32_t n_ctx, batch;
-    int threads;
+    uint32_t n_ctx = 0, batch = 0;
+    int threads = 1;
     if (resolve_opts(m, opts, &n_ctx, &batch, &threads, err)) return -1;
     scratch_sizes z = scratch_plan(m, batch, threads, n_ctx);
     memset(mem, 0, sizeof *mem);
@@ -139,6 +166,7 @@ int bn_engine_plan(const bn_model *m, const bn_engine_opts *opts, bn_engine_mem 
     mem->total = mem->kv + mem->scratch;
     mem->n_ctx = n_ctx;
     mem->batch = batch;
+    mem->n_threads = threads;
     return 0;
 }
 
@@ -217,12 +245,13 @@ int bn_engine_create(const bn_model *m, const bn_engine_opts *opts, bn_engine **
     e->cfg = m->cfg;
     e->fmt = m->tern_fmt;
     e->row_tile = bn_tern_row_tile(e->fmt);
-    if (resolve_lm_head(m, opts->lm_head, &e->lm_head, err) ||
-        resolve_opts(m, opts, &e->kv.n_ctx, &e->batch, &e->n_threads, err) ||
-        bn_engine_plan(m, opts, &e->mem, err)) {
+    if (resolve_lm_head(m, opts->lm_head, &e->lm_head, err) || bn_engine_plan(m, opts, &e->mem, err)) {
         free(e);
         return -1;
     }
+    e->kv.n_ctx = e->mem.n_ctx;
+    e->batch = e->mem.batch;
+    e->n_threads = e->mem.n_threads;
     scratch_sizes z = scratch_plan(m, e->batch, e->n_threads, e->kv.n_ctx);
     if (bn_kv_alloc(&e->kv, &e->cfg, e->kv.n_ctx, err) ||
         scratch_alloc(&e->s, &z, act_cols_padded(e->fmt, &e->cfg)) ||

@@ -40,7 +40,8 @@ typedef struct bn_engine_mem {
     size_t kv;        /* f16 K and V for every layer, n_ctx positions */
     size_t scratch;   /* activations for one prefill chunk, attention scores, logits, sampler */
     size_t total;     /* kv + scratch */
-    uint32_t n_ctx, batch;
+    uint32_t n_ctx, batch;   /* as resolved from the options */
+    int n_threads;
 } bn_engine_mem;
 
 /* The memory plan for model m under opts, without allocating (for up-front reporting). */

@@ -338,10 +338,11 @@ static int grow(void **arr, uint64_t *cap, uint64_t i, size_t elem)
 
 static int parse_metadata(cursor *c, bn_gguf *g)
 {
-    for (uint64_t i = 0; i < g->n_kv; i++) {
+    /* Room for entry 0 even when n_kv == 0, so g->kv is never NULL for sort_names(). */
+    for (uint64_t i = 0; i < g->n_kv || i == 0; i++) {
         if (grow((void **)&g->kv, &g->kv_cap, i, sizeof *g->kv) != 0)
             return bn_err(c->err, "%s: out of memory for %llu metadata entries", c->path, (unsigned long long)g->n_kv);
-        if (parse_kv(c, &g->kv[i], i) != 0) return -1;
+        if (i < g->n_kv && parse_kv(c, &g->kv[i], i) != 0) return -1;
     }
     uint64_t dup;
     if (sort_names(&g->kv[0].key, sizeof *g->kv, g->n_kv, &g->kv_sorted, &dup) != 0)
@@ -394,7 +395,7 @@ static int check_type(const bn_gguf *g, uint32_t type, const char *tname, bn_err
     }
 }
 
-static int parse_tensor_info(cursor *c, bn_gguf *g, bn_gguf_tensor *t, uint64_t idx)
+static int parse_tensor_info(cursor *c, bn_gguf_tensor *t, uint64_t idx)
 {
     char name[96];
     if (rd_str(c, &t->name, "tensor name") != 0) return bn_err_prefix(c->err, "tensor info %llu", (unsigned long long)idx);
@@ -414,7 +415,6 @@ static int parse_tensor_info(cursor *c, bn_gguf *g, bn_gguf_tensor *t, uint64_t 
     }
     if (rd_u32(c, &t->type, "type") != 0 || rd_u64(c, &t->offset, "data offset") != 0)
         return bn_err_prefix(c->err, "tensor '%s'", name);
-    (void)g;
     return 0;
 }
 
@@ -445,10 +445,10 @@ static int place_tensor(bn_gguf *g, bn_gguf_tensor *t, bn_error *err)
 
 static int parse_tensors(cursor *c, bn_gguf *g)
 {
-    for (uint64_t i = 0; i < g->n_tensors; i++) {
+    for (uint64_t i = 0; i < g->n_tensors || i == 0; i++) { /* as for metadata: never NULL */
         if (grow((void **)&g->tensors, &g->t_cap, i, sizeof *g->tensors) != 0)
             return bn_err(c->err, "%s: out of memory for %llu tensors", c->path, (unsigned long long)g->n_tensors);
-        if (parse_tensor_info(c, g, &g->tensors[i], i) != 0) return -1;
+        if (i < g->n_tensors && parse_tensor_info(c, &g->tensors[i], i) != 0) return -1;
     }
     uint64_t dup;
     if (sort_names(&g->tensors[0].name, sizeof *g->tensors, g->n_tensors, &g->t_sorted, &dup) != 0)

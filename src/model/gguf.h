@@ -147,7 +147,7 @@ struct bn_vocab;
 /* Writes the synthetic model s with vocabulary v as a GGUF v3 file in bitnet.cpp's form: arch
  * "bitnet-b1.58", the official metadata keys (the placeholder chat template, no
  * tokenizer.ggml.pre), tensors in the official order; token_embd F16, norms F32, linears in
- * weight_type: 36 = I2_S, 35 = TQ2_0, 34 = TQ1_0, 1 = F16 (values t * scale), 0 = F32.
+ * weight_type: 36 = I2_S, 35 = TQ2_0, 34 = TQ1_0, 1 = F16 / 30 = BF16 / 0 = F32 (values t * scale).
  * TQ types need every linear's column count to be a multiple of 256; I2_S needs
  * rows * cols to be a multiple of 128. Streams tensor by tensor through the atomic writer. */
 int bn_gguf_write_synth(const struct bn_synth *s, const struct bn_vocab *v, const char *path,

@@ -142,6 +142,7 @@ static uint32_t file_type_of(uint32_t wt)
     case BN_GGML_TQ1_0: return 36;
     case BN_GGML_TQ2_0: return 37;
     case BN_GGML_F16: return 1;
+    case BN_GGML_BF16: return 32;
     default: return 0;
     }
 }
@@ -295,8 +296,11 @@ static int write_linear(bn_atomic_file *f, const bn_synth *s, const wtensor *w, 
     if (!t || !out) { bn_err(err, "%s: tensor %s: out of memory", path, w->name); goto done; }
     bn_synth_ternary(s, w->name, w->rows, w->cols, t, &scale);
     uint16_t d = bn_f32_to_f16(scale);
-    if (w->type != BN_GGML_I2_S && w->type != BN_GGML_F32 && bn_f16_to_f32(d) != scale) {
-        bn_err(err, "%s: tensor %s: scale %g is not exact in f16", path, w->name, scale);
+    int inexact = w->type == BN_GGML_BF16 ? bn_bf16_to_f32(bn_f32_to_bf16(scale)) != scale
+                  : w->type != BN_GGML_I2_S && w->type != BN_GGML_F32 && bn_f16_to_f32(d) != scale;
+    if (inexact) { /* synthetic scales are exact by construction; anything else would drift */
+        bn_err(err, "%s: tensor %s: scale %g is not exact in %s", path, w->name, scale,
+               w->type == BN_GGML_BF16 ? "bf16" : "f16");
         goto done;
     }
     switch (w->type) {
@@ -306,6 +310,12 @@ static int write_linear(bn_atomic_file *f, const bn_synth *s, const wtensor *w, 
     case BN_GGML_F16:
         for (uint64_t i = 0; i < n; i++) {
             uint16_t h = bn_f32_to_f16((float)t[i] * scale);
+            memcpy(out + 2 * i, &h, 2);
+        }
+        break;
+    case BN_GGML_BF16:
+        for (uint64_t i = 0; i < n; i++) {
+            uint16_t h = bn_f32_to_bf16((float)t[i] * scale);
             memcpy(out + 2 * i, &h, 2);
         }
         break;
@@ -365,9 +375,10 @@ static int write_data(bn_atomic_file *f, const bn_synth *s, const wtensor *t, si
 
 static int check_inputs(const bn_synth *s, const bn_vocab *v, int wt, const char *path, bn_error *err)
 {
-    if (wt != BN_GGML_I2_S && wt != BN_GGML_TQ2_0 && wt != BN_GGML_TQ1_0 && wt != BN_GGML_F16 && wt != BN_GGML_F32)
-        return bn_err(err, "%s: weight type %d is not one of 36 (I2_S), 35 (TQ2_0), 34 (TQ1_0), 1 (F16), 0 (F32)",
-                      path, wt);
+    if (wt != BN_GGML_I2_S && wt != BN_GGML_TQ2_0 && wt != BN_GGML_TQ1_0 && wt != BN_GGML_F16 && wt != BN_GGML_F32 &&
+        wt != BN_GGML_BF16)
+        return bn_err(err, "%s: weight type %d is not one of 36 (I2_S), 35 (TQ2_0), 34 (TQ1_0), 1 (F16), 30 (BF16), "
+                      "0 (F32)", path, wt);
     if (v->n_tokens != s->cfg.n_vocab)
         return bn_err(err, "%s: vocabulary has %u tokens but the model %u", path, v->n_tokens, s->cfg.n_vocab);
     return 0;

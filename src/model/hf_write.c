@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "base/checked.h"
 #include "base/file.h"
@@ -321,7 +322,6 @@ static int assign_shards(plan *p, int shards, bn_error *err)
         int s = (int)((double)cum / (double)total * shards);
         if (s < prev) s = prev;
         if (s > prev + 1) s = prev + 1;
-        if (i == 0) s = 0;
         int must = shards - (int)(p->n - i);
         if (s < must) s = must;
         if (s > shards - 1) s = shards - 1;
@@ -513,7 +513,16 @@ static int write_weights(const bn_synth *s, int latent, int shards, const char *
     }
     if (!rc && shards > 1) rc = write_index(&p, shards, dir, err);
     free(p.e);
-    return rc ? -1 : 0;
+    if (rc) return -1;
+    /* A reader prefers model.safetensors over an index: remove the other form's entry point so
+     * that a directory rewritten in a new form is read in that form. */
+    char *stale = bn_path_join(dir, shards > 1 ? "model.safetensors" : "model.safetensors.index.json");
+    if (!stale) return bn_err(err, "out of memory");
+    int bad = unlink(stale) != 0 && errno != ENOENT;
+    free(stale);
+    return bad ? bn_err(err, "%s: cannot remove the stale %s: %s", dir,
+                        shards > 1 ? "model.safetensors" : "model.safetensors.index.json", strerror(errno))
+               : 0;
 }
 
 int bn_hf_write_synth(const bn_synth *s, const bn_vocab *v, const char *dir, int latent, int shards, bn_error *err)

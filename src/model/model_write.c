@@ -154,6 +154,18 @@ static int write_ternary(bn_source *src, bn_atomic_file *f, XXH3_state_t *h, pla
     return rc;
 }
 
+/* f32 -> f16 for n values; returns the index of a non-finite value, or -1. */
+static int64_t to_f16_checked(const float *in, uint16_t *out, uint64_t n)
+{
+    int64_t bad = -1;
+#pragma omp parallel for schedule(static) reduction(max : bad)
+    for (uint64_t i = 0; i < n; i++) {
+        if (!isfinite(in[i])) bad = (int64_t)i > bad ? (int64_t)i : bad;
+        out[i] = bn_f32_to_f16(in[i]);
+    }
+    return bad;
+}
+
 /* The embedding (f16) and, optionally, the int8 lm_head are both derived from the same f16
  * values, streamed in bands of rows; the int8 rows are kept for their own pass below. */
 static int write_embd_f16(bn_source *src, bn_atomic_file *f, XXH3_state_t *h, plan_entry *e, bn_error *err)
@@ -165,12 +177,11 @@ static int write_embd_f16(bn_source *src, bn_atomic_file *f, XXH3_state_t *h, pl
     for (uint64_t r0 = 0; rc == 0 && r0 < e->rows; r0 += band) {
         uint64_t n = e->rows - r0 < band ? e->rows - r0 : band;
         rc = src->ops->floats(src, e->name, e->rows, e->cols, r0, n, rows, err);
-        for (uint64_t i = 0; rc == 0 && i < n * e->cols; i++) {
-            if (!isfinite(rows[i]))
-                rc = bn_err(err, "%s: tensor %s: row %llu is not finite", src->path, e->name,
-                            (unsigned long long)(r0 + i / e->cols));
-            half[i] = bn_f32_to_f16(rows[i]);
-        }
+        int64_t bad = -1;
+        if (rc == 0) bad = to_f16_checked(rows, half, n * e->cols);
+        if (bad >= 0)
+            rc = bn_err(err, "%s: tensor %s: row %llu is not finite", src->path, e->name,
+                        (unsigned long long)(r0 + (uint64_t)bad / e->cols));
         if (rc == 0) rc = put(f, h, half, n * e->cols * sizeof *half, err);
     }
     free(rows);
@@ -190,10 +201,13 @@ static int write_lm_i8(bn_source *src, bn_atomic_file *f, XXH3_state_t *h, plan_
     for (uint64_t r0 = 0; rc == 0 && r0 < e->rows; r0 += band) {
         uint64_t n = e->rows - r0 < band ? e->rows - r0 : band;
         rc = src->ops->floats(src, lm_name, e->rows, D, r0, n, rows, err);
-        for (uint64_t r = 0; rc == 0 && r < n; r++) {
-            float *row = rows + r * D;
-            for (uint64_t i = 0; i < D; i++) row[i] = bn_f16_to_f32(bn_f32_to_f16(row[i]));
-            bn_quant_rows_i8(row, D, e->cols, q + r * e->cols, &row_scales[r0 + r]);
+        if (rc == 0) {
+#pragma omp parallel for schedule(static)
+            for (uint64_t r = 0; r < n; r++) {
+                float *row = rows + r * D;
+                for (uint64_t i = 0; i < D; i++) row[i] = bn_f16_to_f32(bn_f32_to_f16(row[i]));
+                bn_quant_rows_i8(row, D, e->cols, q + r * e->cols, &row_scales[r0 + r]);
+            }
         }
         if (rc == 0) rc = put(f, h, q, n * e->cols, err);
     }

@@ -312,12 +312,17 @@ static int read_pre(gguf_source *s, bn_vocab *v, bn_error *err)
     if (r == 0) {
         /* bitnet.cpp's official file lacks the key; its tokenizer is Llama-3's (model facts 6.4). */
         v->pre = BN_PRE_LLAMA3;
+        v->ignore_merges = 1; /* Llama-3 semantics, as llama.cpp applies them; GGUF has no key for it */
         bn_source_note(&s->base, "tokenizer.ggml.pre missing: using llama3");
         return 0;
     }
     static const char *llama3[] = {"llama-bpe", "llama3", "llama-v3"};
     for (size_t i = 0; i < 3; i++)
-        if (p.len == strlen(llama3[i]) && !memcmp(p.p, llama3[i], p.len)) { v->pre = BN_PRE_LLAMA3; return 0; }
+        if (p.len == strlen(llama3[i]) && !memcmp(p.p, llama3[i], p.len)) {
+            v->pre = BN_PRE_LLAMA3;
+            v->ignore_merges = 1;
+            return 0;
+        }
     if ((p.len == 4 && !memcmp(p.p, "gpt2", 4)) || (p.len == 5 && !memcmp(p.p, "gpt-2", 5))) {
         v->pre = BN_PRE_GPT2;
         return 0;
@@ -603,7 +608,7 @@ static int decode_tq(const bn_gguf *g, const char *name, const bn_gguf_tensor *t
             for (int i = 0; i < 256; i++) o[i] = (int8_t)(o[i] * sign); /* 0: the block is zero */
     }
     /* An all-zero tensor has no scale of its own: use the absmean rule's floor. */
-    *scale = common ? common : 1e-5f;
+    *scale = common > 0 ? common : 1e-5f;
     char what[96];
     snprintf(what, sizeof what, "'%s.weight'", name);
     return bn_check_scale(*scale, g->path, what, err);

@@ -45,6 +45,7 @@ typedef struct hf_source {
     int packed;                   /* uint8 + weight_scale form */
     int absmean_only;             /* float form: online latent weights (HF WeightQuant) */
     int noted_auto;               /* the "already ternary" note was written */
+    hf_tensor *last;              /* last lookup: the packer reads the embedding in many bands */
 } hf_source;
 
 /* What config.json says beyond bn_config. */
@@ -477,8 +478,9 @@ static int set_special_ids(hf_source *h, const hf_meta *m, bn_error *err)
 
 static hf_tensor *lookup(hf_source *h, const char *name)
 {
+    if (h->last && !strcmp(h->last->canon, name)) return h->last;
     for (size_t i = 0; i < h->n; i++)
-        if (!strcmp(h->tensors[i].canon, name)) return &h->tensors[i];
+        if (!strcmp(h->tensors[i].canon, name)) return h->last = &h->tensors[i];
     return NULL;
 }
 

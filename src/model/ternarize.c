@@ -1,17 +1,54 @@
 #include "model/ternarize.h"
 
 #include <math.h>
+#include <stdlib.h>
+
+/* Partial sums over fixed blocks, combined in block order: the mean (and so every code) is
+ * the same whatever the number of threads. */
+#define SUM_BLOCK 65536
+
+static double sum_abs(const float *w, size_t n)
+{
+    size_t nb = (n + SUM_BLOCK - 1) / SUM_BLOCK;
+    double stack[64], *part = nb <= 64 ? stack : malloc(nb * sizeof *part);
+    if (!part) { /* out of memory: the sequential sum is the same value */
+        double total = 0;
+        for (size_t i = 0; i < n; i++) total += fabs((double)w[i]);
+        return total;
+    }
+#pragma omp parallel for schedule(static) if (nb > 4)
+    for (size_t b = 0; b < nb; b++) {
+        size_t end = (b + 1) * SUM_BLOCK < n ? (b + 1) * SUM_BLOCK : n;
+        double p = 0;
+        for (size_t i = b * SUM_BLOCK; i < end; i++) p += fabs((double)w[i]);
+        part[b] = p;
+    }
+    double total = 0;
+    for (size_t b = 0; b < nb; b++) total += part[b];
+    if (part != stack) free(part);
+    return total;
+}
+
+/* Round half to even for |x| <= 2, without a libm call: adding and subtracting 1.5 * 2^23
+ * leaves the nearest integer under the default rounding mode (ties to even, as torch.round). */
+static inline float round_even_small(float x)
+{
+    /* Not folded away: without -ffast-math the compiler must honour IEEE rounding here. */
+    const float magic = 12582912.0f;
+    return (x + magic) - magic;
+}
 
 void bn_ternarize_absmean(const float *w, size_t n, int8_t *t, float *scale)
 {
-    double sum = 0;
-    for (size_t i = 0; i < n; i++) sum += fabs((double)w[i]);
-    float mean = n ? (float)(sum / (double)n) : 0.0f;
+    float mean = n ? (float)(sum_abs(w, n) / (double)n) : 0.0f;
     if (!(mean >= 1e-5f)) mean = 1e-5f; /* also catches NaN */
     float s = 1.0f / mean;
+#pragma omp parallel for schedule(static) if (n > 4 * SUM_BLOCK)
     for (size_t i = 0; i < n; i++) {
-        float r = nearbyintf(w[i] * s); /* default rounding mode: ties to even, as torch.round */
-        t[i] = (int8_t)(r > 1.0f ? 1 : r < -1.0f ? -1 : r);
+        float x = w[i] * s;
+        x = x > 2.0f ? 2.0f : x < -2.0f ? -2.0f : x; /* NaN stays NaN and becomes 0 below */
+        float r = round_even_small(x);
+        t[i] = (int8_t)(r >= 1.0f ? 1 : r <= -1.0f ? -1 : 0);
     }
     *scale = mean;
 }

@@ -5,7 +5,7 @@ libbntext_a_SOURCES = \
 	src/text/vocab.c src/text/vocab.h \
 	src/text/tokenizer.h src/text/text_internal.h \
 	src/text/tokenizer.c \
-	src/text/pretokenize.c \
+	src/text/pretokenize.c src/text/unicode_extra.h \
 	src/text/bpe.c \
 	src/text/stream.c \
 	src/text/chat.c \

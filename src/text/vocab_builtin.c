@@ -115,7 +115,9 @@ static bn_vocab *to_vocab(const builder *b, uint32_t n_vocab)
     v->eot = (int32_t)first_special + 2;
     v->pre = BN_PRE_LLAMA3;
     v->chat = BN_CHAT_BITNET;
-    v->ignore_merges = 0;
+    /* Llama-3 semantics, like every route a Llama-3 vocabulary can take (tokenizer.json says so,
+     * GGUF readers imply it): the same model must pack to the same bytes whatever its source. */
+    v->ignore_merges = 1;
     return v;
 }
 

@@ -12,7 +12,6 @@
 #include <string.h>
 
 #include "base/file.h"
-#include "text/text_internal.h"
 
 #define MAX_TOKENS (1u << 24)   /* bn_vocab_alloc's limit */
 
@@ -111,6 +110,11 @@ static int collect_tokens(ctx *c, const json_t *model, const json_t *added, tok_
         if (id > max_id) max_id = id;
     }
     if (max_id < 0) return FAIL(c, "model.vocab: empty");
+    /* Ids must be dense, so the largest id bounds the count: refuse a sparse table before
+     * allocating for it (a hostile file could name id 16777215 alone). */
+    if ((uint64_t)max_id >= json_object_size(vocab) + json_array_size(added))
+        return FAIL(c, "model.vocab: token ids go up to %lld but there are only %zu tokens (ids must be 0..n-1 without gaps)",
+                    (long long)max_id, json_object_size(vocab) + json_array_size(added));
     uint32_t n = (uint32_t)max_id + 1;
     tok_entry *e = calloc(n, sizeof *e);
     if (!e) return FAIL(c, "out of memory for %u tokens", n);
