@@ -498,6 +498,38 @@ START_TEST(test_ternarize_rules)
 }
 END_TEST
 
+/* The command line: bad input exits non-zero with a message naming the file. */
+START_TEST(test_cli_errors)
+{
+    const char *bitnet = getenv("BN_BITNET");
+    if (!bitnet) {
+        printf("SKIPPED: test_cli_errors: BN_BITNET not set (run through make check)\n");
+        return;
+    }
+    char garbage[512], out[512], cmd[2048];
+    snprintf(garbage, sizeof garbage, "%s", bn_test_path("garbage.bin"));
+    snprintf(out, sizeof out, "%s", bn_test_path("cli-out.txt"));
+    store(garbage, (const uint8_t *)"GGUF\x03\0\0\0garbage", 15);
+    const char *cmds[] = {"convert '%s' /dev/null", "inspect '%s'", "inspect --verify '%s'", "run -m '%s' -p hi -n 1"};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        char sub[1024];
+        snprintf(sub, sizeof sub, cmds[i], garbage);
+        snprintf(cmd, sizeof cmd, "'%s' %s >'%s' 2>&1", bitnet, sub, out);
+        ck_assert_msg(bn_test_sh(cmd) != 0, "'bitnet %s' succeeded on garbage", sub);
+        size_t len;
+        char *msg = (char *)load(out, &len);
+        ck_assert_msg(strstr(msg, garbage) != NULL, "'bitnet %s' did not name the file: %s", sub, msg);
+        free(msg);
+    }
+    snprintf(cmd, sizeof cmd, "'%s' mkmodel nosuchshape '%s' >/dev/null 2>&1", bitnet, out);
+    ck_assert_int_eq(bn_test_sh(cmd), 1);
+    snprintf(cmd, sizeof cmd, "'%s' convert >/dev/null 2>&1", bitnet);
+    ck_assert_int_eq(bn_test_sh(cmd), 2);
+    unlink(garbage);
+    unlink(out);
+}
+END_TEST
+
 START_TEST(test_shapes)
 {
     bn_config c;
@@ -540,6 +572,7 @@ int main(void)
     tcase_add_test(tc, test_synth_exact_ternarization);
     tcase_add_test(tc, test_ternarize_rules);
     tcase_add_test(tc, test_shapes);
+    tcase_add_test(tc, test_cli_errors);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -33,3 +33,10 @@ int bn_parse_lm_head(const char *s, int *i8)
     else return -1;
     return 0;
 }
+
+int bn_pack_opt(int c, const char *arg, bn_pack_opts *po)
+{
+    if (c == 'T') return bn_parse_ternary(arg, &po->tern) == 0 ? 1 : -1;
+    if (c == 'L') return bn_parse_lm_head(arg, &po->lm_head_i8) == 0 ? 1 : -1;
+    return 0;
+}

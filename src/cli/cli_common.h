@@ -12,4 +12,9 @@ double bn_peak_rss_mib(void);
 int bn_parse_ternary(const char *s, bn_tern_fmt *out);
 int bn_parse_lm_head(const char *s, int *i8);
 
+/* The packing options every writing command takes, for getopt_long tables. */
+#define BN_PACK_LONGOPTS {"ternary", required_argument, 0, 'T'}, {"lm-head", required_argument, 0, 'L'}
+/* Applies getopt result c if it is a packing option: 1 applied, 0 not one, -1 bad value. */
+int bn_pack_opt(int c, const char *arg, bn_pack_opts *po);
+
 #endif

@@ -21,18 +21,19 @@ static void usage(FILE *f)
 
 int cmd_convert(int argc, char **argv)
 {
-    static const struct option opts[] = {{"ternary", required_argument, 0, 'T'}, {"lm-head", required_argument, 0, 'L'},
-                                         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    static const struct option opts[] = {BN_PACK_LONGOPTS, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     bn_pack_opts po;
     bn_pack_opts_default(&po);
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'T': if (bn_parse_ternary(optarg, &po.tern) != 0) { usage(stderr); return 2; } break;
-        case 'L': if (bn_parse_lm_head(optarg, &po.lm_head_i8) != 0) { usage(stderr); return 2; } break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        int r = bn_pack_opt(c, optarg, &po);
+        if (r == 1) continue;
+        if (c == 'h' && r == 0) {
+            usage(stdout);
+            return 0;
         }
+        usage(stderr);
+        return 2;
     }
     if (argc - optind != 2) {
         usage(stderr);

@@ -62,20 +62,24 @@ static int write_format(const char *fmt, const bn_synth *sy, const bn_vocab *v, 
 int cmd_mkmodel(int argc, char **argv)
 {
     static const struct option opts[] = {{"format", required_argument, 0, 'f'}, {"seed", required_argument, 0, 's'},
-                                         {"tokenizer", required_argument, 0, 't'}, {"ternary", required_argument, 0, 'T'},
-                                         {"lm-head", required_argument, 0, 'L'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+                                         {"tokenizer", required_argument, 0, 't'}, BN_PACK_LONGOPTS,
+                                         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     const char *fmt = "packed", *tok = NULL;
     bn_synth sy = {.seed = 1};
     bn_pack_opts po;
     bn_pack_opts_default(&po);
     int c;
     while ((c = getopt_long(argc, argv, "f:s:t:h", opts, NULL)) != -1) {
+        int r = bn_pack_opt(c, optarg, &po);
+        if (r == 1) continue;
+        if (r < 0) {
+            usage(stderr);
+            return 2;
+        }
         switch (c) {
         case 'f': fmt = optarg; break;
         case 's': sy.seed = strtoull(optarg, NULL, 0); break;
         case 't': tok = optarg; break;
-        case 'T': if (bn_parse_ternary(optarg, &po.tern) != 0) { usage(stderr); return 2; } break;
-        case 'L': if (bn_parse_lm_head(optarg, &po.lm_head_i8) != 0) { usage(stderr); return 2; } break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
