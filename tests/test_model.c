@@ -406,6 +406,50 @@ START_TEST(test_cross_format_identity)
 }
 END_TEST
 
+/* The same with Meta's Llama-3 tokenizer (the 2B-4T vocabulary): GGUF metadata, tokenizer.json
+ * and the packed section must carry it identically, so whole files are byte-identical. */
+START_TEST(test_cross_format_identity_llama3)
+{
+    const char *fx = getenv("BN_FIXTURES_DIR");
+    char tok[1024];
+    snprintf(tok, sizeof tok, "%s/tokenizer/llama3-tokenizer.json", fx ? fx : "");
+    if (!fx || !*fx || access(tok, R_OK) != 0) {
+        printf("SKIPPED: test_cross_format_identity_llama3: fixtures not found (BN_FIXTURES_DIR=%s)\n", fx ? fx : "");
+        return;
+    }
+    bn_error err = {{0}};
+    bn_vocab *v;
+    ck_assert_msg(bn_vocab_load_hf(tok, NULL, &v, &err) == 0, "%s", err.msg);
+    bn_synth sy = {.seed = 3};
+    ck_assert_int_eq(bn_synth_shape("tiny,n_embd=256,n_ff=512,n_layer=1,n_vocab=128256", &sy.cfg, &err), 0);
+    sy.cfg.bos = v->bos;
+    sy.cfg.eos = v->eos;
+    sy.cfg.eot = v->eot;
+    char ref[512], src[512], out[512];
+    snprintf(ref, sizeof ref, "%s", bn_test_path("l3ref.bnpk"));
+    snprintf(src, sizeof src, "%s", bn_test_path("l3src"));
+    snprintf(out, sizeof out, "%s", bn_test_path("l3out.bnpk"));
+    bn_source *s;
+    bn_pack_opts po;
+    bn_pack_opts_default(&po);
+    ck_assert_int_eq(bn_source_open_synth(&sy, v, &s, &err), 0);
+    ck_assert_msg(bn_pack_write(s, ref, &po, &err) == 0, "%s", err.msg);
+    bn_source_close(s);
+    for (int route = 0; route < 3; route++) {
+        int rc = route == 0 ? bn_gguf_write_synth(&sy, v, src, 36, &err) : bn_hf_write_synth(&sy, v, src, route == 2, 1, &err);
+        ck_assert_msg(rc == 0, "route %d: %s", route, err.msg);
+        convert(src, out);
+        char cmd[1200];
+        snprintf(cmd, sizeof cmd, "cmp -s '%s' '%s'", ref, out);
+        ck_assert_msg(bn_test_sh(cmd) == 0, "route %d: packed file is not byte-identical", route);
+        snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", src, out);
+        bn_test_sh(cmd);
+    }
+    bn_vocab_free(v);
+    unlink(ref);
+}
+END_TEST
+
 START_TEST(test_convert_cache)
 {
     bn_error err = {{0}};
@@ -568,6 +612,7 @@ int main(void)
     tcase_add_test(tc, test_flipped_byte_detected);
     tcase_add_test(tc, test_atomic_write_leaves_nothing_on_failure);
     tcase_add_test(tc, test_cross_format_identity);
+    tcase_add_test(tc, test_cross_format_identity_llama3);
     tcase_add_test(tc, test_convert_cache);
     tcase_add_test(tc, test_synth_exact_ternarization);
     tcase_add_test(tc, test_ternarize_rules);

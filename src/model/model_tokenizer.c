@@ -22,7 +22,10 @@ uint64_t bn_tok_section_size(const bn_vocab *v)
 void bn_tok_section_write(const bn_vocab *v, uint8_t *buf)
 {
     bn_tok_header h = {
-        .n_tokens = v->n_tokens, .n_merges = v->n_merges, .pre = v->pre, .chat = v->chat,
+        .n_tokens = v->n_tokens, .n_merges = v->n_merges, .pre = v->pre,
+        /* Every packed model is a BitNet b1.58 model: without a template naming another
+         * format, its own (System:/User:/Assistant:) is the one it was trained on. */
+        .chat = v->chat != BN_CHAT_NONE ? v->chat : BN_CHAT_BITNET,
         .bos = v->bos, .eos = v->eos, .eot = v->eot, .pad = v->pad,
         .ignore_merges = v->ignore_merges, .template_len = (uint32_t)template_len(v),
         .text_bytes = v->tok_off[v->n_tokens],
