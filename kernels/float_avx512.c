@@ -19,6 +19,8 @@ static void gemv_f16_avx512(const uint16_t *w, size_t cols, const float *x, floa
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         size_t c = 0;
         for (; c + 64 <= cols; c += 64) {
+            _mm_prefetch((const char *)(wr + c) + BN_PF_DIST, _MM_HINT_T0);
+            _mm_prefetch((const char *)(wr + c) + BN_PF_DIST + 64, _MM_HINT_T0);
             a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + c), ld_h16(wr + c), a0);
             a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + c + 16), ld_h16(wr + c + 16), a1);
             a2 = _mm512_fmadd_ps(_mm512_loadu_ps(x + c + 32), ld_h16(wr + c + 32), a2);
@@ -349,6 +351,8 @@ static void gemv_i8row_vnni1(const int8_t *w, const float *row_scale, size_t col
         __m512i a0 = _mm512_setzero_si512(), a1 = a0, s0 = a0, s1 = a0;
         size_t c = 0;
         for (; c + 128 <= cv; c += 128) {
+            _mm_prefetch((const char *)(wr + c + BN_PF_DIST), _MM_HINT_T0);
+            _mm_prefetch((const char *)(wr + c + BN_PF_DIST + 64), _MM_HINT_T0);
             const __m512i w0 = _mm512_loadu_si512(wr + c), w1 = _mm512_loadu_si512(wr + c + 64);
             a0 = dpbusd(a0, _mm512_load_si512(ubuf + c), w0);
             s0 = dpbusd(s0, x80, w0);

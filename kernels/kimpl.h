@@ -27,6 +27,10 @@ static inline size_t bn_round_up(size_t x, size_t m) { return (x + m - 1) / m * 
 static inline size_t bn_i2_tile_bytes(size_t cols_p) { return cols_p / BN_I2_CHUNK_COLS * BN_CHUNK_BYTES; }
 static inline size_t bn_t5_tile_bytes(size_t cols_p) { return cols_p / BN_T5_CHUNK_COLS * BN_CHUNK_BYTES; }
 
+/* Software prefetch distance of the streaming GEMVs, in bytes ahead of the current chunk.
+ * Measured on the target (Zen, 1 core): 1 KB -> 29 GB/s, 4 KB -> 33, 8 KB -> 36, 16 KB -> 35. */
+#define BN_PF_DIST 8192
+
 /* T5 decode thresholds: digit = (3*y) >> 8 == (y >= 86) + (y >= 171) for a byte y. */
 #define BN_T5_THR1 86
 #define BN_T5_THR2 171

@@ -10,8 +10,8 @@ BN_KERNEL_LIBS = libbnkernels.a
 if BN_X86_64
 noinst_LIBRARIES += libbnkernels_avx2.a libbnkernels_avx512.a
 BN_AVX2_FLAGS = -mavx2 -mfma -mf16c
-# VNNI is deliberately absent here: only the functions of the VNNI variant enable it
-# (target attribute), so the plain AVX512 variant can never contain a vpdpbusd.
+# VNNI is deliberately absent: vpdpbusd appears only as inline asm in the functions of the
+# VNNI variant, so the compiler can never put one into the plain AVX512 variant.
 BN_AVX512_FLAGS = -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq
 libbnkernels_avx2_a_CFLAGS = $(AM_CFLAGS) $(BN_AVX2_FLAGS)
 libbnkernels_avx2_a_SOURCES = kernels/kimpl.h kernels/simd_x86.h kernels/float_x86.h \

@@ -56,6 +56,7 @@ static inline void tile_i2_256(const uint8_t *t, size_t nch, const int8_t *q, __
     const __m256i m3 = _mm256_set1_epi8(3), one16 = _mm256_set1_epi16(1);
     __m256i alo = _mm256_setzero_si256(), ahi = alo;
     for (size_t g = 0; g < nch; g++, t += BN_CHUNK_BYTES, q += BN_I2_CHUNK_COLS) {
+        _mm_prefetch((const char *)(t + BN_PF_DIST), _MM_HINT_T0);
         const __m256i xl = _mm256_loadu_si256((const __m256i *)t);
         const __m256i xh = _mm256_loadu_si256((const __m256i *)(t + 32));
         __m256i sl = _mm256_setzero_si256(), sh = sl;
@@ -84,6 +85,7 @@ static inline void tile_t5_256(const uint8_t *t, size_t nch, const int8_t *q, __
     const __m256i x80 = _mm256_set1_epi8((char)0x80), one16 = _mm256_set1_epi16(1);
     __m256i alo = _mm256_setzero_si256(), ahi = alo;
     for (size_t g = 0; g < nch; g++, t += BN_CHUNK_BYTES, q += BN_T5_CHUNK_COLS) {
+        _mm_prefetch((const char *)(t + BN_PF_DIST), _MM_HINT_T0);
         __m256i zl = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)t), x80);
         __m256i zh = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(t + 32)), x80);
         __m256i sl = _mm256_setzero_si256(), sh = sl;

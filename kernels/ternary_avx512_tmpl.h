@@ -43,7 +43,7 @@ static void FN(gemv_i2_rows)(const uint8_t *w, size_t cols_p, const int8_t *q, f
         for (size_t g = 0; g < nch; g++) {
             const __m512i x = _mm512_loadu_si512(t + g * BN_CHUNK_BYTES);
             const int8_t *qg = q + g * BN_I2_CHUNK_COLS;
-            _mm_prefetch((const char *)(t + g * BN_CHUNK_BYTES + 1024), _MM_HINT_T0);
+            _mm_prefetch((const char *)(t + g * BN_CHUNK_BYTES + BN_PF_DIST), _MM_HINT_T0);
             const __m512i p0 = _mm512_and_si512(x, m3);
             const __m512i p1 = _mm512_and_si512(_mm512_srli_epi16(x, 2), m3);
             const __m512i p2 = _mm512_and_si512(_mm512_srli_epi16(x, 4), m3);
@@ -85,7 +85,7 @@ static void FN(gemv_t5_rows)(const uint8_t *w, size_t cols_p, const int8_t *q, f
         for (size_t g = 0; g < nch; g++) {
             __m512i x = _mm512_loadu_si512(t + g * BN_CHUNK_BYTES);
             const int8_t *qg = q + g * BN_T5_CHUNK_COLS;
-            _mm_prefetch((const char *)(t + g * BN_CHUNK_BYTES + 1024), _MM_HINT_T0);
+            _mm_prefetch((const char *)(t + g * BN_CHUNK_BYTES + BN_PF_DIST), _MM_HINT_T0);
 #pragma GCC unroll 5
             for (int p = 0; p < 5; p++) {
                 const __m512i b = bcast4(qg + 4 * p);
@@ -115,7 +115,7 @@ static void FN(gemv_t5_rows)(const uint8_t *w, size_t cols_p, const int8_t *q, f
         for (size_t g = 0; g < nch; g++) {
             __m512i x = _mm512_loadu_si512(t + g * BN_CHUNK_BYTES);
             const int8_t *qg = q + g * BN_T5_CHUNK_COLS;
-            _mm_prefetch((const char *)(t + g * BN_CHUNK_BYTES + 1024), _MM_HINT_T0);
+            _mm_prefetch((const char *)(t + g * BN_CHUNK_BYTES + BN_PF_DIST), _MM_HINT_T0);
             __m512i s = _mm512_setzero_si512();
 #pragma GCC unroll 5
             for (int p = 0; p < 5; p++) {

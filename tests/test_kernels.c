@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kernels/half.h"
 #include "kernels/kernels.h"
@@ -107,6 +108,39 @@ START_TEST(test_isa_names)
     ck_assert_int_eq(bn_kernels_force(BN_ISA_SCALAR), 0);
     ck_assert_int_eq(bn_kernels_isa(), BN_ISA_SCALAR);
     ck_assert_int_eq(bn_kernels_force(best), 0);
+}
+END_TEST
+
+/* BITNET_ISA is read once per process, so probe it in a fresh process: this binary re-executed
+ * with --isa-probe prints the variant it chose. */
+static void probe_isa(const char *env, char *out, size_t n)
+{
+    char self[400], cmd[512];
+    ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+    ck_assert_int_gt(len, 0);
+    self[len] = 0;
+    snprintf(cmd, sizeof cmd, "BITNET_ISA='%s' '%s' --isa-probe", env, self);
+    FILE *f = popen(cmd, "r");
+    ck_assert_ptr_nonnull(f);
+    out[0] = 0;
+    if (!fgets(out, (int)n, f)) out[0] = 0;
+    out[strcspn(out, "\n")] = 0;
+    pclose(f);
+}
+
+START_TEST(test_isa_env)
+{
+    char got[64];
+    probe_isa("scalar", got, sizeof got);
+    ck_assert_str_eq(got, "scalar");
+    /* unknown names fall back to the best variant (the child may see other CPU features than
+     * this process, e.g. under valgrind, so only check that it chose a real one) */
+    probe_isa("nonsense", got, sizeof got);
+    EXPECT_MSG(bn_isa_parse(got) >= 0, "BITNET_ISA=nonsense chose '%s'", got);
+    if (bn_kernels_isa_supported(BN_ISA_AVX2)) {
+        probe_isa("avx2", got, sizeof got);
+        ck_assert_str_eq(got, "avx2");
+    }
 }
 END_TEST
 
@@ -676,7 +710,7 @@ END_TEST
 static Suite *kernels_suite(void)
 {
     const struct { const char *name; const TTest *tests[8]; } cases[] = {
-        {"dispatch", {test_isa_names, test_tern_dispatch_public}},
+        {"dispatch", {test_isa_names, test_isa_env, test_tern_dispatch_public}},
         {"pack", {test_pack_geometry, test_pack_roundtrip, test_t5_all_values}},
         {"quant", {test_quant_act_naive, test_quant_act_variants}},
         {"ternary", {test_gemv_scalar_naive, test_tern_variants_random, test_tern_variants_extremes,
@@ -696,8 +730,12 @@ static Suite *kernels_suite(void)
     return s;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "--isa-probe") == 0) {
+        puts(bn_isa_name(bn_kernels_isa()));
+        return 0;
+    }
     SRunner *sr = srunner_create(kernels_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

@@ -7,7 +7,9 @@
  * logits / sampled ids out.
  *
  * Threads: the engine uses one OpenMP team of opts.n_threads threads for every kernel call.
- * An engine is not itself thread-safe: one caller thread at a time. */
+ * An engine is not itself thread-safe: one caller thread at a time. libgomp's thread pool does
+ * not survive fork(): a process that has run any OpenMP region (an engine, the packer) must not
+ * fork children that use OpenMP; the server forks its workers before any engine exists. */
 #ifndef BN_ENGINE_H
 #define BN_ENGINE_H
 
