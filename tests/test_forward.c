@@ -11,7 +11,9 @@
  * token; prefix reuse == from scratch; seeded sampling is reproducible; the token loop does not
  * allocate; perplexity equals the reference's; on the 2b4t shape, the residual stream's size per
  * layer matches the reference's through all 30 layers (no "exploding activations"). */
+#define _GNU_SOURCE
 #include <check.h>
+#include <sched.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -532,7 +534,17 @@ START_TEST(prefix_reuse_equals_scratch)
     ck_assert(bn_generate(warm, p1, PROMPT_LEN, &s, 16, collect_cb, &c1, &r1, &err) == 0);
     ck_assert(bn_generate(warm, p2, PROMPT_LEN + 8, &s, 16, collect_cb, &c2, &r2, &err) == 0);
     ck_assert_int_eq(r2.n_cached, PROMPT_LEN - 4);
-    bn_engine *cold = new_engine(m, 1, BN_LM_HEAD_AUTO, 0);
+    /* an absurd thread count is clamped to the CPUs this process may use (no
+     * oversubscription), and pinning does not change results */
+    cpu_set_t set;
+    ck_assert(sched_getaffinity(0, sizeof set, &set) == 0);
+    bn_engine_opts o;
+    bn_engine_opts_default(&o);
+    o.n_threads = 1000;
+    o.pin = 1;
+    bn_engine *cold = NULL;
+    ck_assert(bn_engine_create(m, &o, &cold, &err) == 0);
+    ck_assert_int_eq(bn_engine_threads(cold), CPU_COUNT(&set));
     collect c3 = {0};
     bn_gen_result r3;
     ck_assert(bn_generate(cold, p2, PROMPT_LEN + 8, &s, 16, collect_cb, &c3, &r3, &err) == 0);

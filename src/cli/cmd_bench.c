@@ -21,7 +21,7 @@ static void usage(FILE *f)
             "  -m, --model FILE      packed model file\n"
             "  -p, --n-prompt N      prefill test of N tokens (default 512; 0 = skip)\n"
             "  -n, --n-gen N         decode test of N tokens (default 128; 0 = skip)\n"
-            "  -t, --threads LIST    thread counts, comma-separated (default: CPUs available)\n"
+            "  -t, --threads LIST    thread counts, comma-separated (default: physical cores available)\n"
             "  -r, --reps N          repetitions per test, after one warm-up (default 5)\n"
             "  -b, --batch N         prefill chunk (default 64)\n"
             "      --lm-head f16|i8  lm_head to use (default: i8 if the file has it)\n"

@@ -18,7 +18,7 @@ static void usage(FILE *f)
             "  -m, --model FILE      packed model file\n"
             "  -f, --file FILE       text to score (tokenized whole, with BOS)\n"
             "  -c, --ctx N           window length (default 512, clamped to the model's maximum)\n"
-            "  -t, --threads N       threads (default: CPUs available to this process)\n"
+            "  -t, --threads N       threads (default: physical cores available)\n"
             "  -b, --batch N         prefill chunk (default 64)\n"
             "      --lm-head f16|i8  lm_head to use (default: i8 if the file has it)\n"
             "      --isa NAME        force a kernel variant (scalar, avx2, avx512, avx512vnni)\n"

@@ -21,7 +21,7 @@ static void usage(FILE *f)
             "  -m, --model FILE            packed model file\n"
             "  -p, --prompt TEXT           prompt (with --chat: the system prompt)\n"
             "  -n, --n-predict N           tokens to generate (default -1: until a stop or a full context)\n"
-            "  -t, --threads N             threads (default: CPUs available to this process)\n"
+            "  -t, --threads N             threads (default: physical cores available)\n"
             "  -c, --ctx N                 context length (default: the model's maximum)\n"
             "      --chat                  interactive chat: one line per user turn, Ctrl-D ends\n"
             "      --stop STR              stop string (repeatable, at most %d)\n"
@@ -171,6 +171,9 @@ static int run_prompt(bn_engine *e, const bn_tokenizer *tk, const run_args *a, b
     int rc = m->cfg.bos >= 0 ? bn_tokens_push(&toks, m->cfg.bos, err) : 0;
     if (rc == 0) rc = bn_tokenize_append(tk, a->prompt, strlen(a->prompt), &toks, err);
     if (rc == 0 && toks.n == 0) rc = bn_err(err, "empty prompt");
+    if (rc == 0 && toks.n > bn_engine_n_ctx(e))
+        rc = bn_err(err, "the prompt has %zu tokens, more than the context (%u)", toks.n,
+                    bn_engine_n_ctx(e));
     if (rc == 0) {
         fputs(a->prompt, stdout);
         rc = generate(e, tk, a, toks.ids, toks.n, NULL, err);
