@@ -458,6 +458,7 @@ START_TEST(logits_and_greedy_match_reference)
 
     bn_model *m = open_model(path);
     bn_error err = {{0}};
+    bn_isa chosen = bn_kernels_isa();   /* restored afterwards: tests share one process */
     for (int isa = 0; isa < BN_ISA_COUNT; isa++) {
         if (!bn_kernels_isa_supported((bn_isa)isa)) continue;
         ck_assert_int_eq(bn_kernels_force((bn_isa)isa), 0);
@@ -484,6 +485,7 @@ START_TEST(logits_and_greedy_match_reference)
                     worst_rel, n_ref);
         }
     }
+    bn_kernels_force(chosen);
     bn_model_close(m);
     free(want);
     free(got);
@@ -559,6 +561,7 @@ START_TEST(prefix_reuse_equals_scratch)
     ck_assert(c4.n == c3.n && memcmp(c4.ids, c3.ids, c3.n * sizeof(int32_t)) == 0);
     bn_engine_free(warm);
     bn_engine_free(cold);
+    sched_setaffinity(0, sizeof set, &set);   /* unpin this thread for the tests that follow */
     bn_model_close(m);
 }
 END_TEST

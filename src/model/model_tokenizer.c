@@ -71,10 +71,10 @@ int bn_tok_section_read(const uint8_t *buf, uint64_t len, const char *file, bn_v
         memcpy(v->chat_template, p, h.template_len);
         v->chat_template[h.template_len] = 0;
     }
-    if (v->tok_off[h.n_tokens] != h.text_bytes) {
+    uint32_t last = v->tok_off[h.n_tokens];
+    if (last != h.text_bytes) {
         bn_vocab_free(v);
-        return bn_err(err, "%s: tokenizer section: last token offset %u != text_bytes %u", file,
-                      v->tok_off[h.n_tokens], h.text_bytes);
+        return bn_err(err, "%s: tokenizer section: last token offset %u != text_bytes %u", file, last, h.text_bytes);
     }
     if (bn_vocab_validate(v, err) != 0) {
         bn_vocab_free(v);
