@@ -1,1 +1,1 @@
-EXTRA_DIST += bench/bench_convert.sh bench/README.md
+EXTRA_DIST += bench/bench_convert.sh bench/bench_engine.sh bench/README.md
