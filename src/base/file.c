@@ -41,6 +41,16 @@ void bn_unmap(bn_mapping *m)
     m->len = 0;
 }
 
+void bn_release_pages(const void *p, size_t len)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0 || !p || !len) return;
+    uintptr_t lo = (uintptr_t)p, hi = lo + len;
+    lo = (lo + (uintptr_t)page - 1) / (uintptr_t)page * (uintptr_t)page;
+    hi = hi / (uintptr_t)page * (uintptr_t)page;
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED); /* failure is harmless */
+}
+
 int bn_read_file(const char *path, size_t max, char **out, size_t *len, bn_error *err)
 {
     *out = NULL;

@@ -19,6 +19,13 @@ typedef struct bn_mapping {
 int bn_map_file(const char *path, bn_mapping *m, bn_error *err);
 void bn_unmap(bn_mapping *m);
 
+/* Drops the pages of [p, p+len) from this process's resident set. Only for ranges of a shared
+ * FILE mapping (bn_map_file), where the page cache keeps the data: on anonymous memory
+ * MADV_DONTNEED discards it. Rounds inward to whole pages, so a page shared
+ * with a neighbouring range stays. Advisory: converters call it after each tensor so their
+ * peak RSS is one tensor, not the whole source file. */
+void bn_release_pages(const void *p, size_t len);
+
 /* Reads a whole (small) file into a NUL-terminated malloc'd buffer. Refuses files over max. */
 int bn_read_file(const char *path, size_t max, char **out, size_t *len, bn_error *err);
 

@@ -83,14 +83,8 @@ void bn_st_floats(const bn_st_tensor *t, uint64_t first, uint64_t n, float *out)
 void bn_st_release(const bn_st_tensor *t, uint64_t first, uint64_t n)
 {
     if (!t->file || !t->file->map.data || !n) return;
-    long page = sysconf(_SC_PAGESIZE);
-    if (page <= 0) return;
     size_t esize = bn_st_dtype_size(t->dtype);
-    uintptr_t lo = (uintptr_t)(t->data + first * esize), hi = (uintptr_t)(t->data + (first + n) * esize);
-    /* Inward to whole pages: a page shared with a neighbouring range may still be wanted. */
-    lo = (lo + (uintptr_t)page - 1) / (uintptr_t)page * (uintptr_t)page;
-    hi = hi / (uintptr_t)page * (uintptr_t)page;
-    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED); /* advisory: failure is harmless */
+    bn_release_pages(t->data + first * esize, n * esize);
 }
 
 /* ---- one file ------------------------------------------------------------------------ */

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "base/checked.h"
+#include "base/file.h"
 #include "kernels/half.h"
 #include "model/gguf.h"
 #include "model/ternarize.h"
@@ -482,12 +483,26 @@ static const bn_gguf_tensor *get_tensor(gguf_source *s, const char *name, uint64
     return t;
 }
 
-static float float_at(const uint8_t *p, uint32_t type, uint64_t i)
+/* out[i] = element first+i of a float tensor; the type is resolved per element but the branch
+ * is uniform, so the loop vectorizes poorly yet runs in parallel. Returns the index of a
+ * non-finite value, or -1. */
+static int64_t floats_at(const uint8_t *p, uint32_t type, uint64_t first, uint64_t count, float *out)
 {
-    if (type == BN_GGML_F32) { float f; memcpy(&f, p + 4 * i, 4); return f; }
-    uint16_t h;
-    memcpy(&h, p + 2 * i, 2);
-    return type == BN_GGML_F16 ? bn_f16_to_f32(h) : bn_bf16_to_f32(h);
+    int64_t bad = -1;
+#pragma omp parallel for schedule(static) reduction(max : bad) if (count > 65536)
+    for (uint64_t i = 0; i < count; i++) {
+        float f;
+        if (type == BN_GGML_F32) {
+            memcpy(&f, p + 4 * (first + i), 4);
+        } else {
+            uint16_t h;
+            memcpy(&h, p + 2 * (first + i), 2);
+            f = type == BN_GGML_F16 ? bn_f16_to_f32(h) : bn_bf16_to_f32(h);
+        }
+        out[i] = f;
+        if (!isfinite(f)) bad = (int64_t)i > bad ? (int64_t)i : bad;
+    }
+    return bad;
 }
 
 static int src_floats(bn_source *bs, const char *name, uint64_t rows, uint64_t cols, uint64_t row0, uint64_t n,
@@ -504,7 +519,9 @@ static int src_floats(bn_source *bs, const char *name, uint64_t rows, uint64_t c
         return bn_err(err, "%s: tensor '%s.weight': rows [%llu, %llu+%llu) outside its %llu rows", s->g->path, name,
                       (unsigned long long)row0, (unsigned long long)row0, (unsigned long long)n, (unsigned long long)rows);
     const uint64_t first = row0 * cols, count = n * cols; /* <= n_elements: no overflow */
-    for (uint64_t i = 0; i < count; i++) out[i] = float_at(t->data, t->type, first + i);
+    (void)floats_at(t->data, t->type, first, count, out); /* the packer rejects non-finite values */
+    size_t esize = t->type == BN_GGML_F32 ? 4 : 2;
+    if (s->g->map.data) bn_release_pages(t->data + first * esize, count * esize); /* file mappings only */
     return 0;
 }
 
@@ -621,12 +638,10 @@ static int decode_float_linear(const bn_gguf *g, const char *name, const bn_gguf
     if (n > SIZE_MAX / sizeof(float)) return bn_err(err, "%s: tensor '%s.weight': too large", g->path, name);
     float *w = malloc((size_t)n * sizeof *w);
     if (!w) return bn_err(err, "%s: tensor '%s.weight': out of memory for %llu floats", g->path, name, (unsigned long long)n);
-    for (uint64_t i = 0; i < n; i++) {
-        w[i] = float_at(t->data, t->type, i);
-        if (!isfinite(w[i])) {
-            free(w);
-            return bn_err(err, "%s: tensor '%s.weight': element %llu is not finite", g->path, name, (unsigned long long)i);
-        }
+    int64_t bad = floats_at(t->data, t->type, 0, n, w);
+    if (bad >= 0) {
+        free(w);
+        return bn_err(err, "%s: tensor '%s.weight': element %lld is not finite", g->path, name, (long long)bad);
     }
     bn_ternarize_auto(w, (size_t)n, out, scale);
     free(w);
@@ -642,17 +657,22 @@ static int src_ternary(bn_source *bs, const char *name, uint64_t rows, uint64_t 
     const bn_gguf_tensor *x = get_tensor(s, name, rows, cols, err);
     if (!x) return -1;
     char tb[16];
+    int rc;
     switch (x->type) {
-    case BN_GGML_I2_S: return decode_i2s(s->g, name, x, t, scale, err);
+    case BN_GGML_I2_S: rc = decode_i2s(s->g, name, x, t, scale, err); break;
     case BN_GGML_TQ1_0:
-    case BN_GGML_TQ2_0: return decode_tq(s->g, name, x, t, scale, err);
+    case BN_GGML_TQ2_0: rc = decode_tq(s->g, name, x, t, scale, err); break;
     case BN_GGML_F32:
     case BN_GGML_F16:
-    case BN_GGML_BF16: return decode_float_linear(s->g, name, x, t, scale, err);
+    case BN_GGML_BF16: rc = decode_float_linear(s->g, name, x, t, scale, err); break;
     default:
         return bn_err(err, "%s: tensor '%s.weight': type %s cannot be read as a ternary matrix", s->g->path, name,
                       bn_ggml_type_name(x->type, tb));
     }
+    /* Each tensor is read once: drop its pages so peak RSS stays one tensor. Only for a file
+     * mapping: on memory the caller owns (bn_gguf_open_mem), MADV_DONTNEED would zero it. */
+    if (s->g->map.data) bn_release_pages(x->data, x->nbytes);
+    return rc;
 }
 
 static void src_close(bn_source *bs)
