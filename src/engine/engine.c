@@ -203,10 +203,14 @@ static void scratch_free(bn_scratch *s)
 }
 
 /* Binds OpenMP thread i to the i-th allowed CPU. libgomp keeps the same pool threads for every
- * later team of this size, so doing it once here binds every later parallel region. */
-static void pin_threads(int n_threads)
+ * later team of this size, so doing it once here binds every later parallel region. The mask
+ * before pinning is kept in e->unpinned: pinning also narrows the calling thread, which would
+ * otherwise shrink the CPUs every later engine of this process may use. */
+static void pin_threads(bn_engine *e, int n_threads)
 {
     cpu_set_t allowed;
+    if (sched_getaffinity(0, sizeof e->unpinned, &e->unpinned) != 0) return;
+    e->pinned = 1;
     int n_cpu = affinity_cpus(&allowed);
     int cpus[CPU_SETSIZE], k = 0;
     for (int c = 0; c < CPU_SETSIZE && k < n_cpu; c++)
@@ -266,14 +270,22 @@ int bn_engine_create(const bn_model *m, const bn_engine_opts *opts, bn_engine **
     bn_rope_inv_freq(e->s.rope_inv_freq, (int)e->cfg.head_dim, e->cfg.rope_theta);
 
     omp_set_dynamic(0);   /* exactly n_threads per team: the split assumes it */
-    if (opts->pin) pin_threads(e->n_threads);
+    if (opts->pin) pin_threads(e, e->n_threads);
     *out = e;
     return 0;
+}
+
+/* Gives every pool thread (and the caller) its pre-pinning mask back. */
+static void unpin_threads(bn_engine *e)
+{
+#pragma omp parallel num_threads(e->n_threads)
+    sched_setaffinity(0, sizeof e->unpinned, &e->unpinned);
 }
 
 void bn_engine_free(bn_engine *e)
 {
     if (!e) return;
+    if (e->pinned) unpin_threads(e);
     bn_kv_free(&e->kv);
     scratch_free(&e->s);
     bn_sampler_free(e->sampler);

@@ -4,6 +4,10 @@
 #ifndef BN_ENGINE_INTERNAL_H
 #define BN_ENGINE_INTERNAL_H
 
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <sched.h>
 #include "engine/engine.h"
 
 /* f16 K and V for every layer: k[layer] is [n_ctx][kv_dim] (kv_dim = n_head_kv * head_dim). */
@@ -33,6 +37,8 @@ typedef struct bn_scratch {
 } bn_scratch;
 
 struct bn_engine {
+    cpu_set_t unpinned;     /* affinity before pinning, restored by bn_engine_free() */
+    int pinned;
     const bn_model *model;
     bn_config cfg;
     bn_tern_fmt fmt;
