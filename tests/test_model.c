@@ -574,6 +574,37 @@ START_TEST(test_cli_errors)
 }
 END_TEST
 
+/* `bitnet run` and `bitnet bench` take every synthetic format: non-packed ones are converted
+ * once into the cache (BITNET_CACHE) and served from it afterwards. */
+START_TEST(test_cli_every_format)
+{
+    const char *bitnet = getenv("BN_BITNET");
+    if (!bitnet) {
+        printf("SKIPPED: test_cli_every_format: BN_BITNET not set (run through make check)\n");
+        return;
+    }
+    char cache[512], src[512], cmd[4096];
+    snprintf(cache, sizeof cache, "%s", bn_test_path("cli-cache"));
+    const char *formats[] = {"packed", "hf", "hf-bf16", "hf-sharded", "gguf-i2_s", "gguf-tq2_0", "gguf-f16"};
+    for (size_t i = 0; i < sizeof formats / sizeof formats[0]; i++) {
+        snprintf(src, sizeof src, "%s", bn_test_path(formats[i]));
+        snprintf(cmd, sizeof cmd,
+                 "'%s' mkmodel 'tiny,n_embd=256,n_ff=512' '%s' -f %s >/dev/null 2>&1 && "
+                 "BITNET_CACHE='%s' '%s' run -m '%s' -p 'Hello' -n 4 --temp 0 -t 1 >/dev/null 2>&1 && "
+                 "BITNET_CACHE='%s' '%s' bench -m '%s' -p 8 -n 4 -r 1 -t 1 >/dev/null 2>&1",
+                 bitnet, src, formats[i], cache, bitnet, src, cache, bitnet, src);
+        ck_assert_msg(bn_test_sh(cmd) == 0, "run/bench failed on format %s", formats[i]);
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", src);
+        bn_test_sh(cmd);
+    }
+    /* six conversions, one cache entry each; the packed file was used in place */
+    snprintf(cmd, sizeof cmd, "test $(ls '%s' | grep -c 'bnpk$') -eq 6", cache);
+    ck_assert_int_eq(bn_test_sh(cmd), 0);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", cache);
+    bn_test_sh(cmd);
+}
+END_TEST
+
 START_TEST(test_shapes)
 {
     bn_config c;
@@ -618,6 +649,7 @@ int main(void)
     tcase_add_test(tc, test_ternarize_rules);
     tcase_add_test(tc, test_shapes);
     tcase_add_test(tc, test_cli_errors);
+    tcase_add_test(tc, test_cli_every_format);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -10,6 +10,7 @@
 
 #include "cli/cli_common.h"
 #include "cli/commands.h"
+#include "model/convert_cache.h"
 #include "engine/engine.h"
 
 #define MAX_THREAD_LIST 16
@@ -259,7 +260,7 @@ int cmd_bench(int argc, char **argv)
     }
     bn_error err = {{0}};
     bn_model *m = NULL;
-    if (bn_model_open(a.model, &m, &err)) {
+    if (bn_model_open_any(a.model, NULL, &m, NULL, &err)) {
         fprintf(stderr, "bitnet bench: %s\n", err.msg);
         return 1;
     }

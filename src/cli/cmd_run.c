@@ -10,6 +10,7 @@
 
 #include "cli/cli_common.h"
 #include "cli/commands.h"
+#include "model/convert_cache.h"
 #include "engine/engine.h"
 #include "text/tokenizer.h"
 
@@ -305,7 +306,7 @@ int cmd_run(int argc, char **argv)
     bn_engine *e = NULL;
     bn_tokenizer *tk = NULL;
     int rc = -1;
-    if (bn_model_open(a.model, &m, &err)) goto out;
+    if (bn_model_open_any(a.model, NULL, &m, NULL, &err)) goto out;
     bn_engine_mem mem;
     if (bn_engine_plan(m, &a.eo, &mem, &err)) goto out;
     fprintf(stderr, "memory: model mapping %.1f MiB, KV cache %.1f MiB (n_ctx %u, f16), scratch %.1f MiB\n",

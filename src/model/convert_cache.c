@@ -113,3 +113,42 @@ int bn_convert_cached(const char *src_path, const char *cache_dir, const bn_pack
     *out_path = path;
     return 0;
 }
+
+char *bn_default_cache_dir(void)
+{
+    const char *env = getenv("BITNET_CACHE");
+    if (env && *env) return strdup(env);
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    if (xdg && *xdg) return bn_path_join(xdg, "bitnetd");
+    if (home && *home) return bn_path_join(home, ".cache/bitnetd");
+    return strdup("/tmp/bitnetd-cache");
+}
+
+/* mkdir -p for the cache's parents ($HOME/.cache may not exist yet). */
+static void make_parents(const char *dir)
+{
+    char *p = strdup(dir);
+    if (!p) return;
+    for (char *s = p + 1; *s; s++)
+        if (*s == '/') {
+            *s = 0;
+            mkdir(p, 0755);
+            *s = '/';
+        }
+    free(p);
+}
+
+int bn_model_open_any(const char *path, const char *cache_dir, bn_model **out, int *converted, bn_error *err)
+{
+    *out = NULL;
+    char *dir = cache_dir ? strdup(cache_dir) : bn_default_cache_dir(), *packed = NULL;
+    if (!dir) return bn_err(err, "out of memory");
+    make_parents(dir);
+    bn_pack_opts po;
+    bn_pack_opts_default(&po);
+    int rc = bn_convert_cached(path, dir, &po, &packed, converted, err);
+    if (rc == 0) rc = bn_model_open(packed, out, err);
+    free(packed);
+    free(dir);
+    return rc;
+}
