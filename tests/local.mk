@@ -3,6 +3,7 @@ AM_TESTS_ENVIRONMENT = \
 	BN_FIXTURES_DIR='$(BN_FIXTURES_DIR)'; export BN_FIXTURES_DIR; \
 	BN_TEST_TMPDIR='$(abs_builddir)/tests/tmp'; export BN_TEST_TMPDIR; mkdir -p "$$BN_TEST_TMPDIR"; \
 	BN_BITNET='$(abs_builddir)/bitnet'; export BN_BITNET; \
+	BN_BITNETD='$(abs_builddir)/bitnetd'; export BN_BITNETD; \
 	BN_SRCDIR='$(abs_srcdir)'; export BN_SRCDIR; \
 	CK_DEFAULT_TIMEOUT=600; export CK_DEFAULT_TIMEOUT; \
 	CK_FORK=no; export CK_FORK;
@@ -23,4 +24,5 @@ include $(srcdir)/tests/model.mk
 include $(srcdir)/tests/gguf.mk
 include $(srcdir)/tests/hf.mk
 include $(srcdir)/tests/engine.mk
+include $(srcdir)/tests/server.mk
 include $(srcdir)/tests/fuzz/local.mk

@@ -33,6 +33,10 @@ typedef struct bn_engine_opts {
     int pin;                 /* bind OpenMP thread i to the i-th CPU of the affinity mask */
     int lm_head;             /* enum bn_lm_head_kind */
     uint32_t batch;          /* prefill chunk: tokens per GEMM pass; 0 = 64 */
+    const int *cpus;         /* explicit CPU set (OS indexes, e.g. the server's placement plan):
+                              * n_threads = n_cpus and thread i is pinned to cpus[i]. NULL = the
+                              * defaults above (threads from the affinity mask, pin optional) */
+    int n_cpus;
 } bn_engine_opts;
 
 void bn_engine_opts_default(bn_engine_opts *o);
@@ -180,6 +184,23 @@ typedef struct bn_gen_result {
 int bn_generate(bn_engine *e, const int32_t *prompt, size_t n, const bn_sampling *params,
                 uint32_t max_tokens, bn_token_cb cb, void *user, bn_gen_result *res,
                 bn_error *err);
+
+/* Called between prefill chunks (every opts.batch tokens) with the prompt tokens evaluated so
+ * far (cached ones included) and the prompt length; non-zero cancels (finish CANCELLED). */
+typedef int (*bn_prefill_cb)(uint32_t done, uint32_t total, void *user);
+
+typedef struct bn_gen_opts {
+    uint32_t max_tokens;
+    int ignore_eos;           /* do not stop at eos/eot (benchmarks: exactly max_tokens tokens) */
+    bn_token_cb on_token;     /* may be NULL */
+    bn_prefill_cb on_prefill; /* may be NULL */
+    void *user;               /* passed to both callbacks */
+} bn_gen_opts;
+
+/* bn_generate with every option: cancellable prefill and ignore_eos. bn_generate() is this with
+ * only max_tokens and on_token set. */
+int bn_generate_opts(bn_engine *e, const int32_t *prompt, size_t n, const bn_sampling *params,
+                     const bn_gen_opts *o, bn_gen_result *res, bn_error *err);
 
 /* ---- perplexity (llama.cpp's method) ------------------------------------------------- */
 

@@ -1,0 +1,21 @@
+# The server layer (master, workers, HTTP), over engine/model/text. libbnserver.a holds every
+# module but the master's process and HTTP glue, which only the bitnetd binary links.
+noinst_LIBRARIES += libbnserver.a
+libbnserver_a_CFLAGS = $(AM_CFLAGS) $(BN_EXT_CFLAGS)
+libbnserver_a_SOURCES = \
+	src/server/config.c src/server/config.h \
+	src/server/placement.c src/server/placement.h \
+	src/server/channel.c src/server/channel.h \
+	src/server/worker.c src/server/worker.h \
+	src/server/openai.c src/server/openai.h \
+	src/server/metrics.c src/server/metrics.h \
+	src/server/log.c src/server/log.h \
+	src/server/weights.c src/server/weights.h \
+	src/server/scheduler.c src/server/scheduler.h
+
+bin_PROGRAMS += bitnetd
+bitnetd_CFLAGS = $(AM_CFLAGS) $(BN_EXT_CFLAGS) -DBN_SYSCONFDIR='"$(sysconfdir)"'
+bitnetd_SOURCES = src/bitnetd.c \
+	src/server/master.c src/server/master.h \
+	src/server/http.c src/server/http.h
+bitnetd_LDADD = libbnserver.a $(BN_CORE_LIBS) $(BN_EXT_LIBS)

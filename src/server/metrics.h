@@ -1,0 +1,41 @@
+/* GET /metrics: Prometheus text exposition. vLLM's metric names, labels (model_name) and
+ * histogram buckets where vLLM has the metric, so existing dashboards and benchmark tools work
+ * unchanged; bitnetd_* for what vLLM lacks. Only the master updates these (single thread). */
+#ifndef BN_SERVER_METRICS_H
+#define BN_SERVER_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct bn_metrics bn_metrics;
+
+bn_metrics *bn_metrics_new(const char *model_name);
+void bn_metrics_free(bn_metrics *m);
+
+/* A finished generation request (success = it produced a response, even a stopped one). */
+typedef struct bn_metrics_req {
+    const char *finished_reason;    /* "stop", "length", "abort" */
+    uint32_t prompt_tokens, generation_tokens;
+    uint32_t cached_tokens;         /* prompt tokens served from the prefix cache */
+    double queue_s, ttft_s, e2e_s, prefill_s, decode_s;   /* < 0 = unknown, not observed */
+} bn_metrics_req;
+void bn_metrics_request(bn_metrics *m, const bn_metrics_req *r);
+/* One inter-token gap of a stream (seconds). */
+void bn_metrics_itl(bn_metrics *m, double s);
+/* Rejected before a worker: reason "queue_full", "queue_timeout", "context_length", "invalid",
+ * "unauthorized", "draining". */
+void bn_metrics_rejected(bn_metrics *m, const char *reason);
+void bn_metrics_worker_restart(bn_metrics *m);
+/* HTTP responses by status class, for every route. */
+void bn_metrics_http(bn_metrics *m, int status);
+
+/* Point-in-time values the master supplies at render time. */
+typedef struct bn_metrics_gauges {
+    int running, waiting;           /* requests on a worker / in the queue */
+    int workers, workers_busy, workers_live;
+    double kv_usage;                /* 0..1 over live workers */
+} bn_metrics_gauges;
+/* The whole exposition, malloc'd, NUL-terminated (*len set). */
+char *bn_metrics_render(const bn_metrics *m, const bn_metrics_gauges *g, size_t *len);
+
+#endif
