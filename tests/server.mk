@@ -2,9 +2,12 @@
 # test independently), then integration tests that start bitnetd on loopback.
 if HAVE_CHECK
 check_PROGRAMS += tests/test_config tests/test_placement tests/test_channel tests/test_openai \
-	tests/test_metrics tests/test_weights tests/test_scheduler tests/test_server tests/test_loadtest
+	tests/test_metrics tests/test_weights tests/test_scheduler \
+	tests/test_server_api tests/test_server_faults tests/test_server_ops tests/test_loadtest
 TESTS += tests/test_config tests/test_placement tests/test_channel tests/test_openai \
-	tests/test_metrics tests/test_weights tests/test_scheduler tests/test_server tests/test_loadtest
+	tests/test_metrics tests/test_weights tests/test_scheduler \
+	tests/test_server_api tests/test_server_faults tests/test_server_ops tests/test_loadtest \
+	tests/test_node_sdk.sh
 
 tests_test_config_SOURCES = tests/test_config.c src/server/config.c
 tests_test_config_CFLAGS = $(TEST_CFLAGS)
@@ -35,12 +38,27 @@ tests_test_scheduler_SOURCES = tests/test_scheduler.c src/server/scheduler.c
 tests_test_scheduler_CFLAGS = $(TEST_CFLAGS)
 tests_test_scheduler_LDADD = $(TEST_LIBS)
 
-# Integration: bitnetd ($BN_BITNETD) on loopback with a tiny synthetic model.
-tests_test_server_SOURCES = tests/test_server.c tests/server_harness.c tests/server_harness.h
-tests_test_server_CFLAGS = $(TEST_CFLAGS)
-tests_test_server_LDADD = $(TEST_LIBS)
+# Integration: bitnetd ($BN_BITNETD) on loopback with a tiny synthetic model: the API, faults
+# (slow clients, queue, cancellation, killed workers), operations (signals, -t, daemon, memory),
+# and the official OpenAI Node SDK against it (skipped without node and tests/node/node_modules).
+tests_test_server_api_SOURCES = tests/test_server_api.c tests/server_harness.c tests/server_harness.h
+tests_test_server_api_CFLAGS = $(TEST_CFLAGS)
+tests_test_server_api_LDADD = $(TEST_LIBS)
 
-tests_test_loadtest_SOURCES = tests/test_loadtest.c tests/server_harness.c tests/server_harness.h
+tests_test_server_faults_SOURCES = tests/test_server_faults.c tests/server_harness.c \
+	tests/server_harness.h
+tests_test_server_faults_CFLAGS = $(TEST_CFLAGS)
+tests_test_server_faults_LDADD = $(TEST_LIBS)
+
+tests_test_server_ops_SOURCES = tests/test_server_ops.c tests/server_harness.c tests/server_harness.h
+tests_test_server_ops_CFLAGS = $(TEST_CFLAGS)
+tests_test_server_ops_LDADD = $(TEST_LIBS)
+
+EXTRA_DIST += tests/test_node_sdk.sh tests/node/package.json tests/node/package-lock.json \
+	tests/node/sdk.test.mjs tests/node/README.md
+
+# A fake OpenAI SSE server inside the test, and $BN_BITNET loadtest against it: no harness.
+tests_test_loadtest_SOURCES = tests/test_loadtest.c
 tests_test_loadtest_CFLAGS = $(TEST_CFLAGS)
 tests_test_loadtest_LDADD = $(TEST_LIBS)
 endif

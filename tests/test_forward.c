@@ -824,6 +824,89 @@ START_TEST(activations_stay_in_reference_range_2b4t)
 }
 END_TEST
 
+/* An explicit CPU set (the server's placement plan): one thread per listed CPU, thread i pinned
+ * to cpus[i] (thread 0 is the caller), the same greedy tokens as the default engine, the mask
+ * given back on free; a CPU this process may not use, an empty or repeating set fail creation
+ * with a message. */
+START_TEST(explicit_cpu_set)
+{
+    bn_model *m = open_model(path_t5);
+    bn_error err = {{0}};
+    cpu_set_t set;
+    ck_assert(sched_getaffinity(0, sizeof set, &set) == 0);
+    int first = -1, last = -1;
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &set)) {
+            if (first < 0) first = c;
+            last = c;
+        }
+    int32_t prompt[PROMPT_LEN];
+    make_prompt(prompt, PROMPT_LEN, &m->cfg);
+    bn_sampling g;
+    bn_sampling_greedy(&g);
+    bn_gen_result res;
+    collect want = {0};
+    bn_engine *e = NULL;
+    ck_assert_msg(bn_engine_create(m, NULL, &e, &err) == 0, "%s", err.msg);
+    ck_assert(bn_generate(e, prompt, PROMPT_LEN, &g, 24, collect_cb, &want, &res, &err) == 0);
+    bn_engine_free(e);
+    ck_assert_int_gt(want.n, 0);
+
+    /* one CPU, then (when there are two) the last and the first, in that order */
+    int sets[2][2] = {{first, -1}, {last, first}};
+    for (int k = 0; k < (first != last ? 2 : 1); k++) {
+        bn_engine_opts o;
+        bn_engine_opts_default(&o);
+        o.cpus = sets[k];
+        o.n_cpus = k + 1;
+        o.n_threads = 64;   /* ignored: the CPU set decides */
+        bn_engine_mem mem;
+        ck_assert_msg(bn_engine_plan(m, &o, &mem, &err) == 0, "%s", err.msg);
+        ck_assert_int_eq(mem.n_threads, k + 1);
+        ck_assert_msg(bn_engine_create(m, &o, &e, &err) == 0, "%s", err.msg);
+        ck_assert_int_eq(bn_engine_threads(e), k + 1);
+        cpu_set_t now;
+        ck_assert(sched_getaffinity(0, sizeof now, &now) == 0);
+        ck_assert_int_eq(CPU_COUNT(&now), 1);
+        ck_assert(CPU_ISSET(sets[k][0], &now));   /* the caller is thread 0 */
+        collect got = {0};
+        ck_assert(bn_generate(e, prompt, PROMPT_LEN, &g, 24, collect_cb, &got, &res, &err) == 0);
+        ck_assert_int_eq(got.n, want.n);
+        ck_assert(memcmp(got.ids, want.ids, (size_t)want.n * sizeof(int32_t)) == 0);
+        bn_engine_free(e);
+        ck_assert(sched_getaffinity(0, sizeof now, &now) == 0);
+        ck_assert(CPU_EQUAL(&now, &set));
+    }
+
+    static const struct { int cpus[2], n; const char *msg; } bad[] = {
+        {{100000, 0}, 1, "CPU 100000 is not one this process may run on (its affinity mask is "},
+        {{-1, 0}, 1, "CPU -1 is not one this process may run on"},
+        {{0, 0}, 0, "the engine's CPU set is empty"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        bn_engine_opts o;
+        bn_engine_opts_default(&o);
+        o.cpus = bad[i].cpus;
+        o.n_cpus = bad[i].n;
+        e = (bn_engine *)&o;
+        ck_assert(bn_engine_create(m, &o, &e, &err) != 0);
+        ck_assert_ptr_null(e);
+        ck_assert_msg(strstr(err.msg, bad[i].msg) != NULL, "message \"%s\" lacks \"%s\"", err.msg, bad[i].msg);
+    }
+    bn_engine_opts o;
+    bn_engine_opts_default(&o);
+    int twice[2] = {first, first};
+    o.cpus = twice;
+    o.n_cpus = 2;
+    ck_assert(bn_engine_create(m, &o, &e, &err) != 0);
+    ck_assert_msg(strstr(err.msg, "listed twice") != NULL, "%s", err.msg);
+    cpu_set_t after;
+    ck_assert(sched_getaffinity(0, sizeof after, &after) == 0);
+    ck_assert(CPU_EQUAL(&after, &set));
+    bn_model_close(m);
+}
+END_TEST
+
 static Suite *forward_suite(void)
 {
     Suite *s = suite_create("forward");
@@ -836,6 +919,7 @@ static Suite *forward_suite(void)
     tcase_add_test(tc, lm_head_i8_matches_reference);
     tcase_add_test(tc, perplexity_matches_reference);
     tcase_add_test(tc, cli_perplexity_matches_reference);
+    tcase_add_test(tc, explicit_cpu_set);
     suite_add_tcase(s, tc);
     TCase *big = tcase_create("2b4t");
     tcase_set_timeout(big, 900);   /* writes a 0.4 GB model, runs 30 layers naively */

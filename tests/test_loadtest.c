@@ -1,2 +1,528 @@
-/* placeholder: being written; exits 77 (skip) */
-int main(void) { return 77; }
+/* `bitnet loadtest` end to end: the binary ($BN_BITNET) against a fake OpenAI SSE server that
+ * this test forks (libevent, 127.0.0.1, port 0). The fake streams a known number of content
+ * chunks and a usage chunk, or fails in a chosen way, and logs every request it receives, so
+ * the report's counts and token totals can be checked against what was really sent. */
+#include <check.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+#define FAKE_CHUNKS 5      /* content chunks per ok stream */
+#define FAKE_USAGE_TOKENS 6 /* what its usage chunk claims (one chunk "carried two tokens") */
+#define FAKE_PROMPT_TOKENS 3
+
+static char bitnet[2048], srcdir[2048];
+static pid_t fake_pid = -1;
+static int fake_port;
+static char fake_log[512], err_path[512];
+
+/* ---- the fake server (child process) ---- */
+
+typedef struct {
+    const char *mode; /* ok, nousage, mixed, hang, slow */
+    int log_fd;
+    long n;           /* POSTs received */
+} fake;
+
+static void send_sse(struct evhttp_request *req, const char *s)
+{
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add(b, s, strlen(s));
+    evhttp_send_reply_chunk(req, b);
+    evbuffer_free(b);
+}
+
+static void content_chunk(struct evhttp_request *req, int chat, int i, int last)
+{
+    char ev[512];
+    const char *fr = last ? "\"stop\"" : "null";
+    if (chat)
+        snprintf(ev, sizeof ev, "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,"
+                 "\"delta\":{\"content\":\"tok%d \"},\"finish_reason\":%s}]}\n\n", i, fr);
+    else
+        snprintf(ev, sizeof ev, "data: {\"object\":\"text_completion\",\"choices\":[{\"index\":0,"
+                 "\"text\":\"tok%d \",\"finish_reason\":%s}]}\n\n", i, fr);
+    send_sse(req, ev);
+}
+
+/* kind: 0 ok, 1 ok without usage, 2 in-stream error, 3 malformed data. */
+static void stream(struct evhttp_request *req, int chat, int kind)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/event-stream");
+    evhttp_send_reply_start(req, 200, "OK");
+    send_sse(req, ": ping\n\n");
+    if (chat) send_sse(req, "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"},\"finish_reason\":null}]}\r\n\r\n");
+    int n = kind >= 2 ? 1 : FAKE_CHUNKS;
+    for (int i = 0; i < n; i++) content_chunk(req, chat, i, kind < 2 && i == n - 1);
+    if (kind == 2) send_sse(req, "data: {\"error\":{\"message\":\"worker died\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\n");
+    if (kind == 3) send_sse(req, "data: {\"choices\": [oops\n\n");
+    if (kind == 0) {
+        char ev[256];
+        snprintf(ev, sizeof ev, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,"
+                 "\"total_tokens\":%d}}\n\n", FAKE_PROMPT_TOKENS, FAKE_USAGE_TOKENS, FAKE_PROMPT_TOKENS + FAKE_USAGE_TOKENS);
+        send_sse(req, ev);
+    }
+    send_sse(req, "data: [DONE]\n\n");
+    evhttp_send_reply_end(req);
+}
+
+static void reply_503(struct evhttp_request *req)
+{
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add_printf(b, "{\"error\":{\"message\":\"queue full\",\"type\":\"server_error\",\"param\":null,\"code\":null}}");
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+    evhttp_send_reply(req, 503, "Service Unavailable", b);
+    evbuffer_free(b);
+}
+
+static void slow_reply(evutil_socket_t fd, short what, void *arg)
+{
+    stream(arg, 1, 0); /* safe even if the client left: libevent then detached the request */
+}
+
+static void fake_handle(struct evhttp_request *req, void *arg)
+{
+    fake *f = arg;
+    const char *path = evhttp_request_get_uri(req);
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_GET && !strcmp(path, "/v1/models")) {
+        struct evbuffer *b = evbuffer_new();
+        evbuffer_add_printf(b, "{\"object\":\"list\",\"data\":[{\"id\":\"fake-model\",\"object\":\"model\"}]}");
+        evhttp_send_reply(req, 200, "OK", b);
+        evbuffer_free(b);
+        return;
+    }
+    int chat = !strcmp(path, "/v1/chat/completions");
+    if (!chat && strcmp(path, "/v1/completions")) {
+        evhttp_send_error(req, 404, NULL);
+        return;
+    }
+    /* log: PATH \t AUTHORIZATION \t BODY \n, one write so lines never interleave */
+    const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    struct evbuffer *in = evhttp_request_get_input_buffer(req), *line = evbuffer_new();
+    evbuffer_add_printf(line, "%s\t%s\t", path, auth ? auth : "-");
+    evbuffer_add(line, evbuffer_pullup(in, -1), evbuffer_get_length(in));
+    evbuffer_add(line, "\n", 1);
+    if (write(f->log_fd, evbuffer_pullup(line, -1), evbuffer_get_length(line)) < 0) _exit(3);
+    evbuffer_free(line);
+    long i = f->n++;
+    if (!strcmp(f->mode, "ok")) stream(req, chat, 0);
+    else if (!strcmp(f->mode, "nousage")) stream(req, chat, 1);
+    else if (!strcmp(f->mode, "mixed")) {
+        /* by request number: ok, 503, in-stream error, malformed */
+        if (i % 4 == 1) reply_503(req);
+        else stream(req, chat, i % 4 == 0 ? 0 : i % 4 == 2 ? 2 : 3);
+    } else if (!strcmp(f->mode, "slow")) {
+        struct timeval tv = {0, 200000};
+        event_base_once(evhttp_connection_get_base(evhttp_request_get_connection(req)), -1, EV_TIMEOUT,
+                        slow_reply, req, &tv);
+    } /* "hang": never answer */
+}
+
+static void fake_main(const char *mode, int port_fd)
+{
+    signal(SIGPIPE, SIG_IGN);
+    fake f = {mode, open(fake_log, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644), 0};
+    struct event_base *base = event_base_new();
+    struct evhttp *http = base ? evhttp_new(base) : NULL;
+    struct evhttp_bound_socket *bs = http ? evhttp_bind_socket_with_handle(http, "127.0.0.1", 0) : NULL;
+    if (f.log_fd < 0 || !bs) _exit(2);
+    evhttp_set_gencb(http, fake_handle, &f);
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+    getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&sa, &sl);
+    int port = ntohs(sa.sin_port);
+    if (write(port_fd, &port, sizeof port) != sizeof port) _exit(2);
+    close(port_fd);
+    event_base_dispatch(base);
+    _exit(0);
+}
+
+/* Forks the fake (the test process never runs OpenMP, so fork is safe); 0 when it listens. */
+static int fake_start(const char *mode)
+{
+    int p[2];
+    snprintf(fake_log, sizeof fake_log, "%s", bn_test_path("loadtest-fake.log"));
+    if (pipe(p)) return -1;
+    fflush(NULL);
+    if ((fake_pid = fork()) == 0) {
+        close(p[0]);
+        fake_main(mode, p[1]);
+    }
+    close(p[1]);
+    struct pollfd pfd = {p[0], POLLIN, 0};
+    int ok = fake_pid > 0 && poll(&pfd, 1, 10000) == 1 && read(p[0], &fake_port, sizeof fake_port) == sizeof fake_port;
+    close(p[0]);
+    return ok ? 0 : -1;
+}
+
+static void fake_stop(void)
+{
+    if (fake_pid > 0) {
+        kill(fake_pid, SIGKILL);
+        waitpid(fake_pid, NULL, 0);
+    }
+    fake_pid = -1;
+}
+
+/* Lines of the fake's log, and how many contain needle (NULL: count all). */
+static long log_count(const char *needle)
+{
+    FILE *f = fopen(fake_log, "r");
+    char *line = NULL;
+    size_t cap = 0;
+    long n = 0;
+    while (f && getline(&line, &cap, f) >= 0) n += !needle || strstr(line, needle);
+    free(line);
+    if (f) fclose(f);
+    return n;
+}
+
+/* ---- running bitnet loadtest ---- */
+
+static char last_err[8192];
+
+/* Runs `bitnet loadtest --no-progress --url <fake> ARGS`, returns its exit status; *out gets the
+ * parsed stdout (NULL if not JSON), last_err its stderr. */
+static int loadtest(json_t **out, const char *args)
+{
+    char cmd[8192], buf[1 << 16];
+    snprintf(cmd, sizeof cmd, "timeout 120 %s loadtest --no-progress --url http://127.0.0.1:%d %s 2>%s", bitnet,
+             fake_port, args, err_path);
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, p);
+    buf[n] = 0;
+    int st = pclose(p);
+    FILE *e = fopen(err_path, "r");
+    size_t en = e ? fread(last_err, 1, sizeof last_err - 1, e) : 0;
+    last_err[en] = 0;
+    if (e) fclose(e);
+    if (out) *out = json_loads(buf, 0, NULL);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static json_int_t jint(const json_t *o, const char *path)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s", path);
+    char *dot = strchr(key, '.');
+    if (dot) {
+        *dot = 0;
+        return jint(json_object_get(o, key), dot + 1);
+    }
+    const json_t *v = json_object_get(o, key);
+    ck_assert_msg(json_is_integer(v), "%s is not an integer", path);
+    return json_integer_value(v);
+}
+
+static void setup(void)
+{
+    snprintf(err_path, sizeof err_path, "%s", bn_test_path("loadtest.err"));
+    fake_port = 1; /* nothing listens there: for tests that must not connect */
+}
+
+static void teardown(void)
+{
+    fake_stop();
+    unlink(fake_log);
+    unlink(err_path);
+}
+
+/* ---- tests ---- */
+
+START_TEST(closed_loop_counts_and_fields)
+{
+    ck_assert_int_eq(fake_start("ok"), 0);
+    json_t *j;
+    int rc = loadtest(&j, "--json --users 3 --requests 7 --max-tokens 16 --seed 5 --temperature 0.5 "
+                          "--ignore-eos --api-key sekret");
+    ck_assert_msg(rc == 0 && j, "rc %d, stderr: %s", rc, last_err);
+    static const char *fields[] = {"url", "endpoint", "model", "mode", "users", "rate", "max_tokens", "duration_s",
+                                   "requests_ok", "requests_failed", "requests_cancelled", "requests_per_s",
+                                   "prompt_tokens", "completion_tokens", "output_tok_s", "ttft_ms", "itl_ms",
+                                   "e2e_ms", "decode_tok_s", "errors"};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        ck_assert_msg(json_object_get(j, fields[i]) != NULL, "missing field %s", fields[i]);
+    static const char *stats[] = {"ttft_ms", "itl_ms", "e2e_ms", "decode_tok_s"};
+    static const char *stat_fields[] = {"n", "mean", "p50", "p95", "p99", "max"};
+    for (size_t i = 0; i < 4; i++)
+        for (size_t k = 0; k < 6; k++)
+            ck_assert_msg(json_is_number(json_object_get(json_object_get(j, stats[i]), stat_fields[k])),
+                          "%s.%s is not a number", stats[i], stat_fields[k]);
+    static const char *kinds[] = {"connect", "http", "stream", "timeout", "malformed"};
+    for (size_t i = 0; i < 5; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "errors.%s", kinds[i]);
+        ck_assert_int_eq(jint(j, path), 0);
+    }
+    ck_assert_int_eq(jint(j, "requests_ok"), 7);   /* --requests bounds the total, not per user */
+    ck_assert_int_eq(jint(j, "requests_failed"), 0);
+    ck_assert_int_eq(jint(j, "completion_tokens"), 7 * FAKE_USAGE_TOKENS);   /* from usage, not chunks */
+    ck_assert_int_eq(jint(j, "prompt_tokens"), 7 * FAKE_PROMPT_TOKENS);
+    ck_assert_int_eq(jint(j, "ttft_ms.n"), 7);
+    ck_assert_int_eq(jint(j, "itl_ms.n"), 7 * (FAKE_CHUNKS - 1));
+    ck_assert_int_eq(jint(j, "decode_tok_s.n"), 7);
+    ck_assert_int_eq(jint(j, "users"), 3);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "mode")), "closed");
+    ck_assert_str_eq(json_string_value(json_object_get(j, "model")), "fake-model");   /* from /v1/models */
+    ck_assert_int_eq(json_object_size(json_object_get(json_object_get(j, "errors"), "http_status")), 0);
+    json_decref(j);
+    /* what the server received: 7 streaming requests with the standard fields */
+    ck_assert_int_eq(log_count(NULL), 7);
+    ck_assert_int_eq(log_count("/v1/chat/completions\tBearer sekret\t"), 7);
+    ck_assert_int_eq(log_count("\"stream_options\":{\"include_usage\":true}"), 7);
+    ck_assert_int_eq(log_count("\"stream\":true"), 7);
+    ck_assert_int_eq(log_count("\"max_tokens\":16"), 7);
+    ck_assert_int_eq(log_count("\"model\":\"fake-model\""), 7);
+    ck_assert_int_eq(log_count("\"ignore_eos\":true"), 7);
+    ck_assert_int_eq(log_count("\"seed\":5"), 7);
+    ck_assert_int_eq(log_count("\"temperature\":0.5"), 7);
+    ck_assert_int_eq(log_count("\"messages\":[{\"role\":\"user\""), 7);
+}
+END_TEST
+
+START_TEST(tokens_without_usage_and_text_report)
+{
+    ck_assert_int_eq(fake_start("nousage"), 0);
+    json_t *j;
+    ck_assert_int_eq(loadtest(&j, "--json --requests 4"), 0);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_int_eq(jint(j, "requests_ok"), 4);
+    ck_assert_int_eq(jint(j, "completion_tokens"), 4 * FAKE_CHUNKS);   /* no usage chunk: content chunks */
+    ck_assert_int_eq(jint(j, "prompt_tokens"), 0);
+    json_decref(j);
+    /* the text table: one row per statistic */
+    char cmd[4096], out[8192];
+    snprintf(cmd, sizeof cmd, "timeout 120 %s loadtest --no-progress --requests 2 --url http://127.0.0.1:%d", bitnet, fake_port);
+    FILE *p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = 0;
+    ck_assert_int_eq(WEXITSTATUS(pclose(p)), 0);
+    ck_assert_msg(strstr(out, "2 ok, 0 failed") && strstr(out, "TTFT (ms)") && strstr(out, "ITL (ms)") &&
+                  strstr(out, "E2E (ms)") && strstr(out, "decode (tok/s)") && strstr(out, "errors     none"),
+                  "text report: %s", out);
+}
+END_TEST
+
+START_TEST(error_kinds)
+{
+    ck_assert_int_eq(fake_start("mixed"), 0);
+    json_t *j;
+    /* one user: requests reach the fake in order, which cycles ok, 503, in-stream error, malformed */
+    int rc = loadtest(&j, "--json --users 1 --requests 8");
+    ck_assert_msg(rc == 0 && j, "rc %d, stderr: %s", rc, last_err);
+    ck_assert_int_eq(jint(j, "requests_ok"), 2);
+    ck_assert_int_eq(jint(j, "requests_failed"), 6);
+    ck_assert_int_eq(jint(j, "errors.http"), 2);
+    ck_assert_int_eq(jint(j, "errors.http_status.503"), 2);
+    ck_assert_int_eq(jint(j, "errors.stream"), 2);
+    ck_assert_int_eq(jint(j, "errors.malformed"), 2);
+    ck_assert_int_eq(jint(j, "errors.connect"), 0);
+    ck_assert_int_eq(jint(j, "errors.timeout"), 0);
+    ck_assert_int_eq(jint(j, "completion_tokens"), 2 * FAKE_USAGE_TOKENS);   /* failed requests do not count */
+    ck_assert_int_eq(jint(j, "e2e_ms.n"), 2);
+    json_decref(j);
+    ck_assert_int_eq(log_count(NULL), 8);
+}
+END_TEST
+
+START_TEST(timeout_and_connect_errors)
+{
+    json_t *j;
+    /* nothing listens on the port: connect errors, exit 1 (no request succeeded) */
+    ck_assert_int_eq(loadtest(&j, "--json --requests 3 --model m"), 1);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_int_eq(jint(j, "errors.connect"), 3);
+    ck_assert_int_eq(jint(j, "requests_ok"), 0);
+    json_decref(j);
+    /* a server that never answers: the per-request timeout ends each request */
+    ck_assert_int_eq(fake_start("hang"), 0);
+    ck_assert_int_eq(loadtest(&j, "--json --users 2 --requests 4 --timeout 0.3"), 1);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_int_eq(jint(j, "errors.timeout"), 4);
+    ck_assert_int_eq(jint(j, "requests_failed"), 4);
+    json_decref(j);
+    ck_assert_int_eq(log_count(NULL), 4);
+}
+END_TEST
+
+START_TEST(duration_bound)
+{
+    ck_assert_int_eq(fake_start("slow"), 0);
+    json_t *j;
+    /* no --requests: --duration alone bounds the run; what is in flight at the end is cancelled */
+    int rc = loadtest(&j, "--json --users 2 --duration 1");
+    ck_assert_msg(j != NULL, "rc %d, stderr: %s", rc, last_err);
+    json_int_t ok = jint(j, "requests_ok"), failed = jint(j, "requests_failed"), cancelled = jint(j, "requests_cancelled");
+    ck_assert_int_eq(failed, 0);
+    ck_assert_int_le(cancelled, 2);   /* at most one per user */
+    ck_assert_int_ge(ok + cancelled, 2);   /* both users started one at once */
+    ck_assert_int_le(log_count(NULL), ok + cancelled);   /* every request sent is accounted for */
+    ck_assert_int_eq(rc, ok > 0 ? 0 : 1);
+    json_decref(j);
+    /* both bounds: --requests comes first */
+    ck_assert_int_eq(loadtest(&j, "--json --users 2 --requests 3 --duration 100"), 0);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_int_eq(jint(j, "requests_ok"), 3);
+    ck_assert_int_eq(jint(j, "requests_cancelled"), 0);
+    json_decref(j);
+}
+END_TEST
+
+START_TEST(open_loop_rate)
+{
+    ck_assert_int_eq(fake_start("ok"), 0);
+    json_t *j;
+    int rc = loadtest(&j, "--json --rate 50 --requests 6 --seed 1");
+    ck_assert_msg(rc == 0 && j, "rc %d, stderr: %s", rc, last_err);
+    ck_assert_int_eq(jint(j, "requests_ok"), 6);
+    ck_assert_int_eq(jint(j, "completion_tokens"), 6 * FAKE_USAGE_TOKENS);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "mode")), "open");
+    ck_assert(json_is_null(json_object_get(j, "users")));
+    ck_assert(json_real_value(json_object_get(j, "rate")) == 50.0);
+    json_decref(j);
+    ck_assert_int_eq(log_count(NULL), 6);
+}
+END_TEST
+
+START_TEST(prompt_files)
+{
+    ck_assert_int_eq(fake_start("ok"), 0);
+    json_t *j;
+    char args[4096];
+    /* the sample file: each line sent in turn, {"prompt"} lines as a user message */
+    snprintf(args, sizeof args, "--json --requests 4 --prompts %s/bench/loadtest_prompts.jsonl", srcdir);
+    int rc = loadtest(&j, args);
+    ck_assert_msg(rc == 0 && j, "rc %d, stderr: %s", rc, last_err);
+    ck_assert_int_eq(jint(j, "requests_ok"), 4);
+    json_decref(j);
+    ck_assert_int_eq(log_count("\"messages\":[{\"role\":\"system\""), 1);   /* its first line */
+    ck_assert_int_eq(log_count("\"messages\":[{\"role\":\"user\",\"content\":\"Write a haiku about"), 1);   /* a prompt line */
+    /* completions: the prompt string as is */
+    const char *pf = bn_test_path("loadtest-prompts.jsonl");
+    FILE *f = fopen(pf, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("{\"prompt\":\"Once upon a time\"}\n\n{\"prompt\":\"The capital of France is\"}\n", f);
+    fclose(f);
+    snprintf(args, sizeof args, "--json --requests 3 --endpoint completions --prompts %s", pf);
+    rc = loadtest(&j, args);
+    ck_assert_msg(rc == 0 && j, "rc %d, stderr: %s", rc, last_err);
+    ck_assert_int_eq(jint(j, "completion_tokens"), 3 * FAKE_USAGE_TOKENS);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "endpoint")), "completions");
+    json_decref(j);
+    ck_assert_int_eq(log_count("/v1/completions\t-\t"), 3);
+    ck_assert_int_eq(log_count("\"prompt\":\"Once upon a time\""), 2);   /* prompts 1, 2, 1 */
+    unlink(pf);
+}
+END_TEST
+
+START_TEST(bad_arguments)
+{
+    static const char *cases[][2] = {
+        {"--users 0", "--users"},
+        {"--users 2 --rate 1", "exclusive"},
+        {"--rate 0", "--rate"},
+        {"--requests 1.5", "--requests"},
+        {"--requests abc", "--requests"},
+        {"--timeout -1", "--timeout"},
+        {"--max-tokens 0", "--max-tokens"},
+        {"--endpoint embeddings", "--endpoint"},
+        {"--prompts x.jsonl --prompt-len 4", "exclusive"},
+        {"extra", "unexpected argument"},
+        {"--url ftp://127.0.0.1/", "http://"},
+        {"--url 'http://'", "--url"},
+        {"--bogus", "usage"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *j;
+        char args[256];
+        snprintf(args, sizeof args, "--requests 1 %s", cases[i][0]);
+        ck_assert_msg(loadtest(&j, args) == 2, "'%s' did not exit 2", cases[i][0]);
+        ck_assert_msg(strstr(last_err, cases[i][1]), "'%s': stderr lacks '%s': %s", cases[i][0], cases[i][1], last_err);
+        ck_assert_ptr_null(j);
+    }
+}
+END_TEST
+
+START_TEST(bad_prompt_files)
+{
+    static const char *cases[][3] = {
+        /* file content, extra args, expected message after "FILE" */
+        {"{\"prompt\":\"ok\"}\n{\"prompt\": \n", "", ":2: not JSON"},
+        {"{\"foo\":1}\n", "", ":1: expected an object with either"},
+        {"{\"prompt\":\"a\",\"messages\":[]}\n", "", ":1: expected an object with either"},
+        {"\n{\"messages\":{}}\n", "", ":2: \"messages\" must be a non-empty array"},
+        {"{\"messages\":[{\"content\":\"hi\"}]}\n", "", ":1: each message needs a string \"role\""},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":3}]}\n", "", ":1: each message needs a string or array"},
+        {"{\"prompt\":\"\"}\n", "", ":1: \"prompt\" must be a non-empty string"},
+        {"[1,2]\n", "", ":1: expected an object"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}\n", "--endpoint completions", ":1: a \"messages\" line needs --endpoint chat"},
+        {"\n  \n", "", ": no prompts"},
+    };
+    const char *pf = bn_test_path("loadtest-bad.jsonl");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        FILE *f = fopen(pf, "w");
+        ck_assert_ptr_nonnull(f);
+        fputs(cases[i][0], f);
+        fclose(f);
+        char args[1024], want[1024];
+        snprintf(args, sizeof args, "--requests 1 --prompts %s %s", pf, cases[i][1]);
+        snprintf(want, sizeof want, "%s%s", pf, cases[i][2]);
+        ck_assert_msg(loadtest(NULL, args) == 2, "case %zu did not exit 2", i);
+        ck_assert_msg(strstr(last_err, want), "case %zu: stderr lacks '%s': %s", i, want, last_err);
+    }
+    unlink(pf);
+    ck_assert_int_eq(loadtest(NULL, "--requests 1 --prompts /nonexistent/p.jsonl"), 2);
+    ck_assert_msg(strstr(last_err, "/nonexistent/p.jsonl: cannot open"), "%s", last_err);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("loadtest");
+    TCase *tc = tcase_create("loadtest");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, closed_loop_counts_and_fields);
+    tcase_add_test(tc, tokens_without_usage_and_text_report);
+    tcase_add_test(tc, error_kinds);
+    tcase_add_test(tc, timeout_and_connect_errors);
+    tcase_add_test(tc, duration_bound);
+    tcase_add_test(tc, open_loop_rate);
+    tcase_add_test(tc, prompt_files);
+    tcase_add_test(tc, bad_arguments);
+    tcase_add_test(tc, bad_prompt_files);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    const char *b = getenv("BN_BITNET"), *d = getenv("BN_SRCDIR");
+    if (!b || !d) {
+        fprintf(stderr, "test_loadtest: BN_BITNET and BN_SRCDIR must be set (make check sets them)\n");
+        return 77;
+    }
+    snprintf(bitnet, sizeof bitnet, "%s", b);
+    snprintf(srcdir, sizeof srcdir, "%s", d);
+    SRunner *sr = srunner_create(suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}

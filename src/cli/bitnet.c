@@ -17,6 +17,7 @@ static const struct {
     {"run", cmd_run, "generate text from a prompt (or --chat)"},
     {"bench", cmd_bench, "prefill and decode speed, llama-bench style (--roofline)"},
     {"perplexity", cmd_perplexity, "perplexity over a text file (llama.cpp's method)"},
+    {"loadtest", cmd_loadtest, "load-test an OpenAI-compatible server: TTFT, ITL, throughput, errors"},
 };
 
 static void usage(FILE *f)

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/parse.h"
 #include "cli/cli_common.h"
 #include "cli/commands.h"
 #include "model/convert_cache.h"
@@ -193,18 +194,39 @@ static int agreement(bn_engine *e, const int32_t *ids, uint32_t n, bn_error *err
 
 /* ---- main ---------------------------------------------------------------------------- */
 
+/* Checked option values: a bad one prints "bitnet bench: FLAG: why" and parse_args returns 3
+ * (exit 2, without the usage text). */
+static int opt_bad(const char *flag, const bn_error *e)
+{
+    fprintf(stderr, "bitnet bench: %s: %s\n", flag, e->msg);
+    return -1;
+}
+static int opt_u32(const char *flag, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+    bn_error e;
+    return bn_parse_u32(optarg, lo, hi, out, &e) ? opt_bad(flag, &e) : 0;
+}
+
+/* "1,2,4": each count checked on its own. */
 static int parse_threads(const char *s, bench_args *a)
 {
     a->n_threads_list = 0;
-    char *end;
-    while (*s && a->n_threads_list < MAX_THREAD_LIST) {
-        long v = strtol(s, &end, 10);
-        if (end == s || v < 1) return -1;
+    for (;;) {
+        size_t n = strcspn(s, ",");
+        if (a->n_threads_list == MAX_THREAD_LIST) {
+            fprintf(stderr, "bitnet bench: -t/--threads: at most %d thread counts\n", MAX_THREAD_LIST);
+            return -1;
+        }
+        char *item = strndup(s, n);
+        bn_error e;
+        uint32_t v;
+        int rc = item ? bn_parse_u32(item, 1, 4096, &v, &e) : bn_err(&e, "out of memory");
+        free(item);
+        if (rc) return opt_bad("-t/--threads", &e);
         a->threads[a->n_threads_list++] = (int)v;
-        s = *end == ',' ? end + 1 : end;
-        if (*end && *end != ',') return -1;
+        if (!s[n]) return 0;
+        s += n + 1;
     }
-    return 0;
 }
 
 static int parse_args(int argc, char **argv, bench_args *a)
@@ -223,11 +245,11 @@ static int parse_args(int argc, char **argv, bench_args *a)
     while ((c = getopt_long(argc, argv, "m:p:n:t:r:b:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': a->model = optarg; break;
-        case 'p': a->n_prompt = (uint32_t)strtoul(optarg, NULL, 10); break;
-        case 'n': a->n_gen = (uint32_t)strtoul(optarg, NULL, 10); break;
-        case 't': if (parse_threads(optarg, a)) return 2; break;
-        case 'r': a->reps = (uint32_t)strtoul(optarg, NULL, 10); break;
-        case 'b': a->batch = (uint32_t)strtoul(optarg, NULL, 10); break;
+        case 'p': if (opt_u32("-p/--n-prompt", 0, 1u << 20, &a->n_prompt)) return 3; break;
+        case 'n': if (opt_u32("-n/--n-gen", 0, 1u << 20, &a->n_gen)) return 3; break;
+        case 't': if (parse_threads(optarg, a)) return 3; break;
+        case 'r': if (opt_u32("-r/--reps", 1, 1000000, &a->reps)) return 3; break;
+        case 'b': if (opt_u32("-b/--batch", 0, 4096, &a->batch)) return 3; break;
         case 'L':
             if (bn_parse_lm_head(optarg, &i8)) return 2;
             a->lm_head = i8 ? BN_LM_HEAD_I8 : BN_LM_HEAD_F16;

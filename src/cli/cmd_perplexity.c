@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "base/file.h"
+#include "base/parse.h"
 #include "cli/cli_common.h"
 #include "cli/commands.h"
 #include "model/convert_cache.h"
@@ -56,6 +57,15 @@ static int tokenize_file(const bn_model *m, const char *path, int32_t **ids, siz
     return 0;
 }
 
+/* Checked option values: a bad one prints "bitnet perplexity: FLAG: why" (then exit 2). */
+static int opt_u32(const char *flag, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+    bn_error e;
+    if (bn_parse_u32(optarg, lo, hi, out, &e) == 0) return 0;
+    fprintf(stderr, "bitnet perplexity: %s: %s\n", flag, e.msg);
+    return -1;
+}
+
 int cmd_perplexity(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -74,9 +84,14 @@ int cmd_perplexity(int argc, char **argv)
         switch (c) {
         case 'm': model_path = optarg; break;
         case 'f': file = optarg; break;
-        case 'c': ctx = (uint32_t)strtoul(optarg, NULL, 10); break;
-        case 't': eo.n_threads = atoi(optarg); break;
-        case 'b': eo.batch = (uint32_t)strtoul(optarg, NULL, 10); break;
+        case 'c': if (opt_u32("-c/--ctx", 0, 1u << 24, &ctx)) return 2; break;
+        case 't': {
+            uint32_t t;
+            if (opt_u32("-t/--threads", 0, 4096, &t)) return 2;
+            eo.n_threads = (int)t;
+            break;
+        }
+        case 'b': if (opt_u32("-b/--batch", 0, 4096, &eo.batch)) return 2; break;
         case 'L':
             if (bn_parse_lm_head(optarg, &i8)) { usage(stderr); return 2; }
             eo.lm_head = i8 ? BN_LM_HEAD_I8 : BN_LM_HEAD_F16;

@@ -2,12 +2,14 @@
  * decoded. Text handling (tokenize, streaming UTF-8 decode, stop strings, chat template) is
  * the text layer's; generation is the engine's; this file only wires them and prints. */
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "base/parse.h"
 #include "cli/cli_common.h"
 #include "cli/commands.h"
 #include "model/convert_cache.h"
@@ -229,6 +231,44 @@ enum {
     OPT_SEED, OPT_LMHEAD, OPT_ISA, OPT_PIN,
 };
 
+/* Checked option values: a bad one prints "bitnet run: FLAG: why" and parse_args returns 3
+ * (exit 2, without the usage text). */
+static int opt_bad(const char *flag, const bn_error *e)
+{
+    fprintf(stderr, "bitnet run: %s: %s\n", flag, e->msg);
+    return -1;
+}
+static int opt_long(const char *flag, long lo, long hi, long *out)
+{
+    bn_error e;
+    return bn_parse_long(optarg, lo, hi, out, &e) ? opt_bad(flag, &e) : 0;
+}
+static int opt_int(const char *flag, long lo, long hi, int *out)
+{
+    long v;
+    if (opt_long(flag, lo, hi, &v)) return -1;
+    *out = (int)v;
+    return 0;
+}
+static int opt_u32(const char *flag, uint32_t lo, uint32_t hi, uint32_t *out)
+{
+    bn_error e;
+    return bn_parse_u32(optarg, lo, hi, out, &e) ? opt_bad(flag, &e) : 0;
+}
+static int opt_u64(const char *flag, uint64_t *out)
+{
+    bn_error e;
+    return bn_parse_u64(optarg, 0, UINT64_MAX, out, &e) ? opt_bad(flag, &e) : 0;
+}
+static int opt_float(const char *flag, double lo, double hi, float *out)
+{
+    bn_error e;
+    double v;
+    if (bn_parse_double(optarg, lo, hi, &v, &e)) return opt_bad(flag, &e);
+    *out = (float)v;
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, run_args *a)
 {
     static const struct option opts[] = {
@@ -253,22 +293,25 @@ static int parse_args(int argc, char **argv, run_args *a)
         switch (c) {
         case 'm': a->model = optarg; break;
         case 'p': a->prompt = optarg; break;
-        case 'n': a->n_predict = strtol(optarg, NULL, 10); break;
-        case 't': a->eo.n_threads = atoi(optarg); break;
-        case 'c': a->eo.n_ctx = (uint32_t)strtoul(optarg, NULL, 10); break;
+        case 'n': if (opt_long("-n/--n-predict", -1, LONG_MAX, &a->n_predict)) return 3; break;
+        case 't': if (opt_int("-t/--threads", 0, 4096, &a->eo.n_threads)) return 3; break;
+        case 'c': if (opt_u32("-c/--ctx", 0, 1u << 24, &a->eo.n_ctx)) return 3; break;
         case OPT_CHAT: a->chat = 1; break;
         case OPT_STOP:
             if (a->n_stops == BN_STOP_MAX || !*optarg) return 2;
             a->stops[a->n_stops++] = optarg;
             break;
-        case OPT_TEMP: a->sampling.temperature = strtof(optarg, NULL); break;
-        case OPT_TOPK: a->sampling.top_k = atoi(optarg); break;
-        case OPT_TOPP: a->sampling.top_p = strtof(optarg, NULL); break;
-        case OPT_MINP: a->sampling.min_p = strtof(optarg, NULL); break;
-        case OPT_REP: a->sampling.repeat_penalty = strtof(optarg, NULL); break;
-        case OPT_PRES: a->sampling.presence_penalty = strtof(optarg, NULL); break;
-        case OPT_FREQ: a->sampling.frequency_penalty = strtof(optarg, NULL); break;
-        case OPT_SEED: a->sampling.seed = strtoull(optarg, NULL, 0); a->seed_set = 1; break;
+        case OPT_TEMP: if (opt_float("--temp", 0, 100, &a->sampling.temperature)) return 3; break;
+        case OPT_TOPK: if (opt_int("--top-k", 0, INT32_MAX, &a->sampling.top_k)) return 3; break;
+        case OPT_TOPP: if (opt_float("--top-p", 0, 1, &a->sampling.top_p)) return 3; break;
+        case OPT_MINP: if (opt_float("--min-p", 0, 1, &a->sampling.min_p)) return 3; break;
+        case OPT_REP: if (opt_float("--repeat-penalty", 0, 100, &a->sampling.repeat_penalty)) return 3; break;
+        case OPT_PRES: if (opt_float("--presence-penalty", -2, 2, &a->sampling.presence_penalty)) return 3; break;
+        case OPT_FREQ: if (opt_float("--frequency-penalty", -2, 2, &a->sampling.frequency_penalty)) return 3; break;
+        case OPT_SEED:
+            if (opt_u64("--seed", &a->sampling.seed)) return 3;
+            a->seed_set = 1;
+            break;
         case OPT_LMHEAD:
             if (bn_parse_lm_head(optarg, &i8)) return 2;
             a->eo.lm_head = i8 ? BN_LM_HEAD_I8 : BN_LM_HEAD_F16;

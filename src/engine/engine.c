@@ -3,8 +3,10 @@
  * aligned loads), and freed in bn_engine_free(). bn_engine_eval() splits a token run into
  * chunks for forward.c. */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <omp.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -79,6 +81,38 @@ static int resolve_threads(int requested)
     return cores > 0 && cores < avail ? cores : avail;
 }
 
+/* The affinity mask as a CPU list ("0-3,8"), for messages. */
+static void mask_str(const cpu_set_t *set, char *buf, size_t n)
+{
+    hwloc_bitmap_t b = hwloc_bitmap_alloc();
+    for (int c = 0; b && c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, set)) hwloc_bitmap_set(b, (unsigned)c);
+    if (!b || hwloc_bitmap_list_snprintf(buf, n, b) < 0) snprintf(buf, n, "?");
+    hwloc_bitmap_free(b);
+}
+
+/* An explicit CPU set (opts.cpus): one thread per entry, each a distinct CPU this process may
+ * already run on (pinning outside the mask would escape a taskset or cgroup). */
+static int check_cpus(const int *cpus, int n, bn_error *err)
+{
+    cpu_set_t allowed, seen;
+    char list[256];
+    if (n <= 0) return bn_err(err, "the engine's CPU set is empty (n_cpus %d)", n);
+    affinity_cpus(&allowed);
+    CPU_ZERO(&seen);
+    for (int i = 0; i < n; i++) {
+        int c = cpus[i];
+        if (c < 0 || c >= CPU_SETSIZE || !CPU_ISSET(c, &allowed)) {
+            mask_str(&allowed, list, sizeof list);
+            return bn_err(err, "CPU %d is not one this process may run on (its affinity mask is %s)",
+                          c, list);
+        }
+        if (CPU_ISSET(c, &seen)) return bn_err(err, "CPU %d is listed twice in the engine's CPU set", c);
+        CPU_SET(c, &seen);
+    }
+    return 0;
+}
+
 static int resolve_lm_head(const bn_model *m, int want, enum bn_lm_head_kind *out, bn_error *err)
 {
     int has_i8 = m->lm_head_i8 != NULL && m->lm_head_i8_scale != NULL;
@@ -144,6 +178,11 @@ static int resolve_opts(const bn_model *m, const bn_engine_opts *o, uint32_t *n_
     *batch = o->batch == 0 ? BN_DEFAULT_BATCH : o->batch;
     if (*batch > BN_MAX_BATCH) *batch = BN_MAX_BATCH;
     if (*batch > *n_ctx) *batch = *n_ctx;
+    if (o->cpus) {
+        if (check_cpus(o->cpus, o->n_cpus, err)) return -1;
+        *threads = o->n_cpus;
+        return 0;
+    }
     *threads = resolve_threads(o->n_threads);
     return 0;
 }
@@ -202,27 +241,39 @@ static void scratch_free(bn_scratch *s)
     memset(s, 0, sizeof *s);
 }
 
-/* Binds OpenMP thread i to the i-th allowed CPU. libgomp keeps the same pool threads for every
- * later team of this size, so doing it once here binds every later parallel region. The mask
- * before pinning is kept in e->unpinned: pinning also narrows the calling thread, which would
- * otherwise shrink the CPUs every later engine of this process may use. */
-static void pin_threads(bn_engine *e, int n_threads)
+/* Binds OpenMP thread i to cpus[i % k]. libgomp keeps the same pool threads for every later
+ * team of this size, so doing it once here binds every later parallel region. The mask before
+ * pinning is kept in e->unpinned: pinning also narrows the calling thread, which would otherwise
+ * shrink the CPUs every later engine of this process may use. */
+static int pin_threads(bn_engine *e, const int *cpus, int k, bn_error *err)
+{
+    if (sched_getaffinity(0, sizeof e->unpinned, &e->unpinned) != 0)
+        return bn_err(err, "cannot read the affinity mask: %s", strerror(errno));
+    e->pinned = 1;   /* from here bn_engine_free() restores the mask, even after a failure */
+    int bad = -1;
+#pragma omp parallel num_threads(e->n_threads)
+    {
+        int c = cpus[omp_get_thread_num() % k];
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(c, &one);
+        if (sched_setaffinity(0, sizeof one, &one) != 0) {
+#pragma omp atomic write
+            bad = c;
+        }
+    }
+    return bad < 0 ? 0 : bn_err(err, "cannot pin a thread to CPU %d", bad);
+}
+
+/* opts.pin without a CPU set: thread i on the i-th CPU of the affinity mask. */
+static int pin_to_mask(bn_engine *e, bn_error *err)
 {
     cpu_set_t allowed;
-    if (sched_getaffinity(0, sizeof e->unpinned, &e->unpinned) != 0) return;
-    e->pinned = 1;
     int n_cpu = affinity_cpus(&allowed);
     int cpus[CPU_SETSIZE], k = 0;
     for (int c = 0; c < CPU_SETSIZE && k < n_cpu; c++)
         if (CPU_ISSET(c, &allowed)) cpus[k++] = c;
-    if (k == 0) return;
-#pragma omp parallel num_threads(n_threads)
-    {
-        cpu_set_t one;
-        CPU_ZERO(&one);
-        CPU_SET(cpus[omp_get_thread_num() % k], &one);
-        sched_setaffinity(0, sizeof one, &one);
-    }
+    return k == 0 ? 0 : pin_threads(e, cpus, k, err);
 }
 
 int bn_engine_create(const bn_model *m, const bn_engine_opts *opts, bn_engine **out,
@@ -270,7 +321,11 @@ int bn_engine_create(const bn_model *m, const bn_engine_opts *opts, bn_engine **
     bn_rope_inv_freq(e->s.rope_inv_freq, (int)e->cfg.head_dim, e->cfg.rope_theta);
 
     omp_set_dynamic(0);   /* exactly n_threads per team: the split assumes it */
-    if (opts->pin) pin_threads(e, e->n_threads);
+    if (opts->cpus ? pin_threads(e, opts->cpus, opts->n_cpus, err)
+                   : opts->pin ? pin_to_mask(e, err) : 0) {
+        bn_engine_free(e);
+        return -1;
+    }
     *out = e;
     return 0;
 }

@@ -77,10 +77,15 @@ typedef struct bn_model {
     /* private */
     void *map;
     size_t map_len;
+    int owns_map;                      /* bn_model_open's own mapping (unmapped at close) */
 } bn_model;
 
 /* Opens and maps a packed model file. No tensor data is read. */
 int bn_model_open(const char *path, bn_model **out, bn_error *err);
+/* Opens a packed model held in memory the caller owns (e.g. a shared memfd copy): the same
+ * validation as bn_model_open, with name in messages. data must be 64-byte aligned (BN_TENSOR_ALIGN)
+ * and outlive the model; bn_model_close does not unmap it. */
+int bn_model_open_region(const char *name, const void *data, size_t len, bn_model **out, bn_error *err);
 void bn_model_close(bn_model *m);
 /* Reads every tensor and checks its checksum (and the header's). */
 int bn_model_verify(const bn_model *m, bn_error *err);

@@ -230,21 +230,24 @@ static int open_mapped(bn_model *m, bn_error *err)
     return 0;
 }
 
-int bn_model_open(const char *path, bn_model **out, bn_error *err)
+/* The one open path: m takes the region [data, data+len), unmapping it at close iff owns. */
+static int open_region(const char *name, void *data, size_t len, int owns, bn_model **out, bn_error *err)
 {
     *out = NULL;
     bn_model *m = calloc(1, sizeof *m);
-    if (!m || !(m->path = strdup(path))) {
+    if (!m || !(m->path = strdup(name))) {
         free(m);
-        return bn_err(err, "%s: out of memory", path);
+        bn_mapping map = {data, len};
+        if (owns) bn_unmap(&map);
+        return bn_err(err, "%s: out of memory", name);
     }
-    bn_mapping map;
-    if (bn_map_file(path, &map, err) != 0) {
+    m->map = data;
+    m->map_len = len;
+    m->owns_map = owns;
+    if ((uintptr_t)data % BN_TENSOR_ALIGN) {
         bn_model_close(m);
-        return -1;
+        return bn_err(err, "%s: the model's memory is not %d-byte aligned", name, BN_TENSOR_ALIGN);
     }
-    m->map = map.data;
-    m->map_len = map.len;
     if (open_mapped(m, err) != 0) {
         bn_model_close(m);
         return -1;
@@ -253,11 +256,25 @@ int bn_model_open(const char *path, bn_model **out, bn_error *err)
     return 0;
 }
 
+int bn_model_open(const char *path, bn_model **out, bn_error *err)
+{
+    *out = NULL;
+    bn_mapping map;
+    if (bn_map_file(path, &map, err) != 0) return -1;
+    return open_region(path, map.data, map.len, 1, out, err);
+}
+
+int bn_model_open_region(const char *name, const void *data, size_t len, bn_model **out, bn_error *err)
+{
+    /* Never written through: the model only reads its mapping. */
+    return open_region(name, (void *)data, len, 0, out, err);
+}
+
 void bn_model_close(bn_model *m)
 {
     if (!m) return;
     bn_mapping map = {m->map, m->map_len};
-    bn_unmap(&map);
+    if (m->owns_map) bn_unmap(&map);
     free(m->tensors);
     free(m->layers);
     bn_vocab_free(m->vocab);

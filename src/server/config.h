@@ -86,7 +86,7 @@ int bn_config_load_string(bn_srv_config *c, const char *text, size_t len, const 
 int bn_config_set(bn_srv_config *c, const char *key, const char *value, const char *where,
                   bn_error *err);
 /* Cross-key checks after everything is loaded (e.g. default_max_tokens <= max_max_tokens). */
-int bn_config_validate(const bn_srv_config *c, bn_error *err);
+int bn_srv_config_validate(const bn_srv_config *c, bn_error *err);
 /* Writes every key with its default and its help comment: the shipped conf/bitnetd.conf. */
 void bn_config_write_defaults(FILE *f);
 
@@ -109,7 +109,9 @@ int bn_config_from_cmdline(const bn_cmdline *cl, bn_srv_config *c, bn_error *err
 void bn_cmdline_usage(FILE *f);
 
 /* Splits "127.0.0.1:30000" / "[::1]:30000" / ":30000" into host and port (host written to
- * host[hostlen]); returns -1 with err on a malformed address. */
+ * host[hostlen]); returns -1 with err on a malformed address. IPv6 hosts come back without
+ * brackets ("::1"); an empty host (":30000") comes back as "0.0.0.0" (every IPv4 address);
+ * a host name is passed through for the resolver. Port 0 (ephemeral) is allowed. */
 int bn_parse_listen(const char *s, char *host, size_t hostlen, int *port, bn_error *err);
 
 #endif

@@ -14,7 +14,7 @@ libbnserver_a_SOURCES = \
 	src/server/scheduler.c src/server/scheduler.h
 
 bin_PROGRAMS += bitnetd
-bitnetd_CFLAGS = $(AM_CFLAGS) $(BN_EXT_CFLAGS) -DBN_SYSCONFDIR='"$(sysconfdir)"'
+bitnetd_CFLAGS = $(AM_CFLAGS) $(BN_EXT_CFLAGS) -DBN_SYSCONFDIR='"$(sysconfdir)"' -DBN_VERSION='"$(PACKAGE_VERSION)"'
 bitnetd_SOURCES = src/bitnetd.c \
 	src/server/master.c src/server/master.h \
 	src/server/http.c src/server/http.h

@@ -11,6 +11,9 @@ typedef struct bn_metrics bn_metrics;
 
 bn_metrics *bn_metrics_new(const char *model_name);
 void bn_metrics_free(bn_metrics *m);
+/* vLLM sizes the token-count histograms (1, 2, 5, 10, ... <= max_model_len) by the served
+ * context; call once before the first request (it clears them). Default: 1 << 20. */
+void bn_metrics_set_max_model_len(bn_metrics *m, uint32_t max_model_len);
 
 /* A finished generation request (success = it produced a response, even a stopped one). */
 typedef struct bn_metrics_req {

@@ -31,6 +31,7 @@ typedef struct bn_worker_place {
     int *cpus;          /* n_threads OS CPU indexes: thread i runs on cpus[i] */
     int numa_node;      /* OS index of the NUMA node holding these cores; -1 if unknown */
     int l3;             /* logical index of the L3 cache holding them; -1 if none */
+    int n_cores;        /* physical cores under cpus (n_threads without smt) */
 } bn_worker_place;
 
 typedef struct bn_plan {
