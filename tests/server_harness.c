@@ -1079,8 +1079,9 @@ int bn_srv_worker_pids(int port, pid_t *pids, int max, char (*states)[16])
             snprintf(states[n], 16, "%s", st ? st : "?");
         }
     }
+    int ok = json_is_array(ws);
     json_decref(j);
-    return json_is_array(ws) ? n : -1;
+    return ok ? n : -1;
 }
 
 int bn_srv_wait_workers(int port, const char *state, int timeout_ms)

@@ -7,6 +7,7 @@
  * it; the workers are killed and reaped at the end whatever happened. */
 #include <check.h>
 #include <errno.h>
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -357,11 +358,13 @@ typedef struct tworker {
     uint32_t n_vocab;
 } tworker;
 
-static bn_model *m_tiny, *m_big;
+static bn_model *m_tiny, *m_big, *m_nan;
+static uint8_t *nan_data;   /* m_nan's bytes: the tiny model with a NaN output norm */
 static bn_tokenizer *tk_tiny, *tk_big;
 static tworker wa = {.name = "A (tiny)", .pid = -1, .fd = -1},
                wb = {.name = "B (8 layers, n_ctx 4096)", .pid = -1, .fd = -1},
-               wc = {.name = "C (tiny, for EOF)", .pid = -1, .fd = -1};
+               wc = {.name = "C (tiny, for EOF)", .pid = -1, .fd = -1},
+               wd = {.name = "D (tiny, NaN output norm)", .pid = -1, .fd = -1};
 
 static long now_ms(void)
 {
@@ -803,6 +806,23 @@ START_TEST(worker_refuses_bad_requests_and_keeps_serving)
 }
 END_TEST
 
+START_TEST(worker_reports_nan_logits)
+{
+    int32_t p[256];
+    uint32_t n = prompt_of(wd.tk, PROMPT, p, 256);
+    result *r = run(&wd, 50, p, n, 5, 1, NULL);
+    ck_assert_msg(r->error && r->err_code == BN_FRERR_NAN, "done %d code %u", r->done, r->err_code);
+    ck_assert_int_eq(r->n_ids, 0);   /* the poisoned token is not sent */
+    free(r);
+    /* the cache was reset, and the worker still answers */
+    r = run(&wd, 51, p, n, 0, 1, NULL);
+    assert_done(r, "no tokens asked");
+    ck_assert_int_eq(r->d.n_cached, 0);
+    ck_assert_int_eq(r->d.finish, BN_FINISH_LENGTH);
+    free(r);
+}
+END_TEST
+
 /* Waits (bounded) for pid to exit; returns its wait status, or -1 if it is still running. */
 static int reap(pid_t pid, long timeout_ms)
 {
@@ -867,6 +887,30 @@ static int open_model(const char *path, bn_model **m, bn_tokenizer **tk)
     return 0;
 }
 
+/* The tiny model read into memory with its output norm set to NaN: every logit is NaN (the
+ * worker uses the f16 lm_head, a plain dot product, so nothing can mask it). */
+static int open_nan_model(const char *path)
+{
+    bn_error err = {{0}};
+    FILE *f = fopen(path, "rb");
+    long len = -1;
+    if (f && fseek(f, 0, SEEK_END) == 0) len = ftell(f);
+    if (len <= 0 || fseek(f, 0, SEEK_SET) || posix_memalign((void **)&nan_data, 64, (size_t)len) ||
+        fread(nan_data, 1, (size_t)len, f) != (size_t)len) {
+        if (f) fclose(f);
+        fprintf(stderr, "test_channel: cannot read %s\n", path);
+        return -1;
+    }
+    fclose(f);
+    if (bn_model_open_region("nan model", nan_data, (size_t)len, &m_nan, &err)) {
+        fprintf(stderr, "test_channel: %s\n", err.msg);
+        return -1;
+    }
+    float *norm = (float *)(void *)(nan_data + ((const uint8_t *)m_nan->output_norm - nan_data));
+    for (uint32_t i = 0; i < m_nan->cfg.n_embd; i++) norm[i] = NAN;
+    return 0;
+}
+
 /* Forks every worker at once: each child keeps only its own end of its own socketpair (so that
  * closing the master's end really is the EOF the worker sees). */
 static int start_workers(tworker **ws, bn_worker_spec *specs, int n)
@@ -923,6 +967,7 @@ static Suite *channel_suite(void)
     tcase_add_test(w, worker_cancels_decode_and_refuses_a_second_request);
     tcase_add_test(w, worker_cancels_prefill);
     tcase_add_test(w, worker_refuses_bad_requests_and_keeps_serving);
+    tcase_add_test(w, worker_reports_nan_logits);
     tcase_add_test(w, worker_exits_when_the_master_closes);
     suite_add_tcase(s, w);
     return s;
@@ -937,24 +982,29 @@ int main(void)
         fprintf(stderr, "test_channel: cannot make the models (BN_BITNET=%s)\n", getenv("BN_BITNET"));
         return EXIT_FAILURE;
     }
-    if (open_model(tiny, &m_tiny, &tk_tiny) || open_model(big, &m_big, &tk_big)) return EXIT_FAILURE;
-    wa.tk = wc.tk = tk_tiny;
+    if (open_model(tiny, &m_tiny, &tk_tiny) || open_model(big, &m_big, &tk_big) ||
+        open_nan_model(tiny))
+        return EXIT_FAILURE;
+    wa.tk = wc.tk = wd.tk = tk_tiny;   /* the NaN model has the same built-in vocabulary */
     wb.tk = tk_big;
 
-    bn_worker_spec specs[3];
+    enum { NW = 4 };
+    bn_worker_spec specs[NW];
+    tworker *ws[NW] = {&wa, &wb, &wc, &wd};
+    const bn_model *models[NW] = {m_tiny, m_big, m_tiny, m_nan};
     memset(specs, 0, sizeof specs);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < NW; i++) {
         specs[i].index = i;
         bn_engine_opts_default(&specs[i].eopts);
         specs[i].eopts.n_threads = 1;   /* a shared machine: one thread per worker */
-        specs[i].model = i == 1 ? m_big : m_tiny;
-        specs[i].tok = i == 1 ? tk_big : tk_tiny;
+        specs[i].model = models[i];
+        specs[i].tok = ws[i]->tk;
     }
     specs[1].prefill_chunk = 16;   /* many PROGRESS frames for the prefill cancel */
-    tworker *ws[3] = {&wa, &wb, &wc};
-    if (start_workers(ws, specs, 3)) {
+    specs[3].eopts.lm_head = BN_LM_HEAD_F16;
+    if (start_workers(ws, specs, NW)) {
         perror("test_channel: starting the workers");
-        stop_workers(ws, 3);
+        stop_workers(ws, NW);
         return EXIT_FAILURE;
     }
 
@@ -963,11 +1013,13 @@ int main(void)
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
-    stop_workers(ws, 3);
+    stop_workers(ws, NW);
     bn_tokenizer_free(tk_tiny);
     bn_tokenizer_free(tk_big);
     bn_model_close(m_tiny);
     bn_model_close(m_big);
+    bn_model_close(m_nan);
+    free(nan_data);
     remove(tiny);
     remove(big);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;

@@ -75,6 +75,7 @@ static char *render_sample(size_t *len)
     bn_metrics_rejected(m, "queue_full");
     bn_metrics_rejected(m, "queue_full");
     bn_metrics_rejected(m, "bogus");
+    bn_metrics_rejected(m, "loading");
     bn_metrics_worker_restart(m);
     int statuses[] = {200, 201, 404, 503, 99, 600};
     for (int i = 0; i < 6; i++) bn_metrics_http(m, statuses[i]);
@@ -151,6 +152,7 @@ START_TEST(test_metrics_values)
     ASSERT_LINE(t, "bitnetd_worker_restarts_total" M "} 1.0");
     ASSERT_LINE(t, "bitnetd_requests_rejected_total" M ",reason=\"queue_full\"} 2.0");
     ASSERT_LINE(t, "bitnetd_requests_rejected_total" M ",reason=\"draining\"} 0.0");
+    ASSERT_LINE(t, "bitnetd_requests_rejected_total" M ",reason=\"loading\"} 1.0");
     ASSERT_LINE(t, "bitnetd_requests_rejected_total" M ",reason=\"other\"} 1.0");
     ASSERT_LINE(t, "bitnetd_http_responses_total" M ",code=\"1xx\"} 0.0");
     ASSERT_LINE(t, "bitnetd_http_responses_total" M ",code=\"2xx\"} 2.0");

@@ -5,7 +5,9 @@
  *
  * Repeatable keys (listen, api_keys): lines accumulate within one source (a file, or the
  * command line); the first such line of a source replaces what earlier sources set, so a
- * file's `listen` replaces the default address and `--listen` replaces the file's. */
+ * file's `listen` replaces the default address and `--listen` replaces the file's.
+ * A failed load leaves the struct partly updated: a reload builds a fresh one
+ * (bn_config_from_cmdline) and swaps it in only on success. */
 #include "server/config.h"
 
 #include <arpa/inet.h>

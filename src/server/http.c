@@ -856,6 +856,29 @@ static void on_request(struct evhttp_request *req, void *arg)
 static evutil_socket_t listen_fds[BN_CONF_MAX_LISTEN];
 static int n_listen_fds;
 
+/* A listening socket with our backlog (evhttp's own bind uses a fixed one). */
+static evutil_socket_t bind_listener(const char *host, int port, int backlog, bn_error *err)
+{
+    struct evutil_addrinfo hints = {0}, *ai = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = EVUTIL_AI_PASSIVE | EVUTIL_AI_NUMERICSERV;
+    char ps[8];
+    snprintf(ps, sizeof ps, "%d", port);
+    int gai = evutil_getaddrinfo(host, ps, &hints, &ai);
+    if (gai != 0) return bn_err(err, "cannot resolve '%s': %s", host, evutil_gai_strerror(gai));
+    evutil_socket_t fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, backlog > 0 ? backlog : 511) != 0) {
+        bn_err(err, "cannot bind %s:%d: %s", host, port, strerror(errno));
+        if (fd >= 0) close(fd);
+        fd = -1;
+    }
+    evutil_freeaddrinfo(ai);
+    return fd;
+}
+
 int bn_http_start(bn_server *s, bn_error *err)
 {
     const bn_srv_config *c = s->cfg;
@@ -875,8 +898,13 @@ int bn_http_start(bn_server *s, bn_error *err)
         char host[256];
         int port;
         if (bn_parse_listen(c->listen[i], host, sizeof host, &port, err) != 0) return -1;
-        struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(s->http, host[0] ? host : "0.0.0.0", (ev_uint16_t)port);
-        if (!bs) return bn_err(err, "listen %s: cannot bind: %s", c->listen[i], strerror(errno));
+        evutil_socket_t lfd = bind_listener(host[0] ? host : "0.0.0.0", port, c->backlog, err);
+        if (lfd < 0) return bn_err_prefix(err, "listen %s", c->listen[i]);
+        struct evhttp_bound_socket *bs = evhttp_accept_socket_with_handle(s->http, lfd);
+        if (!bs) {
+            evutil_closesocket(lfd);
+            return bn_err(err, "listen %s: cannot accept on the socket", c->listen[i]);
+        }
         evutil_socket_t fd = evhttp_bound_socket_get_fd(bs);
         if (n_listen_fds < BN_CONF_MAX_LISTEN) listen_fds[n_listen_fds++] = fd;
         struct sockaddr_storage ss;

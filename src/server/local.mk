@@ -19,3 +19,4 @@ bitnetd_SOURCES = src/bitnetd.c \
 	src/server/master.c src/server/master.h \
 	src/server/http.c src/server/http.h
 bitnetd_LDADD = libbnserver.a $(BN_CORE_LIBS) $(BN_EXT_LIBS)
+dist_sysconf_DATA = conf/bitnetd.conf

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -722,6 +723,7 @@ static void install_generation(bn_server *s, bn_generation *g)
     s->cfg = g->cfg;
     s->loading = 0;
     s->queue.cap = g->cfg->queue_size;
+    bn_metrics_set_max_model_len(s->metrics, g->n_ctx);
     bn_log_set_level(g->cfg->log_level);
     bn_log_info("model %s: n_ctx %u per worker, chat format %s", g->model_path, g->n_ctx, bn_chat_kind_name(g->chat));
     log_plan(&g->plan);
@@ -1027,6 +1029,16 @@ static void reap_all(bn_server *s)
         }
 }
 
+/* Many idle keep-alive clients each hold a descriptor: lift the soft limit to the hard one. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 int bn_master_main(int argc, char **argv)
 {
     bn_server srv = {0}, *s = &srv;
@@ -1082,6 +1094,7 @@ int bn_master_main(int argc, char **argv)
     }
     s->alog = bn_access_log_open(cfg->access_log, cfg->access_log_format, &err);
     if (!s->alog && cfg->access_log && strcmp(cfg->access_log, "off")) goto fail;
+    raise_fd_limit();
     s->base = event_base_new();
     char *label = cfg->model_name ? strdup(cfg->model_name) : base_name_of(cfg->model);
     s->metrics = bn_metrics_new(label ? label : "bitnet");

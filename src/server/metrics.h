@@ -26,7 +26,7 @@ void bn_metrics_request(bn_metrics *m, const bn_metrics_req *r);
 /* One inter-token gap of a stream (seconds). */
 void bn_metrics_itl(bn_metrics *m, double s);
 /* Rejected before a worker: reason "queue_full", "queue_timeout", "context_length", "invalid",
- * "unauthorized", "draining". */
+ * "unauthorized", "draining", "loading" (no worker ready yet); anything else counts as "other". */
 void bn_metrics_rejected(bn_metrics *m, const char *reason);
 void bn_metrics_worker_restart(bn_metrics *m);
 /* HTTP responses by status class, for every route. */

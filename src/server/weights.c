@@ -12,11 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* server/config.h's bn_config_validate (bn_srv_config) clashes with model.h's (bn_config);
- * only its enums are needed here. */
-#define bn_config_validate bn_srv_config_validate
 #include "server/config.h"
-#undef bn_config_validate
 
 #define MEMFD_NAME "bitnetd-weights"
 #define COPY_CHUNK (8u << 20)
@@ -84,17 +80,47 @@ static int copy_in(int src, const char *path, char *dst, size_t len, bn_error *e
     return 0;
 }
 
-/* Makes the copy read-only for good. F_SEAL_WRITE is refused while a writable shared mapping
- * exists (mprotect does not count), so the writable one is replaced by a read-only one; the
- * pages stay in the memfd. Seals are defence in depth: a kernel that refuses them is fine. */
+/* Makes the copy read-only for good, for the master and every worker. The seals must go on
+ * while nothing maps the memfd (a shared mapping of a writable fd counts as writable even
+ * after mprotect), so the writable mapping is dropped first (the pages stay in the memfd),
+ * then the sealed file is mapped read-only: mprotect(PROT_WRITE) on it then fails. One seal
+ * per call: a kernel that lacks one (F_SEAL_FUTURE_WRITE < 5.1, hugetlb < 4.16) keeps the rest. */
 static void *seal_readonly(int fd, void *rw, size_t map_len, int advise_huge)
 {
+    static const int seals[] = {F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE,
+#ifdef F_SEAL_FUTURE_WRITE
+                                F_SEAL_FUTURE_WRITE,
+#endif
+                                F_SEAL_SEAL};
     munmap(rw, map_len);
+    for (size_t i = 0; i < sizeof seals / sizeof seals[0]; i++) fcntl(fd, F_ADD_SEALS, seals[i]);
     void *p = mmap(NULL, map_len, PROT_READ, MAP_SHARED, fd, 0);
     if (p == MAP_FAILED) return NULL;
     if (advise_huge) madvise(p, map_len, MADV_HUGEPAGE);
-    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
     return p;
+}
+
+/* The sealed read-only copy of len bytes of src into w->shm. */
+static int shm_copy(int src, const char *path, size_t len, int want_huge, bn_weights *w, bn_error *err)
+{
+    int fd, hugetlb;
+    size_t map_len;
+    char *rw = shm_create(len, want_huge, &fd, &map_len, &hugetlb, err);
+    if (!rw) return bn_err_prefix(err, "%s", path);
+    int advise = want_huge && !hugetlb && madvise(rw, map_len, MADV_HUGEPAGE) == 0;
+    if (copy_in(src, path, rw, len, err) != 0) {
+        munmap(rw, map_len);
+        close(fd);
+        return -1;
+    }
+    void *ro = seal_readonly(fd, rw, map_len, advise);
+    int e = errno;
+    close(fd);   /* the mapping keeps the memfd alive */
+    if (!ro) return bn_err(err, "%s: cannot map the shared copy read-only: %s", path, strerror(e));
+    w->shm = ro;
+    w->shm_len = map_len;
+    w->huge = hugetlb || advise;
+    return 0;
 }
 
 static int open_shm(const char *path, int want_mlock, int want_huge, bn_weights *w, char *warn, bn_error *err)
@@ -107,37 +133,20 @@ static int open_shm(const char *path, int want_mlock, int want_huge, bn_weights 
         return bn_err(err, "%s: not a regular file", path);
     }
     size_t len = (size_t)st.st_size;
-    if (len == 0) {   /* nothing to copy: let the model say what is wrong, as bn_model_open does */
-        close(src);
-        return bn_model_open_region(path, NULL, 0, &w->model, err);
-    }
-    int fd, hugetlb;
-    size_t map_len;
-    char *rw = shm_create(len, want_huge, &fd, &map_len, &hugetlb, err);
-    if (!rw) {
-        close(src);
-        return bn_err_prefix(err, "%s", path);
-    }
-    int advise = want_huge && !hugetlb && madvise(rw, map_len, MADV_HUGEPAGE) == 0;
-    int rc = copy_in(src, path, rw, len, err);
+    /* An empty file has nothing to copy: the model says what is wrong, as bn_model_open does. */
+    int rc = len ? shm_copy(src, path, len, want_huge, w, err) : 0;
     close(src);
-    void *ro = rc == 0 ? seal_readonly(fd, rw, map_len, advise) : (munmap(rw, map_len), NULL);
-    if (rc == 0 && !ro) bn_err(err, "%s: cannot map the shared copy read-only: %s", path, strerror(errno));
-    close(fd);   /* the mapping keeps the memfd alive */
-    if (!ro) return -1;
-    w->shm = ro;
-    w->shm_len = map_len;
-    w->huge = hugetlb || advise;
-    if (want_mlock) {
-        if (mlock(ro, map_len) == 0)
+    if (rc != 0) return -1;
+    if (want_mlock && w->shm) {
+        if (mlock(w->shm, w->shm_len) == 0)
             w->locked = 1;
         else if (warn)
             snprintf(warn, 256, "%s: mlock of %.1f MiB failed (%s): the weights may be paged out; raise "
                                 "RLIMIT_MEMLOCK (LimitMEMLOCK= in systemd)",
-                     path, (double)map_len / (1 << 20), strerror(errno));
+                     path, (double)w->shm_len / (1 << 20), strerror(errno));
     }
-    if (bn_model_open_region(path, ro, len, &w->model, err) != 0) {
-        munmap(ro, map_len);
+    if (bn_model_open_region(path, w->shm, len, &w->model, err) != 0) {
+        if (w->shm) munmap(w->shm, w->shm_len);
         w->shm = NULL;
         return -1;
     }

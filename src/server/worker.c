@@ -20,7 +20,6 @@
 #define INBOX_READ 65536   /* bytes asked of each read */
 
 typedef struct worker {
-    const bn_worker_spec *spec;
     int fd;
     bn_engine *e;
     uint32_t n_vocab, n_ctx;
@@ -137,7 +136,7 @@ static void handle_busy(worker *w, const bn_frame *f)
 {
     switch (f->type) {
     case BN_FR_CANCEL:
-        if (f->id == w->id && 0) w->cancel = 1;   /* another id: a request already finished */
+        if (f->id == w->id) w->cancel = 1;   /* another id: a request already finished */
         break;
     case BN_FR_RESET:
         w->pending_reset = 1;
@@ -257,8 +256,9 @@ static bn_stop_matcher *make_matcher(const bn_generate_view *v, bn_error *err)
     return sm;
 }
 
-/* End of a request that was not stopped by a stop string: release what the decoder and the
- * matcher hold back (a stop string may still match in it) as one last CHUNK of no tokens. */
+/* End of a request: resets the decoder and, unless a stop string already ended it, releases
+ * what the decoder and the matcher hold back (a stop string may still match in it) as one last
+ * CHUNK of no tokens. */
 static int send_tail(worker *w, bn_gen_result *res)
 {
     const char *t, *out;
@@ -409,7 +409,6 @@ int bn_worker_main(const bn_worker_spec *spec)
 {
     worker w;
     memset(&w, 0, sizeof w);
-    w.spec = spec;
     w.fd = spec->fd;
     bn_error err = {{0}};
     if (setup(&w, spec, &err)) {
