@@ -1,7 +1,10 @@
 #!/bin/sh
 # Installs bitnetd's build and test dependencies on Debian/Ubuntu (uses sudo when not root).
 # Pass --fuzz to add clang and its sanitizer runtimes (libFuzzer targets), --valgrind for valgrind.
+# Also: node and npm (Debian's, unless a node is already installed) and the pinned OpenAI Node
+# SDK in tests/node (tests/test_node_sdk.sh). Safe to run again: it only installs what is missing.
 set -e
+here=$(cd "$(dirname "$0")/.." && pwd)
 SUDO=
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 PKGS="build-essential autoconf automake autoconf-archive pkg-config
@@ -12,7 +15,17 @@ for arg in "$@"; do
     --valgrind) PKGS="$PKGS valgrind" ;;
     esac
 done
+command -v node >/dev/null 2>&1 || PKGS="$PKGS nodejs npm"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 # shellcheck disable=SC2086
 $SUDO apt-get install -y -qq --no-install-recommends $PKGS >/dev/null
+
+# The openai package pinned by tests/node/package-lock.json, as the invoking user (not root).
+node_dir=$here/tests/node
+want=$(sed -n 's/^ *"openai": *"\([^"]*\)".*/\1/p' "$node_dir/package.json" | head -n 1)
+have=$(cd "$node_dir" && node -p "require('./node_modules/openai/package.json').version" 2>/dev/null || true)
+if [ "$have" != "$want" ]; then
+    (cd "$node_dir" && { npm ci --no-audit --no-fund --loglevel=error >/dev/null ||
+        npm install --no-audit --no-fund --loglevel=error >/dev/null; })
+fi

@@ -59,6 +59,7 @@ EXTRA_DIST += tests/test_node_sdk.sh tests/node/package.json tests/node/package-
 
 # A fake OpenAI SSE server inside the test, and $BN_BITNET loadtest against it: no harness.
 tests_test_loadtest_SOURCES = tests/test_loadtest.c
+EXTRA_DIST += bench/loadtest_prompts.jsonl
 tests_test_loadtest_CFLAGS = $(TEST_CFLAGS)
 tests_test_loadtest_LDADD = $(TEST_LIBS)
 endif

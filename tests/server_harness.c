@@ -83,10 +83,18 @@ const char *bn_srv_tmp(const char *name)
 {
     static char bufs[8][512];
     static int i, seq;
-    const char *dir = getenv("BN_TEST_TMPDIR");
+    static char dir[400];
+    if (!dir[0]) {   /* absolute: a daemon chdirs to / */
+        const char *d = getenv("BN_TEST_TMPDIR");
+        char cwd[256];
+        if (!d || !*d) d = "/tmp";
+        if (d[0] != '/' && getcwd(cwd, sizeof cwd))
+            snprintf(dir, sizeof dir, "%s/%s", cwd, d);
+        else
+            snprintf(dir, sizeof dir, "%s", d);
+    }
     char *b = bufs[i++ % 8];
-    snprintf(b, sizeof bufs[0], "%s/%s.%ld.%d", dir && *dir ? dir : "/tmp", name, (long)getpid(),
-             seq++);
+    snprintf(b, sizeof bufs[0], "%s/%s.%ld.%d", dir, name, (long)getpid(), seq++);
     return b;
 }
 

@@ -118,7 +118,8 @@ static int parse_args(int argc, char **argv, options *o)
         {"endpoint", required_argument, 0, O_ENDPOINT}, {"ignore-eos", no_argument, 0, O_EOS},
         {"json", no_argument, 0, O_JSON}, {"no-progress", no_argument, 0, O_NOPROG},
         {"help", no_argument, 0, 'h'}};
-    for (size_t i = 0; i < N_NUM; i++) longopts[9 + i] = (struct option){num_opts[i].name, required_argument, 0, O_NUM + (int)i};
+    for (size_t i = 0; i < N_NUM; i++)
+        longopts[9 + i] = (struct option){num_opts[i].name, required_argument, 0, O_NUM + (int)i};
     *o = (options){.url = "http://127.0.0.1:30000", .chat = 1, .progress = 1};
     for (size_t i = 0; i < N_NUM; i++) *(double *)((char *)o + num_opts[i].off) = -1;
     int c;
@@ -179,7 +180,8 @@ static int parse_url(const char *url, int chat, target *t, bn_error *err)
     const char *scheme = evhttp_uri_get_scheme(u), *host = evhttp_uri_get_host(u);
     const char *path = evhttp_uri_get_path(u);
     int rc = 0, port = evhttp_uri_get_port(u);
-    if (!scheme || strcasecmp(scheme, "http")) rc = bn_err(err, "--url: only http:// URLs are supported, got '%s'", url);
+    if (!scheme || strcasecmp(scheme, "http"))
+        rc = bn_err(err, "--url: only http:// URLs are supported, got '%s'", url);
     else if (!host || !*host || strlen(host) >= sizeof t->host) rc = bn_err(err, "--url: no host in '%s'", url);
     if (rc) goto out;
     t->port = port > 0 ? port : 80;
@@ -191,7 +193,8 @@ static int parse_url(const char *url, int chat, target *t, bn_error *err)
     size_t pl = path ? strlen(path) : 0;
     while (pl && path[pl - 1] == '/') pl--;
     const char *v1 = pl >= 3 && !strncmp(path + pl - 3, "/v1", 3) ? "" : "/v1";
-    snprintf(t->path, sizeof t->path, "%.*s%s/%s", (int)pl, pl ? path : "", v1, chat ? "chat/completions" : "completions");
+    snprintf(t->path, sizeof t->path, "%.*s%s/%s", (int)pl, pl ? path : "", v1,
+             chat ? "chat/completions" : "completions");
     snprintf(t->models_path, sizeof t->models_path, "%.*s%s/models", (int)pl, pl ? path : "", v1);
 out:
     evhttp_uri_free(u);
@@ -220,7 +223,8 @@ static const char *messages_problem(const json_t *m)
     json_array_foreach(m, i, msg) {
         json_t *content = json_object_get(msg, "content");
         if (!json_is_string(json_object_get(msg, "role"))) return "each message needs a string \"role\"";
-        if (!json_is_string(content) && !json_is_array(content)) return "each message needs a string or array \"content\"";
+        if (!json_is_string(content) && !json_is_array(content))
+            return "each message needs a string or array \"content\"";
     }
     return NULL;
 }
@@ -230,8 +234,9 @@ static json_t *prompt_of_line(json_t *j, int chat, const char **why)
 {
     json_t *m = json_object_get(j, "messages"), *p = json_object_get(j, "prompt");
     if (!json_is_object(j) || !m == !p) *why = "expected an object with either \"messages\" or \"prompt\"";
-    else if (m) *why = messages_problem(m) ? messages_problem(m) : chat ? NULL : "a \"messages\" line needs --endpoint chat";
-    else if (!json_is_string(p) || !json_string_length(p)) *why = "\"prompt\" must be a non-empty string";
+    else if (m && !(*why = messages_problem(m)))
+        *why = chat ? NULL : "a \"messages\" line needs --endpoint chat";
+    else if (!m && (!json_is_string(p) || !json_string_length(p))) *why = "\"prompt\" must be a non-empty string";
     if (*why) return NULL;
     if (m) return json_incref(m);
     if (!chat) return json_incref(p);
@@ -331,7 +336,8 @@ static json_t *generated_prompt(lt_run *r)
     size_t n = (size_t)r->o->prompt_len, nw = sizeof words / sizeof words[0];
     struct evbuffer *b = evbuffer_new();
     if (!b) return NULL;
-    for (size_t i = 0; i < n; i++) evbuffer_add_printf(b, i ? " %s" : "%s", words[(size_t)(rand01(r) * (double)nw) % nw]);
+    for (size_t i = 0; i < n; i++)
+        evbuffer_add_printf(b, i ? " %s" : "%s", words[(size_t)(rand01(r) * (double)nw) % nw]);
     json_t *s = json_stringn((const char *)evbuffer_pullup(b, -1), evbuffer_get_length(b));
     evbuffer_free(b);
     if (!s || !r->o->chat) return s;
@@ -378,7 +384,8 @@ static void record_ok(lt_slot *s, double now)
     int bad = bn_lt_samples_push(&res->e2e, now - s->t_start);
     if (s->chunks) {
         bad |= bn_lt_samples_push(&res->ttft, s->t_first - s->t_start) | bn_lt_samples_extend(&res->itl, &s->itl);
-        if (toks >= 2 && now > s->t_first) bad |= bn_lt_samples_push(&res->decode, (double)(toks - 1) / (now - s->t_first));
+        if (toks >= 2 && now > s->t_first)
+            bad |= bn_lt_samples_push(&res->decode, (double)(toks - 1) / (now - s->t_first));
     }
     s->run->oom |= bad;
 }
@@ -527,7 +534,8 @@ static void on_done(struct evhttp_request *req, void *arg)
         if (s->got_headers && s->status / 100 != 2) http_failure(s);
         else if (s->evreq_err == EVREQ_HTTP_TIMEOUT + 1) finish(s, BN_LT_TIMEOUT, 0, "no data for the --timeout");
         else if (!s->got_headers) finish(s, BN_LT_CONNECT, 0, "connection failed or closed before a response");
-        else finish(s, BN_LT_MALFORMED, 0, s->fail >= 0 ? s->fail_msg : "the connection closed mid-stream");
+        else if (s->fail >= 0) finish(s, s->fail, 0, s->fail_msg);
+        else finish(s, BN_LT_MALFORMED, 0, "the connection closed mid-stream");
         return;
     }
     if (s->status / 100 != 2) {
@@ -535,7 +543,7 @@ static void on_done(struct evhttp_request *req, void *arg)
         return;
     }
     parse_sse(s, 1);
-    if (s->fail < 0 && !s->done_marker && !s->finish_reason) fail(s, BN_LT_MALFORMED, "%s", "the stream ended without [DONE]");
+    if (!s->done_marker && !s->finish_reason) fail(s, BN_LT_MALFORMED, "%s", "the stream ended without [DONE]");
     finish(s, s->fail, 0, s->fail_msg);
 }
 
@@ -670,7 +678,7 @@ static void on_progress(evutil_socket_t fd, short what, void *arg)
 {
     lt_run *r = arg;
     double el = bn_now() - r->t0;
-    fprintf(stderr, "\r%ld done, %ld errors, %.1f tok/s, %.0f s ", r->res.ok + r->res.failed, r->res.failed,
+    fprintf(stderr, "\r%ld done, %ld errors, %.1f tok/s, %.1f s ", r->res.ok + r->res.failed, r->res.failed,
             el > 0 ? (double)r->live_chunks / el : 0, el);
 }
 
@@ -709,6 +717,7 @@ static char *discover_model(lt_run *r)
     struct evhttp_request *req = c && timer ? evhttp_request_new(on_models, &d) : NULL;
     if (req) {
         evhttp_connection_set_timeout_tv(c, &tv);
+        evhttp_connection_set_max_body_size(c, 1 << 20);
         evtimer_add(timer, &tv);
         add_headers(r, req);
         if (evhttp_make_request(c, req, EVHTTP_REQ_GET, r->t.models_path)) {

@@ -294,11 +294,16 @@ static int on_frame(bn_server *s, bn_slot *sl, const bn_frame *f)
 {
     bn_error err;
     bn_job *j = sl->job;
-    if (f->type != BN_FR_HELLO && (!j || f->id != j->id)) {
-        /* Frames of a request that ended on our side already (e.g. an error) are dropped. */
-        if (f->type == BN_FR_DONE || f->type == BN_FR_ERROR) return 0;
-        return 0;
+    if (f->type == BN_FR_ERROR && f->id == 0) {
+        /* worker-level failure (it could not bind or create its engine): it exits next */
+        bn_fr_error fe;
+        const char *msg = "";
+        if (bn_frame_get_error(f, &fe, &msg, &err) == 0)
+            bn_log_error("worker %d: %.*s", sl->index, (int)fe.msg_len, msg);
+        return -1;
     }
+    if (f->type != BN_FR_HELLO && (!j || f->id != j->id))
+        return 0;   /* a frame of a request that already ended on our side (e.g. cancelled) */
     sl->last_progress = bn_mono();
     switch (f->type) {
     case BN_FR_HELLO:

@@ -249,9 +249,9 @@ static void auto_shape(planner *P, int *threads, int *workers)
 {
     int *units = calloc((size_t)P->n_dom, sizeof *units);
     int best_t = 1, best_used = -1, t_max = 1;
-    if (!units) {   /* out of memory: one thread per core in one big pool still works */
+    if (!units) {   /* out of memory: one single-thread worker per core still works */
         *threads = 1;
-        *workers = fill(P, 1, INT_MAX, 1, NULL);
+        *workers = fill(P, 1, INT_MAX, 0, NULL);
         return;
     }
     for (int i = 0; i < P->n_core; i++) units[P->core[i].dom] += core_units(P, &P->core[i]);
