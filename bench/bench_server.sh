@@ -31,7 +31,7 @@ usage: bench/bench_server.sh [options]
   --serve-split WxT  the split for the 4-user side-by-side and the /health step
                      (default: step 3's best aggregate tok/s at 4 users, else 1xN)
   --per-user N       requests per concurrent user in steps 3 and 5 (default 4)
-  --max-tokens N     completion tokens per request in steps 3, 5 and 6 (default 64)
+  --max-tokens N     completion tokens per request in steps 3 and 5 (default 64)
   --temperature T    sent with every request (default 0: greedy, the same tokens on both servers)
   --steps LIST       steps to run, e.g. 2,3 (default 1-6; 1, model prep, always runs)
   --quick            smoke test: small shape, 2 requests per user, 16 tokens, ~1 minute
@@ -65,7 +65,7 @@ probe_health() {
 health_stats() {
     local failed loaded
     failed=$(awk -F'\t' '$2 != 200' "$1" | wc -l)
-    loaded=$(cut -f3- "$1" | jq -R 'fromjson? // {} | .workers.busy as $b
+    loaded=$(cut -f3- "$1" | jq -cR 'fromjson? // {} | .workers.busy as $b
         | select($b != null and $b == .workers.total and .queue.length > 0)' 2>/dev/null | grep -c '^{')
     awk -F'\t' '$2 == 200 { printf "%.3f\n", $1 * 1000 }' "$1" | sort -n | awk -v f="$failed" -v l="$loaded" '
         function rank(q,   i) { i = int(q * NR); if (i < q * NR) i++; return v[i < 1 ? 1 : i] }
@@ -120,26 +120,34 @@ llama=$srcdir/../shared/peers/bitnet.cpp-2025/bin/llama-server
 per_user='' max_tokens='' temperature=0 seed=1 quick=0
 while [ $# -gt 0 ]; do
     case $1 in
-    --shape) shape=$2; shift ;;
-    --tokenizer) tokenizer=$2; shift ;;
-    --out) out=$2; shift ;;
-    --models) models=$2; shift ;;
-    --build) build=$2; shift ;;
-    --llama-server) llama=$2; shift ;;
-    --cpus) cpus=$2; shift ;;
-    --split) splits=$2; shift ;;
-    --serve-split) serve_split=$2; shift ;;
-    --per-user) per_user=$2; shift ;;
-    --max-tokens) max_tokens=$2; shift ;;
-    --temperature) temperature=$2; shift ;;
-    --steps) steps=$2; shift ;;
-    --quick) quick=1 ;;
+    --quick) quick=1; shift; continue ;;
     -h | --help) usage; exit 0 ;;
+    --shape | --tokenizer | --out | --models | --build | --llama-server | --cpus | --split | \
+        --serve-split | --per-user | --max-tokens | --temperature | --steps)
+        [ $# -ge 2 ] || die "$1 needs a value (--help)" ;;
     *) usage >&2; die "unknown option $1" ;;
     esac
-    [ $# -gt 0 ] || die "option needs a value"
-    shift
+    case $1 in
+    --shape) shape=$2 ;;
+    --tokenizer) tokenizer=$2 ;;
+    --out) out=$2 ;;
+    --models) models=$2 ;;
+    --build) build=$2 ;;
+    --llama-server) llama=$2 ;;
+    --cpus) cpus=$2 ;;
+    --split) splits=$2 ;;
+    --serve-split) serve_split=$2 ;;
+    --per-user) per_user=$2 ;;
+    --max-tokens) max_tokens=$2 ;;
+    --temperature) temperature=$2 ;;
+    --steps) steps=$2 ;;
+    esac
+    shift 2
 done
+for v in "$per_user" "$max_tokens"; do
+    [ -z "$v" ] || [[ $v =~ ^[1-9][0-9]*$ ]] || die "--per-user and --max-tokens take a positive integer, not '$v'"
+done
+[[ $steps =~ ^[1-6,-]+$ ]] || die "bad --steps '$steps' (e.g. 2,3,5)"
 
 # One table of per-mode sizes: requests per user, tokens, decode-test requests, engine
 # repetitions, /health probes, the /health load's duration and start-up bounds (seconds).
@@ -155,7 +163,6 @@ load_tokens=256 # step 6: long requests, so the queue never drains during the pr
 lt_timeout=600 # per request: a queued request on a slow machine may wait minutes
 
 step_on() { [ "$1" = 1 ] || [[ ",$steps," == *",$1,"* ]]; }
-steps=$(echo "$steps" | sed 's/1-6/1,2,3,4,5,6/')
 
 bitnet=$build/bitnet bitnetd=$build/bitnetd
 for b in "$bitnet" "$bitnetd"; do
@@ -185,6 +192,7 @@ expand_list() { # "0-3,8" -> one CPU per line
     echo "$1" | tr ',' '\n' | awk -F- 'NF == 1 && $1 != "" { print $1 }
         NF == 2 { for (i = $1; i <= $2; i++) print i }'
 }
+steps=$(expand_list "$steps" | paste -sd, -)
 if [ -n "$cpus" ]; then
     allowed=$(expand_list "$cpus")
 else
@@ -318,7 +326,7 @@ warm_up() { # first requests fault the weights in and fill the caches: not measu
 lt() {
     local name=$1 users=$2 req=$3 mt=$4 rc
     shift 4
-    timeout -k 5 $((2 * lt_timeout)) "$bitnet" loadtest --url "$srv_url" --users "$users" \
+    timeout --foreground -k 5 $((2 * lt_timeout)) "$bitnet" loadtest --url "$srv_url" --users "$users" \
         --requests "$req" --max-tokens "$mt" --ignore-eos "${prompt_args[@]}" --seed "$seed" \
         --temperature "$temperature" --timeout "$lt_timeout" --json --no-progress "$@" \
         >"$out/$name.json" 2>"$logs/$name.err"
@@ -558,7 +566,7 @@ step6() {
     local a b
     read -ra a < <(health_stats "$logs/06-idle.raw")
     read -ra b < <(health_stats "$logs/06-busy.raw")
-    { printf 'server state	GETs ok	p50 ms	p99 ms	max ms	failed	GETs seeing all busy + a queue\n'
+    { printf 'server state\tGETs ok\tp50 ms\tp99 ms\tmax ms\tfailed\tbusy + queued\n'
       printf 'idle\t%s\t%s\t%s\t%s\t%s\t%s\n' "${a[@]}"
       printf '%s users on %s workers\t%s\t%s\t%s\t%s\t%s\t%s\n' "$users" "$w" "${b[@]}"
     } | table "6. /health latency (curl time_total, sequential GETs)"

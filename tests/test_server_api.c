@@ -223,7 +223,9 @@ START_TEST(tokenize_round_trip)
     ck_assert_int_gt(json_array_size(toks), 0);
     ck_assert_int_eq(IJ(t, "count"), (long)json_array_size(toks));
     ck_assert_int_eq(IJ(t, "max_model_len"), N_CTX);
-    char *body = json_dumps(json_pack("{sO}", "tokens", toks), JSON_COMPACT);
+    json_t *req = json_pack("{sO}", "tokens", toks);
+    char *body = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
     json_t *d = post_ok("/detokenize", body);
     free(body);
     ck_assert_str_eq(SJ(d, "prompt"), "Hello world, 123!");
