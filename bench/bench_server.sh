@@ -116,7 +116,7 @@ fi
 # ---- options ----
 
 shape='' tokenizer=auto out='' models='' build=. cpus='' splits='' serve_split='' steps=1,2,3,4,5,6
-llama=$srcdir/../shared/peers/bitnet.cpp-2025/bin/llama-server
+llama=$(dirname "$srcdir")/shared/peers/bitnet.cpp-2025/bin/llama-server
 per_user='' max_tokens='' temperature=0 seed=1 quick=0
 while [ $# -gt 0 ]; do
     case $1 in
@@ -175,7 +175,7 @@ command -v setsid >/dev/null || die "setsid is missing (util-linux)"
 "$bitnet" loadtest --help >/dev/null 2>&1 || die "$bitnet has no working loadtest command"
 
 if [ "$tokenizer" = auto ]; then
-    tokenizer=$srcdir/../shared/fixtures/tokenizer/llama3-tokenizer.json
+    tokenizer=$(dirname "$srcdir")/shared/fixtures/tokenizer/llama3-tokenizer.json
     [ -f "$tokenizer" ] || { note "no $tokenizer: built-in vocabulary (most sampled ids then" \
         "render as nothing, and TTFT, ITL and per-user tok/s lose their meaning)"; tokenizer=none; }
 fi
@@ -200,13 +200,13 @@ else
 fi
 [ -n "$allowed" ] || die "no usable CPU in '${cpus:-the affinity mask}'"
 if command -v lscpu >/dev/null; then
-    core_cpus=$(lscpu -p=CPU,CORE,SOCKET | grep -v '^#' | awk -F, -v list="$(echo $allowed)" '
+    core_cpus=$(lscpu -p=CPU,CORE,SOCKET | grep -v '^#' | awk -F, -v list="$(echo "$allowed" | paste -sd' ' -)" '
         BEGIN { n = split(list, a, " "); for (i = 1; i <= n; i++) ok[a[i]] = 1 }
         ($1 in ok) && !seen[$3 "," $2]++ { print $1 }')
 fi
 [ -n "${core_cpus:-}" ] || core_cpus=$allowed
 ncores=$(echo "$core_cpus" | wc -l)
-core_list=$(echo $core_cpus | tr ' ' ',')
+core_list=$(echo "$core_cpus" | paste -sd, -)
 pin() { # run on one logical CPU per core: what bitnetd's placement does with smt = off
     if command -v taskset >/dev/null; then taskset -c "$core_list" "$@"; else "$@"; fi
 }
@@ -232,7 +232,7 @@ cleanup() {
     stop_server
 }
 trap cleanup EXIT
-trap 'note "interrupted"; exit 130' INT TERM HUP
+trap 'note "interrupted"; exit 130' INT TERM HUP PIPE
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 take_port() {
@@ -283,6 +283,7 @@ start_bitnetd() {
         echo "# bench/bench_server.sh, $name"
         echo "weights = $weights"
         echo "queue_size = $((16 * w + 64))"
+        echo "queue_timeout = 10m" # 4W closed-loop users on a slow machine wait several requests
         echo "access_log = off"
         echo "shutdown_timeout = 2s"
         [ -n "$cpus" ] && echo "cpus = $cpus"
@@ -296,6 +297,8 @@ start_bitnetd() {
         [ "$(health | jq -r '.workers.idle == .workers.total')" = true ] && break
         sleep 0.1
     done
+    ((i < 10 * ready_s)) || note "$name: not every worker idle after $ready_s s; measuring anyway"
+    curl -sf --max-time 5 "$srv_url/v1/status" >"$logs/$name.status.json" # the placement it chose
     warm_up "$name" "$w"
 }
 
@@ -340,7 +343,6 @@ lt() {
 
 jv() { jq -r "($2) // empty" "$1" 2>/dev/null; } # FILE FILTER -> value or nothing
 f1() { awk -v x="${1:-}" 'BEGIN { if (x == "" || x == "null") print "-"; else printf "%.1f\n", x }'; }
-f2() { awk -v x="${1:-}" 'BEGIN { if (x == "" || x == "null") print "-"; else printf "%.2f\n", x }'; }
 ratio() { # A B -> A/B to 2 decimals, or -
     awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || a == "-" || b == "-" || b + 0 == 0) print "-"
         else printf "%.2f\n", a / b }'
@@ -511,7 +513,7 @@ step5() {
         return
     fi
     local u ours theirs rows=$logs/05.tsv
-    start_bitnetd 05-bitnetd-1x$ncores 1 "$ncores" mmap && { lt 05-ours-u1 1 "$per_user" "$max_tokens"; stop_server; }
+    start_bitnetd "05-bitnetd-1x$ncores" 1 "$ncores" mmap && { lt 05-ours-u1 1 "$per_user" "$max_tokens"; stop_server; }
     start_bitnetd "05-bitnetd-$split4" "${split4%x*}" "${split4#*x}" mmap &&
         { lt 05-ours-u4 4 $((4 * per_user)) "$max_tokens"; stop_server; }
     if start_llama 05-llama-server; then

@@ -1,1 +1,2 @@
 EXTRA_DIST += bench/bench_convert.sh bench/bench_engine.sh bench/README.md
+EXTRA_DIST += bench/bench_server.sh

@@ -21,10 +21,11 @@ $SUDO apt-get update -qq
 # shellcheck disable=SC2086
 $SUDO apt-get install -y -qq --no-install-recommends $PKGS >/dev/null
 
-# The openai package pinned by tests/node/package-lock.json, as the invoking user (not root).
+# The openai package pinned by tests/node/package-lock.json (npm runs as this script's user).
 node_dir=$here/tests/node
 want=$(sed -n 's/^ *"openai": *"\([^"]*\)".*/\1/p' "$node_dir/package.json" | head -n 1)
-have=$(cd "$node_dir" && node -p "require('./node_modules/openai/package.json').version" 2>/dev/null || true)
+have=$(cd "$node_dir" 2>/dev/null &&
+    node -p "require('./node_modules/openai/package.json').version" 2>/dev/null) || have=
 if [ "$have" != "$want" ]; then
     (cd "$node_dir" && { npm ci --no-audit --no-fund --loglevel=error >/dev/null ||
         npm install --no-audit --no-fund --loglevel=error >/dev/null; })

@@ -1144,7 +1144,8 @@ double bn_metric_in(const char *text, const char *name, const char *label_filter
             if (label_filter) {
                 size_t fl = strlen(label_filter);
                 int in = 0;
-                for (const char *q = p; q + fl <= close && !in; q++) in = !strncmp(q, label_filter, fl);
+                for (const char *q = p; q + fl <= close && !in; q++)
+                    in = !strncmp(q, label_filter, fl);
                 if (!in) continue;
             }
             p = close + 1;

@@ -6,7 +6,8 @@
  * so workers orphaned by a killed master come back to it and are reaped too. bn_srv_stop_all()
  * (a Check teardown, and atexit) stops whatever a failed test left running.
  *
- * Environment: BN_BITNETD, BN_BITNET (paths of the binaries), BN_TEST_TMPDIR (scratch). */
+ * Environment: BN_BITNETD, BN_BITNET (paths of the binaries), BN_TEST_TMPDIR (scratch; its
+ * models, configs and server logs are removed at exit unless BN_KEEP_TMP is set). */
 #ifndef BN_TESTS_SERVER_HARNESS_H
 #define BN_TESTS_SERVER_HARNESS_H
 

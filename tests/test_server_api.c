@@ -19,7 +19,8 @@ static bn_srv *srv;
 static void api_setup(void)
 {
     srv = bn_srv_start("n_ctx = 512\nmax_body_size = 64k\nmax_header_size = 16k\n"
-                       "model_name = test-model\n",
+                       "model_name = test-model\ndefault_max_tokens = 20\nmax_max_tokens = 1000\n"
+                       "queue_size = 7\n",
                        NULL);
     if (!srv) ck_abort_msg("bitnetd did not start (see the log above)");
 }
@@ -80,8 +81,8 @@ static void assert_openai_error(const char *body, const char *type, const char *
                             SJ(e, "type"), type);
     if (code)
         ck_assert_msg(json_is_string(c) && strcmp(json_string_value(c), code) == 0,
-                      "%s: code %s, want %s", what, json_is_string(c) ? json_string_value(c) : "null",
-                      code);
+                      "%s: code %s, want %s", what,
+                      json_is_string(c) ? json_string_value(c) : "null", code);
     json_decref(j);
 }
 
@@ -112,7 +113,7 @@ START_TEST(health_fields)
     ck_assert_int_le(IJ(w, "idle") + IJ(w, "busy") + IJ(w, "starting"), 1);
     json_t *q = json_object_get(j, "queue");
     ck_assert_int_eq(IJ(q, "length"), 0);
-    ck_assert_int_eq(IJ(q, "capacity"), 64);   /* queue_size's default */
+    ck_assert_int_eq(IJ(q, "capacity"), 7);   /* queue_size */
     json_decref(j);
 }
 END_TEST
@@ -217,7 +218,8 @@ END_TEST
 
 START_TEST(tokenize_round_trip)
 {
-    json_t *t = post_ok("/tokenize", "{\"prompt\":\"Hello world, 123!\",\"add_special_tokens\":false}");
+    json_t *t =
+        post_ok("/tokenize", "{\"prompt\":\"Hello world, 123!\",\"add_special_tokens\":false}");
     json_t *toks = json_object_get(t, "tokens");
     ck_assert(json_is_array(toks));
     ck_assert_int_gt(json_array_size(toks), 0);
@@ -243,6 +245,89 @@ START_TEST(tokenize_round_trip)
 }
 END_TEST
 
+/* Accepted request variants: max_completion_tokens, the default max_tokens, unknown fields. */
+START_TEST(request_variants)
+{
+    static const struct { const char *path, *body; long completion;
+    } ok[] = {
+        {"/v1/chat/completions",
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_completion_tokens\":9,"
+         "\"ignore_eos\":true}",
+         9},
+        {"/v1/completions", "{\"prompt\":\"a\",\"ignore_eos\":true}", 20}, /* default_max_tokens */
+        {"/v1/completions",
+         "{\"prompt\":\"a\",\"max_tokens\":3,\"ignore_eos\":true,\"logit_bias\":{},\"user\":\"u\","
+         "\"frobnicate\":{\"deep\":[1,2,{\"x\":null}]},\"model\":\"anything\"}",
+         3},
+        {"/v1/completions",
+         "{\"prompt\":\"a\",\"max_tokens\":4,\"ignore_eos\":true,\"temperature\":0.7,\"top_p\":0.9,"
+         "\"top_k\":20,\"min_p\":0.05,\"repetition_penalty\":1.1,\"presence_penalty\":0.5,"
+         "\"frequency_penalty\":0.5,\"seed\":3,\"stop\":[\"\\u0001\"],\"n\":1}",
+         4},
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        json_t *j = post_ok(ok[i].path, ok[i].body);
+        ck_assert_msg(IJ(json_object_get(j, "usage"), "completion_tokens") == ok[i].completion,
+                      "%s: completion_tokens %lld, want %ld", ok[i].body,
+                      (long long)IJ(json_object_get(j, "usage"), "completion_tokens"),
+                      ok[i].completion);
+        json_decref(j);
+    }
+}
+END_TEST
+
+/* A stop string taken from the greedy output ends the same greedy generation right before it. */
+START_TEST(stop_string)
+{
+    const char *b0 = "{\"prompt\":\"The\",\"max_tokens\":40,\"ignore_eos\":true,\"temperature\":0}";
+    json_t *a = post_ok("/v1/completions", b0);
+    const char *full = SJ(json_array_get(json_object_get(a, "choices"), 0), "text");
+    ck_assert_ptr_nonnull(full);
+    size_t len = strlen(full);
+    /* a 2-byte ASCII piece from the middle whose first occurrence is not at the start */
+    size_t at = 0;
+    for (size_t k = len / 3; k + 2 <= len && !at; k++) {
+        unsigned char c0 = (unsigned char)full[k], c1 = (unsigned char)full[k + 1];
+        if (c0 < 0x20 || c0 > 0x7e || c1 < 0x20 || c1 > 0x7e || c0 == '"' || c0 == '\\' ||
+            c1 == '"' || c1 == '\\')
+            continue;
+        char piece[3] = {full[k], full[k + 1], 0};
+        const char *first = strstr(full, piece);
+        if (first && first > full) at = (size_t)(first - full);
+    }
+    if (!at) {   /* nothing usable in this model's output: say so rather than pass silently */
+        fprintf(stderr, "stop_string: no ASCII piece in '%s'; not checked\n", full);
+        json_decref(a);
+        return;
+    }
+    char piece[3] = {full[at], full[at + 1], 0}, body[256];
+    snprintf(body, sizeof body, "{\"prompt\":\"The\",\"max_tokens\":40,\"ignore_eos\":true,"
+                                "\"temperature\":0,\"stop\":\"%s\"}", piece);
+    json_t *b = post_ok("/v1/completions", body);
+    json_t *c0 = json_array_get(json_object_get(b, "choices"), 0);
+    ck_assert_str_eq(SJ(c0, "finish_reason"), "stop");
+    ck_assert_msg(strlen(SJ(c0, "text")) == at && strncmp(SJ(c0, "text"), full, at) == 0,
+                  "stop '%s': got '%s', want the first %zu bytes of '%s'", piece, SJ(c0, "text"),
+                  at, full);
+    json_decref(a);
+    json_decref(b);
+}
+END_TEST
+
+/* The start-up lines of the contract, in the error log. */
+START_TEST(startup_log)
+{
+    char want[128];
+    snprintf(want, sizeof want, "listening on 127.0.0.1:%d", srv->port);
+    ck_assert_msg(bn_srv_log_has(srv, want), "no '%s' in the log", want);
+    pid_t pid;
+    ck_assert_int_eq(bn_srv_worker_pids(srv->port, &pid, 1, NULL), 1);
+    snprintf(want, sizeof want, "worker 0 ready (pid %ld)", (long)pid);
+    ck_assert_msg(bn_srv_log_has(srv, want), "no '%s' in the log", want);
+    ck_assert_msg(bn_srv_log_has(srv, "worker 0: cpus"), "no placement line for worker 0");
+}
+END_TEST
+
 /* Every event of a stream parsed: the shape rules of the contract for one kind. */
 static void assert_stream_shape(const bn_stream_result *r, int chat, int usage, long max_tokens)
 {
@@ -261,7 +346,8 @@ static void assert_stream_shape(const bn_stream_result *r, int chat, int usage, 
         ck_assert_str_eq(SJ(e, "object"), chat ? "chat.completion.chunk" : "text_completion");
         json_t *ch = json_object_get(e, "choices");
         if (json_array_size(ch) == 0) {
-            ck_assert_msg(usage && i == n - 1, "event %zu: empty choices outside the usage chunk", i);
+            ck_assert_msg(usage && i == n - 1, "event %zu: empty choices outside the usage chunk",
+                          i);
             continue;
         }
         json_t *u = json_object_get(e, "usage");
@@ -360,7 +446,8 @@ START_TEST(stream_is_incremental)
     pid_t pid;
     char st[1][16];
     ck_assert_int_eq(bn_srv_worker_pids(srv->port, &pid, 1, st), 1);
-    ck_assert_msg(strcmp(st[0], "busy") == 0, "worker %s after the first chunk: not streamed", st[0]);
+    ck_assert_msg(strcmp(st[0], "busy") == 0, "worker %s after the first chunk: not streamed",
+                  st[0]);
     bn_stream_result r;
     ck_assert_int_eq(bn_sse_collect(&s, &r, 60000), 0);
     bn_sse_close(&s);
@@ -398,7 +485,8 @@ START_TEST(metrics_families_and_counters)
     bn_http_resp_free(&r);
     ck_assert(g0 >= 0 && p0 >= 0 && s0 >= 0 && e0 >= 0);
 
-    json_t *j = post_ok("/v1/completions", "{\"prompt\":\"xyz\",\"max_tokens\":7,\"ignore_eos\":true}");
+    json_t *j =
+        post_ok("/v1/completions", "{\"prompt\":\"xyz\",\"max_tokens\":7,\"ignore_eos\":true}");
     long pt = IJ(json_object_get(j, "usage"), "prompt_tokens");
     json_decref(j);
     ck_assert_int_eq(bn_http_req(srv->port, "GET", "/metrics", NULL, NULL, &r, BN_HTTP_MS), 0);
@@ -407,7 +495,8 @@ START_TEST(metrics_families_and_counters)
     ck_assert_double_eq(bn_metric_in(r.body, "vllm:request_success_total", NULL), s0 + 1);
     ck_assert_double_eq(bn_metric_in(r.body, "vllm:request_success_total",
                                      "finished_reason=\"length\"") >= 1, 1);
-    ck_assert_double_eq(bn_metric_in(r.body, "vllm:e2e_request_latency_seconds_count", NULL), e0 + 1);
+    ck_assert_double_eq(bn_metric_in(r.body, "vllm:e2e_request_latency_seconds_count", NULL),
+                        e0 + 1);
     bn_http_resp_free(&r);
 }
 END_TEST
@@ -439,7 +528,7 @@ START_TEST(status_workers)
     long req0 = IJ(w, "requests");
     json_t *q = json_object_get(j, "queue");
     ck_assert_int_eq(IJ(q, "length"), 0);
-    ck_assert_int_eq(IJ(q, "capacity"), 64);
+    ck_assert_int_eq(IJ(q, "capacity"), 7);
     ck_assert(json_is_number(json_object_get(j, "uptime_s")));
     ck_assert(json_number_value(json_object_get(j, "uptime_s")) >= 0);
     json_decref(j);
@@ -458,7 +547,8 @@ START_TEST(request_id_echoed)
     };
     for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
         bn_http_resp r;
-        const char *body = !strcmp(paths[i][0], "POST") ? "{\"prompt\":\"a\",\"max_tokens\":1}" : NULL;
+        const char *body =
+            !strcmp(paths[i][0], "POST") ? "{\"prompt\":\"a\",\"max_tokens\":1}" : NULL;
         ck_assert_int_eq(bn_http_req(srv->port, paths[i][0], paths[i][1],
                                      "X-Request-Id: test-req-42\r\n", body, &r, BN_HTTP_MS), 0);
         const char *id = bn_http_header(&r, "X-Request-Id");
@@ -514,10 +604,11 @@ END_TEST
 static void curl_like(const char *body)
 {
     char req[1024];
-    snprintf(req, sizeof req,
-             "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost:%d\r\nUser-Agent: curl/7.88.1\r\n"
-             "Accept: */*\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-             srv->port, strlen(body), body);
+    snprintf(
+        req, sizeof req,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost:%d\r\nUser-Agent: curl/7.88.1\r\n"
+        "Accept: */*\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+        srv->port, strlen(body), body);
     bn_http_resp r;
     ck_assert_int_eq(bn_http_raw(srv->port, req, strlen(req), &r, BN_HTTP_MS), 0);
     ck_assert_msg(r.status == 200, "%s: %d %s", body, r.status, r.body);
@@ -535,22 +626,27 @@ static void curl_like(const char *body)
 
 START_TEST(seed_curl_examples)
 {
-    curl_like("{\"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}], \"max_tokens\": 50}");
+    curl_like(
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}], \"max_tokens\": 50}");
     curl_like("{\"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}], \"max_tokens\": 50}");
-    curl_like("{\"model\": \"bitnet\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}], "
-              "\"max_tokens\": 50}");
+    curl_like(
+        "{\"model\": \"bitnet\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}], "
+        "\"max_tokens\": 50}");
 }
 END_TEST
 
 START_TEST(any_bearer_without_keys)
 {
     bn_http_resp r;
-    ck_assert_int_eq(bn_http_req(srv->port, "GET", "/v1/models", "Authorization: Bearer whatever\r\n",
-                                 NULL, &r, BN_HTTP_MS), 0);
+    ck_assert_int_eq(bn_http_req(srv->port, "GET", "/v1/models",
+                                 "Authorization: Bearer whatever\r\n", NULL, &r, BN_HTTP_MS),
+                     0);
     ck_assert_int_eq(r.status, 200);
     bn_http_resp_free(&r);
-    ck_assert_int_eq(bn_http_req(srv->port, "POST", "/v1/completions", "Authorization: Bearer x\r\n",
-                                 "{\"prompt\":\"a\",\"max_tokens\":1}", &r, BN_HTTP_MS), 0);
+    ck_assert_int_eq(bn_http_req(srv->port, "POST", "/v1/completions",
+                                 "Authorization: Bearer x\r\n",
+                                 "{\"prompt\":\"a\",\"max_tokens\":1}", &r, BN_HTTP_MS),
+                     0);
     ck_assert_int_eq(r.status, 200);
     bn_http_resp_free(&r);
 }
@@ -597,7 +693,7 @@ static const struct bad_req {
     {"max_tokens 0", "POST", CH, "{" MSG ",\"max_tokens\":0}", G_NONE, NULL, 400, IRE, NULL},
     {"max_tokens -1", "POST", CO, "{\"prompt\":\"a\",\"max_tokens\":-1}", G_NONE, NULL, 400, IRE,
      NULL},
-    {"max_tokens over max_max_tokens", "POST", CO, "{\"prompt\":\"a\",\"max_tokens\":5000}", G_NONE,
+    {"max_tokens over max_max_tokens", "POST", CO, "{\"prompt\":\"a\",\"max_tokens\":1001}", G_NONE,
      NULL, 400, IRE, NULL},
     {"temperature -1", "POST", CO, "{\"prompt\":\"a\",\"temperature\":-1}", G_NONE, NULL, 400, IRE,
      NULL},
@@ -640,7 +736,8 @@ static char *gen_body(enum gen g)
         break;
     case G_LONG_PROMPT:   /* 600 token ids > n_ctx 512 */
         n += snprintf(b + n, cap - n, "{\"max_tokens\":4,\"prompt\":[");
-        for (int i = 0; i < 600; i++) n += snprintf(b + n, cap - n, "%s%d", i ? "," : "", 65 + i % 26);
+        for (int i = 0; i < 600; i++)
+            n += snprintf(b + n, cap - n, "%s%d", i ? "," : "", 65 + i % 26);
         snprintf(b + n, cap - n, "]}");
         break;
     case G_BIG_BODY:   /* valid JSON, 100 KiB > max_body_size 64k */
@@ -756,14 +853,16 @@ START_TEST(api_keys)
     static const char *const open_routes[] = {"/health", "/ready"};
     for (size_t i = 0; i < 2; i++) {
         bn_http_resp r;
-        ck_assert_int_eq(bn_http_req(k->port, "GET", open_routes[i], NULL, NULL, &r, BN_HTTP_MS), 0);
+        ck_assert_int_eq(bn_http_req(k->port, "GET", open_routes[i], NULL, NULL, &r, BN_HTTP_MS),
+                         0);
         ck_assert_msg(r.status == 200, "%s without a key: %d", open_routes[i], r.status);
         bn_http_resp_free(&r);
     }
     /* a stream with the key */
     bn_sse s;
     ck_assert_int_eq(bn_sse_open(&s, k->port, "/v1/completions", "Authorization: Bearer sk-two\r\n",
-                                 "{\"prompt\":\"a\",\"max_tokens\":3,\"stream\":true}", BN_HTTP_MS), 0);
+                                 "{\"prompt\":\"a\",\"max_tokens\":3,\"stream\":true}", BN_HTTP_MS),
+                     0);
     ck_assert_int_eq(s.head.status, 200);
     bn_sse_close(&s);
     bn_srv_stop(k, 10000);
@@ -783,6 +882,9 @@ static Suite *suite(void)
     tcase_add_test(tc, completion_nonstream);
     tcase_add_test(tc, completion_seed_repeatable);
     tcase_add_test(tc, prompt_token_ids);
+    tcase_add_test(tc, request_variants);
+    tcase_add_test(tc, stop_string);
+    tcase_add_test(tc, startup_log);
     tcase_add_test(tc, tokenize_round_trip);
     tcase_add_test(tc, chat_stream_usage);
     tcase_add_test(tc, chat_stream_plain);

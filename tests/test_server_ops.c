@@ -219,7 +219,8 @@ START_TEST(sigterm_drains)
     bn_sse_close(&st);
     ck_assert_msg(res.done && res.n_errors == 0, "drained stream: done %d, errors %d", res.done,
                   res.n_errors);
-    json_t *u = json_object_get(json_array_get(res.events, json_array_size(res.events) - 1), "usage");
+    json_t *u =
+        json_object_get(json_array_get(res.events, json_array_size(res.events) - 1), "usage");
     ck_assert_int_eq(IJ(u, "completion_tokens"), 1500);
     bn_stream_result_free(&res);
 
@@ -227,8 +228,50 @@ START_TEST(sigterm_drains)
     ck_assert_msg(WIFEXITED(s->exit_status) && WEXITSTATUS(s->exit_status) == 0,
                   "master exit status 0x%x", s->exit_status);
     for (int i = 0; i < nw; i++)
-        ck_assert_msg(!bn_pid_alive(workers[i]), "worker %ld outlived the master", (long)workers[i]);
+        ck_assert_msg(!bn_pid_alive(workers[i]), "worker %ld outlived the master",
+                      (long)workers[i]);
     bn_srv_stop(s, 1000);
+}
+END_TEST
+
+/* SIGUSR1 reopens the logs (logrotate renames the file, then signals). */
+START_TEST(sigusr1_reopens_logs)
+{
+    char alog[600], moved[620], conf[800];
+    snprintf(alog, sizeof alog, "%s.access", bn_srv_tmp("usr1"));
+    snprintf(moved, sizeof moved, "%s.1", alog);
+    snprintf(conf, sizeof conf, "access_log = %s\naccess_log_format = json\n", alog);
+    bn_srv *s = start(conf);
+    ck_assert_int_eq(short_request(s->port), 0);
+    int logged = 0;
+    for (int k = 0; k < 200 && !logged; k++) {
+        FILE *f = fopen(alog, "r");
+        char line[4096];
+        while (f && !logged && fgets(line, sizeof line, f))
+            logged = strstr(line, "/v1/completions") != NULL;
+        if (f) fclose(f);
+        if (!logged) nap_ms(10);
+    }
+    ck_assert_msg(logged, "the access log %s has no line for the request", alog);
+    ck_assert_int_eq(rename(alog, moved), 0);
+    ck_assert_int_eq(kill(s->pid, SIGUSR1), 0);
+    int reopened = 0;
+    for (int k = 0; k < 200 && !reopened; k++) {
+        json_t *j;
+        ck_assert_int_eq(bn_http_get_json(s->port, "/health", &j), 200);
+        json_decref(j);
+        FILE *f = fopen(alog, "r");
+        char line[4096];
+        while (f && !reopened && fgets(line, sizeof line, f))
+            reopened = strstr(line, "/health") != NULL;
+        if (f) fclose(f);
+        if (!reopened) nap_ms(10);
+    }
+    unlink(alog);
+    unlink(moved);
+    ck_assert_msg(reopened, "after SIGUSR1 the access log was not reopened at %s", alog);
+    ck_assert(bn_pid_alive(s->pid));
+    bn_srv_stop(s, 10000);
 }
 END_TEST
 
@@ -398,8 +441,9 @@ static long shared_pss(const char *mode, int workers, long file_size)
     for (int i = 0; i < workers; i++) {
         ck_assert_int_eq(bn_conn_open(&c[i], s->port), 0);
         size_t n;
-        char *req = bn_http_format("POST", "/v1/completions", NULL,
-                                   "{\"prompt\":\"hello\",\"max_tokens\":16,\"ignore_eos\":true}", &n);
+        char *req =
+            bn_http_format("POST", "/v1/completions", NULL,
+                           "{\"prompt\":\"hello\",\"max_tokens\":16,\"ignore_eos\":true}", &n);
         ck_assert_int_eq(bn_conn_send(&c[i], req, n, BN_HTTP_MS), 0);
         free(req);
     }
@@ -488,6 +532,7 @@ static Suite *suite(void)
     ADD(s, sighup_under_load, 180);
     ADD(s, sighup_broken_config, 60);
     ADD(s, sigterm_drains, 120);
+    ADD(s, sigusr1_reopens_logs, 60);
     ADD(s, config_test_flag, 60);
     ADD(s, help_version_dump, 60);
     ADD(s, serve_without_config, 60);

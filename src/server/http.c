@@ -144,6 +144,7 @@ static void access_log(bn_server *s, const reqinfo *ri, int status, uint64_t byt
         r.cached_tokens = j->n_cached;
         if (j->t_dispatch > 0) r.queue_s = j->t_dispatch - j->t_arrive;
         if (j->t_first > 0) r.ttft_s = j->t_first - j->t_arrive;
+        r.worker = j->ran_on;
     }
     bn_access_log_write(s->alog, &r);
 }
@@ -363,7 +364,7 @@ static void stream_end(hreq *h)
 }
 
 /* The client went away (socket closed, or libevent dropped the connection). */
-static void client_gone(hreq *h, int freed_by_libevent)
+static void client_gone(hreq *h, int libevent_closing)
 {
     bn_job *j = h->job;
     if (j->http_done) return;
@@ -374,8 +375,11 @@ static void client_gone(hreq *h, int freed_by_libevent)
     if (!j->worker_done && j->worker < 0) j->worker_done = 1;   /* was queued: never runs */
     metrics_of(h->s, j, "abort", NULL);
     hreq_take(h);
-    /* Finish libevent's side of a request it still holds, so the connection is cleaned up. */
-    if (req && !freed_by_libevent) {
+    /* Finish the request so libevent frees it. When libevent itself dropped the connection
+     * (EOF, write error, timeout) it has detached a request we still owned (no connection any
+     * more) and leaves freeing it to this reply call; a request still attached (evhttp_free at
+     * exit) is freed with its connection and must not be touched. */
+    if (req && (!libevent_closing || !evhttp_request_get_connection(req))) {
         if (h->stream_started) evhttp_send_reply_end(req);
         else evhttp_send_reply(req, 499, reason_of(499), NULL);
     }
@@ -557,7 +561,7 @@ static void handle_generation(bn_server *s, struct evhttp_request *req, const re
     }
     j->srv = s;
     j->http = h;
-    j->worker = -1;
+    j->worker = j->ran_on = -1;
     j->t_arrive = ri->t0;
     h->s = s;
     h->job = j;

@@ -461,7 +461,7 @@ static void dispatch(bn_server *s)
         sl->job = j;
         sl->requests++;
         sl->last_used = sl->last_progress = bn_mono();
-        j->worker = w;
+        j->worker = j->ran_on = w;
         j->t_dispatch = bn_mono();
         s->n_running++;
         bn_http_on_start(j);

@@ -75,6 +75,7 @@ typedef struct bn_job {
     int32_t *ids;              /* prompt tokens */
     size_t n_ids;
     int worker;                /* slot index while running, else -1 */
+    int ran_on;                /* slot index it was dispatched to, -1 if never (access log) */
     int http_done, worker_done;
     int cancelled;             /* CANCEL sent */
     double t_arrive, t_dispatch, t_first, t_last;

@@ -94,7 +94,8 @@ test('completions.create, not streaming and streaming', async () => {
   let finish = null;
   for await (const chunk of stream) {
     if (chunk.usage) usage = chunk.usage;
-    if (chunk.choices.length && chunk.choices[0].finish_reason) finish = chunk.choices[0].finish_reason;
+    const fr = chunk.choices.length ? chunk.choices[0].finish_reason : null;
+    if (fr) finish = fr;
   }
   assert.equal(finish, 'length');
   assert.equal(usage.prompt_tokens, 5, 'token-id prompts are used as given');
