@@ -328,7 +328,13 @@ static int apply(bn_srv_config *c, const conf_key *k, const char *v, bn_error *e
 static int apply_at(bn_srv_config *c, const conf_key *k, const char *v, const char *where,
                     bn_error *err)
 {
-    if (apply(c, k, v, err) == 0) return 0;
+    if (apply(c, k, v, err) == 0) {
+        /* remembered so later errors about the value (a model that does not open) name it */
+        char **w = &c->where[k - keys];
+        free(*w);
+        *w = where ? strdup(where) : NULL;
+        return 0;
+    }
     if (!where) return bn_err_prefix(err, "%s", k->name);
     if (where[0] == '-') return bn_err_prefix(err, "%s", where);
     return bn_err_prefix(err, "%s: %s", where, k->name);
@@ -372,8 +378,23 @@ void bn_config_free(bn_srv_config *c)
         if (k->type == K_STR || k->type == K_STRCHOICE || k->type == K_CPUS) free(*str_field(c, k));
         else if (repeatable(k)) clear_list(c, k);
     }
+    for (size_t i = 0; i < N_KEYS; i++) free(c->where[i]);
     free(c->config_file);
     memset(c, 0, sizeof *c);
+}
+
+const char *bn_config_where(const bn_srv_config *c, const char *key)
+{
+    const conf_key *k = find_key(key);
+    return k ? c->where[k - keys] : NULL;
+}
+
+int bn_config_err_at(const bn_srv_config *c, const char *key, bn_error *err)
+{
+    const char *w = bn_config_where(c, key);
+    if (!w) return bn_err_prefix(err, "%s", key);
+    if (w[0] == '-') return bn_err_prefix(err, "%s", w);
+    return bn_err_prefix(err, "%s: %s", w, key);
 }
 
 /* ---- the file ------------------------------------------------------------------------ */

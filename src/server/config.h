@@ -69,6 +69,7 @@ typedef struct bn_srv_config {
 
     /* where it came from, for reload and messages */
     char *config_file;         /* NULL = none */
+    char *where[BN_CONF_MAX_KEYS];   /* per key: "FILE:LINE" or "--flag" that set it; NULL = default */
 } bn_srv_config;
 
 /* Fills every field with its documented default. */
@@ -85,6 +86,11 @@ int bn_config_load_string(bn_srv_config *c, const char *text, size_t len, const 
  * errors ("--workers", "bitnetd.conf:12"). Repeatable keys (listen, api_keys) append. */
 int bn_config_set(bn_srv_config *c, const char *key, const char *value, const char *where,
                   bn_error *err);
+/* Where key was set ("bitnetd.conf:3", "--model") or NULL when it has its default. */
+const char *bn_config_where(const bn_srv_config *c, const char *key);
+/* Prefixes err with where key was set, as parse errors are ("bitnetd.conf:3: model: ...").
+ * Returns -1. For errors found later: a model that does not open, CPUs the machine lacks. */
+int bn_config_err_at(const bn_srv_config *c, const char *key, bn_error *err);
 /* Cross-key checks after everything is loaded (e.g. default_max_tokens <= max_max_tokens). */
 int bn_srv_config_validate(const bn_srv_config *c, bn_error *err);
 /* Writes every key with its default and its help comment: the shipped conf/bitnetd.conf. */

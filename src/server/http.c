@@ -820,9 +820,12 @@ static void allow_header(struct evhttp_request *req, int methods)
     evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
 }
 
+static void watch_done(struct evhttp_request *req);
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
     bn_server *s = arg;
+    watch_done(req);
     reqinfo ri;
     reqinfo_fill(req, &ri);
     bn_api_error e;
@@ -853,6 +856,95 @@ static void on_request(struct evhttp_request *req, void *arg)
         int status = evhttp_request_get_response_code(req);
         access_log(s, &ri, status ? status : 200, sent, NULL, NULL);
     }
+}
+
+/* ---- the request deadline ---------------------------------------------------------------------
+ * libevent's timeouts restart with every byte, so a client trickling its request a byte at a
+ * time would hold its connection for ever. Each new connection gets a deadline of
+ * client_timeout for its first complete request (nginx's client_header_timeout); later requests
+ * on a keep-alive connection are bounded by the idle timeout. We hold a reference on the
+ * connection's bufferevent until the deadline fires or the request arrives, so the pointer stays
+ * valid; a freed one has its callbacks cleared by libevent, which is how we tell. */
+
+typedef struct conn_watch {
+    struct bufferevent *bev;
+    struct event *timer;
+    struct conn_watch *next;
+} conn_watch;
+
+#define WATCH_BUCKETS 1024
+static conn_watch *watch_tab[WATCH_BUCKETS];
+
+static size_t watch_hash(const struct bufferevent *bev)
+{
+    return ((uintptr_t)bev >> 4) % WATCH_BUCKETS;
+}
+
+static void watch_free(conn_watch *w)
+{
+    conn_watch **pp = &watch_tab[watch_hash(w->bev)];
+    while (*pp && *pp != w) pp = &(*pp)->next;
+    if (*pp) *pp = w->next;
+    event_free(w->timer);
+    bufferevent_decref(w->bev);
+    free(w);
+}
+
+static void watch_fire(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    conn_watch *w = arg;
+    bufferevent_data_cb rd = NULL;
+    bufferevent_getcb(w->bev, &rd, NULL, NULL, NULL);
+    evutil_socket_t sfd = bufferevent_getfd(w->bev);
+    if (rd && sfd >= 0) {
+        bn_log_debug("closing a connection that sent no complete request within client_timeout");
+        shutdown(sfd, SHUT_RDWR);   /* libevent sees EOF and frees the connection */
+    }
+    watch_free(w);
+}
+
+static struct bufferevent *new_connection_bev(struct event_base *base, void *arg)
+{
+    bn_server *s = arg;
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, 0);
+    conn_watch *w = bev ? calloc(1, sizeof *w) : NULL;
+    if (!w) return bev;
+    w->bev = bev;
+    w->timer = evtimer_new(base, watch_fire, w);
+    if (!w->timer) {
+        free(w);
+        return bev;
+    }
+    bufferevent_incref(bev);
+    double t = s->cfg->client_timeout;
+    struct timeval tv = {(long)t, (long)((t - (long)t) * 1e6)};
+    evtimer_add(w->timer, &tv);
+    size_t h = watch_hash(bev);
+    w->next = watch_tab[h];
+    watch_tab[h] = w;
+    return bev;
+}
+
+/* The connection delivered a whole request: its deadline no longer applies. */
+static void watch_done(struct evhttp_request *req)
+{
+    struct evhttp_connection *c = evhttp_request_get_connection(req);
+    struct bufferevent *bev = c ? evhttp_connection_get_bufferevent(c) : NULL;
+    if (!bev) return;
+    for (conn_watch *w = watch_tab[watch_hash(bev)]; w; w = w->next)
+        if (w->bev == bev) {
+            watch_free(w);
+            return;
+        }
+}
+
+/* At exit: drop every pending deadline (their connections are freed with the evhttp). */
+static void watch_clear(void)
+{
+    for (size_t i = 0; i < WATCH_BUCKETS; i++)
+        while (watch_tab[i]) watch_free(watch_tab[i]);
 }
 
 /* ---- listening ------------------------------------------------------------------------------ */
@@ -898,6 +990,7 @@ int bn_http_start(bn_server *s, bn_error *err)
     evhttp_set_timeout_tv(s->http, &tv);
     evhttp_set_default_content_type(s->http, "application/json");
     evhttp_set_gencb(s->http, on_request, s);
+    evhttp_set_bevcb(s->http, new_connection_bev, s);
     for (int i = 0; i < c->n_listen; i++) {
         char host[256];
         int port;
@@ -931,6 +1024,13 @@ int bn_http_start(bn_server *s, bn_error *err)
         bn_log_info("listening on %s:%d", addr, bound);
     }
     return 0;
+}
+
+void bn_http_free(bn_server *s)
+{
+    watch_clear();
+    if (s->http) evhttp_free(s->http);
+    s->http = NULL;
 }
 
 void bn_http_stop_listening(bn_server *s)

@@ -103,8 +103,10 @@ static bn_generation *generation_load(bn_server *s, bn_srv_config *cfg, const ch
     char warn[256] = "";
     g->model_path = strdup(packed);
     if (!g->model_path) goto oom;
-    if (bn_weights_open(packed, cfg->weights, cfg->mlock, cfg->huge_pages, &g->weights, warn, err) != 0)
+    if (bn_weights_open(packed, cfg->weights, cfg->mlock, cfg->huge_pages, &g->weights, warn, err) != 0) {
+        bn_config_err_at(cfg, "model", err);
         goto fail;
+    }
     if (warn[0]) bn_log_warn("%s", warn);
     const bn_model *m = g->weights.model;
     g->tok = bn_tokenizer_new(m->vocab, err);
@@ -120,7 +122,12 @@ static bn_generation *generation_load(bn_server *s, bn_srv_config *cfg, const ch
     }
     g->n_ctx = cfg->n_ctx && cfg->n_ctx < m->cfg.n_ctx_max ? cfg->n_ctx : m->cfg.n_ctx_max;
     bn_place_request rq = {cfg->cpus, cfg->workers, cfg->threads, cfg->smt};
-    if (bn_plan_make(s->topo, NULL, &rq, &g->plan, err) != 0) goto fail;
+    if (bn_plan_make(s->topo, NULL, &rq, &g->plan, err) != 0) {
+        /* name the placement key the operator set (cpus first: it is the usual culprit) */
+        const char *key = bn_config_where(cfg, "cpus") ? "cpus" : bn_config_where(cfg, "threads") ? "threads" : "workers";
+        bn_config_err_at(cfg, key, err);
+        goto fail;
+    }
     g->plan_json = bn_plan_json(&g->plan);
     g->model_id = cfg->model_name ? strdup(cfg->model_name) : base_name_of(cfg->model);
     if (!g->plan_json || !g->model_id) goto oom;
@@ -940,7 +947,10 @@ static int test_config(bn_server *s, bn_srv_config *cfg)
             bn_pack_opts_default(&po);
             mkdir(dir, 0755);
             int r = bn_convert_cached(cfg->model, dir, &po, &out, NULL, &err);
-            if (r) fprintf(stderr, "bitnetd: %s\n", err.msg);
+            if (r) {
+                bn_config_err_at(cfg, "model", &err);
+                fprintf(stderr, "bitnetd: %s\n", err.msg);
+            }
             _exit(r ? 1 : 0);
         }
         int st = 0;
@@ -1001,7 +1011,7 @@ static void server_free(bn_server *s)
     for (size_t i = 0; i < sizeof s->ev_sig / sizeof s->ev_sig[0]; i++)
         if (s->ev_sig[i]) event_free(s->ev_sig[i]);
     if (s->ev_tick) event_free(s->ev_tick);
-    if (s->http) evhttp_free(s->http);
+    bn_http_free(s);
     generation_unref(s->gen);
     if (s->pending) bn_config_free(s->pending);
     free(s->pending);
