@@ -426,7 +426,10 @@ void bn_http_on_chunk(bn_job *j, const char *text, size_t len, uint32_t n_ids)
     hreq *h = j->http;
     double now = bn_mono();
     if (n_ids) {
-        if (j->t_first <= 0) j->t_first = now;
+        if (j->t_first <= 0) {
+            j->t_first = now;
+            if (h->ping) evtimer_del(h->ping);   /* tokens flow now: no more pings needed */
+        }
         else if (j->t_last > 0) bn_metrics_itl(j->srv->metrics, (now - j->t_last) / n_ids);
         j->t_last = now;
         j->n_completion += n_ids;
@@ -990,6 +993,17 @@ static evutil_socket_t bind_listener(const char *host, int port, int backlog, bn
     return fd;
 }
 
+void bn_http_apply_limits(bn_server *s)
+{
+    const bn_srv_config *c = s->cfg;
+    evhttp_set_max_headers_size(s->http, (ev_ssize_t)c->max_header_size);
+    /* Bodies somewhat over the limit still reach us, so the 413 is an OpenAI error body; far
+     * larger ones are cut off by libevent itself. */
+    evhttp_set_max_body_size(s->http, (ev_ssize_t)(c->max_body_size + (1u << 20)));
+    struct timeval tv = {(long)c->client_timeout, (long)((c->client_timeout - (long)c->client_timeout) * 1e6)};
+    evhttp_set_timeout_tv(s->http, &tv);
+}
+
 int bn_http_start(bn_server *s, bn_error *err)
 {
     const bn_srv_config *c = s->cfg;
@@ -997,12 +1011,7 @@ int bn_http_start(bn_server *s, bn_error *err)
     if (!s->http) return bn_err(err, "out of memory");
     evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
                                             EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
-    evhttp_set_max_headers_size(s->http, (ev_ssize_t)c->max_header_size);
-    /* Bodies somewhat over the limit still reach us, so the 413 is an OpenAI error body; far
-     * larger ones are cut off by libevent itself. */
-    evhttp_set_max_body_size(s->http, (ev_ssize_t)(c->max_body_size + (1u << 20)));
-    struct timeval tv = {(long)c->client_timeout, (long)((c->client_timeout - (long)c->client_timeout) * 1e6)};
-    evhttp_set_timeout_tv(s->http, &tv);
+    bn_http_apply_limits(s);
     evhttp_set_default_content_type(s->http, "application/json");
     evhttp_set_gencb(s->http, on_request, s);
     evhttp_set_bevcb(s->http, new_connection_bev, s);

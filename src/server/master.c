@@ -570,12 +570,11 @@ static void reap_children(bn_server *s)
             bn_slot *sl = &s->slots[i];
             if (sl->pid != pid) continue;
             int retire = sl->retire;
-            if (sl->bev) {
-                char why[96];
-                if (WIFSIGNALED(status)) snprintf(why, sizeof why, "killed by signal %d", WTERMSIG(status));
-                else snprintf(why, sizeof why, "exited with status %d", WEXITSTATUS(status));
-                slot_lost(s, sl, why);
-            }
+            char why[96];
+            if (WIFSIGNALED(status)) snprintf(why, sizeof why, "killed by signal %d", WTERMSIG(status));
+            else snprintf(why, sizeof why, "exited with status %d", WEXITSTATUS(status));
+            if (sl->bev) slot_lost(s, sl, why);
+            else if (!retire && !s->draining) bn_log_warn("worker %d (pid %ld) %s", sl->index, (long)pid, why);
             sl->pid = 0;
             sl->state = BN_W_DOWN;
             sl->retire = 0;
@@ -736,6 +735,7 @@ static void install_generation(bn_server *s, bn_generation *g)
     s->loading = 0;
     s->queue.cap = g->cfg->queue_size;
     bn_metrics_set_max_model_len(s->metrics, g->n_ctx);
+    if (s->http) bn_http_apply_limits(s);
     bn_log_set_level(g->cfg->log_level);
     bn_log_info("model %s: n_ctx %u per worker, chat format %s", g->model_path, g->n_ctx, bn_chat_kind_name(g->chat));
     log_plan(&g->plan);
@@ -839,6 +839,10 @@ static void begin_drain(bn_server *s)
 
 static void reload(bn_server *s)
 {
+    if (s->draining) {
+        bn_log_warn("SIGHUP ignored: stopping");
+        return;
+    }
     if (s->loading) {
         bn_log_warn("SIGHUP ignored: a load is already in progress");
         return;

@@ -126,6 +126,7 @@ const char *bn_wstate_name(enum bn_wstate st);
 int bn_http_start(bn_server *s, bn_error *err);        /* bind every listen address */
 void bn_http_stop_listening(bn_server *s);
 void bn_http_free(bn_server *s);                     /* at exit */
+void bn_http_apply_limits(bn_server *s);             /* s->cfg's sizes and timeouts (reload) */
 void bn_http_on_start(bn_job *j);                      /* dispatched to a worker */
 void bn_http_on_progress(bn_job *j);
 void bn_http_on_chunk(bn_job *j, const char *text, size_t len, uint32_t n_ids);
