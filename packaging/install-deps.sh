@@ -2,13 +2,15 @@
 # Installs bitnetd's build and test dependencies on Debian/Ubuntu (uses sudo when not root).
 # Pass --fuzz to add clang and its sanitizer runtimes (libFuzzer targets), --valgrind for valgrind.
 # Also: node and npm (Debian's, unless a node is already installed) and the pinned OpenAI Node
-# SDK in tests/node (tests/test_node_sdk.sh). Safe to run again: it only installs what is missing.
+# SDK in tests/node (tests/test_node_sdk.sh); nginx (Debian's core package: proxy, SSL, HTTP/2),
+# curl and openssl for tests/test_nginx.sh. Safe to run again: it only installs what is missing.
 set -e
 here=$(cd "$(dirname "$0")/.." && pwd)
 SUDO=
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 PKGS="build-essential autoconf automake autoconf-archive pkg-config
-      libevent-dev libhwloc-dev libjansson-dev libpcre2-dev libxxhash-dev check"
+      libevent-dev libhwloc-dev libjansson-dev libpcre2-dev libxxhash-dev check
+      nginx curl openssl"
 for arg in "$@"; do
     case "$arg" in
     --fuzz) PKGS="$PKGS clang libclang-rt-dev" ;;

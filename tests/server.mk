@@ -63,3 +63,5 @@ EXTRA_DIST += bench/loadtest_prompts.jsonl
 tests_test_loadtest_CFLAGS = $(TEST_CFLAGS)
 tests_test_loadtest_LDADD = $(TEST_LIBS)
 endif
+TESTS += tests/test_nginx.sh
+EXTRA_DIST += tests/test_nginx.sh

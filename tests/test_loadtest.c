@@ -9,6 +9,7 @@
 #include <event2/keyvalq_struct.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -33,7 +34,7 @@ static char fake_log[512], err_path[512];
 /* ---- the fake server (child process) ---- */
 
 typedef struct {
-    const char *mode; /* ok, nousage, mixed, hang, slow */
+    const char *mode; /* ok, nousage, mixed, hang, slow, hostile */
     int log_fd;
     long n;           /* POSTs received */
 } fake;
@@ -59,7 +60,14 @@ static void content_chunk(struct evhttp_request *req, int chat, int i, int last)
     send_sse(req, ev);
 }
 
-/* kind: 0 ok, 1 ok without usage, 2 in-stream error, 3 malformed data. */
+/* Markup in what a server says, for the HTML report to escape. */
+#define HOSTILE_ID "<script>alert(\\\"id\\\")</script>&x'" /* as a JSON string's contents */
+#define HOSTILE_ID_ESCAPED "&lt;script&gt;alert(&quot;id&quot;)&lt;/script&gt;&amp;x&#39;"
+#define HOSTILE_MSG "<img src=x onerror=alert(1)>"
+#define HOSTILE_MSG_ESCAPED "&lt;img src=x onerror=alert(1)&gt;"
+
+/* kind: 0 ok, 1 ok without usage, 2 in-stream error, 3 malformed data, 4 in-stream error with
+ * markup in its message. */
 static void stream(struct evhttp_request *req, int chat, int kind)
 {
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/event-stream");
@@ -73,6 +81,8 @@ static void stream(struct evhttp_request *req, int chat, int kind)
     if (kind == 2)
         send_sse(req, "data: {\"error\":{\"message\":\"worker died\",\"type\":\"server_error\","
                       "\"param\":null,\"code\":null}}\n\n");
+    if (kind == 4)
+        send_sse(req, "data: {\"error\":{\"message\":\"" HOSTILE_MSG "\",\"type\":\"server_error\"}}\n\n");
     if (kind == 3) send_sse(req, "data: {\"choices\": [oops\n\n");
     if (kind == 0) {
         char ev[256];
@@ -106,7 +116,8 @@ static void fake_handle(struct evhttp_request *req, void *arg)
     const char *path = evhttp_request_get_uri(req);
     if (evhttp_request_get_command(req) == EVHTTP_REQ_GET && !strcmp(path, "/v1/models")) {
         struct evbuffer *b = evbuffer_new();
-        evbuffer_add_printf(b, "{\"object\":\"list\",\"data\":[{\"id\":\"fake-model\",\"object\":\"model\"}]}");
+        evbuffer_add_printf(b, "{\"object\":\"list\",\"data\":[{\"id\":\"%s\",\"object\":\"model\"}]}",
+                            strcmp(f->mode, "hostile") ? "fake-model" : HOSTILE_ID);
         evhttp_send_reply(req, 200, "OK", b);
         evbuffer_free(b);
         return;
@@ -131,6 +142,8 @@ static void fake_handle(struct evhttp_request *req, void *arg)
         /* by request number: ok, 503, in-stream error, malformed */
         if (i % 4 == 1) reply_503(req);
         else stream(req, chat, i % 4 == 0 ? 0 : i % 4 == 2 ? 2 : 3);
+    } else if (!strcmp(f->mode, "hostile")) {
+        stream(req, chat, i % 2 ? 4 : 0); /* by request number: ok, error with markup */
     } else if (!strcmp(f->mode, "slow")) {
         struct timeval tv = {0, 200000};
         event_base_once(evhttp_connection_get_base(evhttp_request_get_connection(req)), -1, EV_TIMEOUT,
@@ -456,6 +469,7 @@ START_TEST(bad_arguments)
         {"--url ftp://127.0.0.1/", "http://"},
         {"--url 'http://'", "--url"},
         {"--bogus", "usage"},
+        {"--html /nonexistent/dir/r.html", "--html /nonexistent/dir/r.html: No such file"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         json_t *j;
@@ -502,6 +516,188 @@ START_TEST(bad_prompt_files)
 }
 END_TEST
 
+/* ---- the HTML report ---- */
+
+/* The whole file, NUL-terminated (NULL if unreadable); free it. */
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    size_t n = 0, cap = 0, got;
+    do {
+        if (n + 4096 + 1 > cap) {
+            char *nb = realloc(buf, cap = 2 * cap + 8192);
+            if (!nb) break;
+            buf = nb;
+        }
+        got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+    } while (got > 0);
+    fclose(f);
+    if (buf) buf[n] = 0;
+    return buf;
+}
+
+static long count_of(const char *hay, const char *needle)
+{
+    long n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle)) n++;
+    return n;
+}
+
+static int is_whole_page(const char *html)
+{
+    size_t n = strlen(html);
+    return !strncmp(html, "<!DOCTYPE html>\n", 16) && n > 8 && !strcmp(html + n - 8, "</html>\n") &&
+           count_of(html, "<body>") == 1 && count_of(html, "</body>") == 1;
+}
+
+/* The value at a dotted path of the JSON report ("ttft_ms.p50"), or NULL. */
+static const json_t *jpath(const json_t *o, const char *path)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s", path);
+    char *dot = strchr(key, '.');
+    if (!dot) return json_object_get(o, key);
+    *dot = 0;
+    return jpath(json_object_get(o, key), dot + 1);
+}
+
+/* The number shown in the page's element id="ID" equals the JSON report's, to the digits shown. */
+static void assert_same_number(const char *html, const json_t *j, const char *id)
+{
+    char key[160];
+    snprintf(key, sizeof key, "id=\"%s\">", id);
+    const char *p = strstr(html, key), *dot, *end;
+    ck_assert_msg(p != NULL, "the HTML report has no element %s", key);
+    p += strlen(key);
+    double shown = strtod(p, (char **)&end), want = json_number_value(jpath(j, id));
+    ck_assert_msg(end != p && *end == '<', "%s: not a number in the HTML: %.20s", id, p);
+    ck_assert_msg(json_is_number(jpath(j, id)), "%s is not a number in the JSON report", id);
+    dot = memchr(p, '.', (size_t)(end - p));
+    double tol = 0.5 * pow(10, dot ? -(double)(end - dot - 1) : 0) + 1e-5 * fabs(want) + 1e-9;
+    ck_assert_msg(fabs(shown - want) <= tol, "%s: HTML %.*s, JSON %g", id, (int)(end - p), p, want);
+}
+
+/* Nothing in the page loads anything: every URL in it is the target's, shown as text. */
+static void assert_self_contained(const char *html)
+{
+    static const char *refs[] = {"https://", "<script", "<link", "<img", "<iframe", "<object", "<embed",
+                                 "href=", "src=\"", "url(", "@import", "xlink"};
+    for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++)
+        ck_assert_msg(!strstr(html, refs[i]), "the HTML report contains '%s'", refs[i]);
+    char target[64];
+    snprintf(target, sizeof target, "http://127.0.0.1:%d/", fake_port);
+    ck_assert_int_eq(count_of(html, "http://"), count_of(html, target));
+}
+
+START_TEST(html_report)
+{
+    ck_assert_int_eq(fake_start("hostile"), 0);
+    char hp[512], pf[512], args[2048];
+    snprintf(hp, sizeof hp, "%s", bn_test_path("loadtest.html"));
+    snprintf(pf, sizeof pf, "%s", bn_test_path("lt<b>&prompts.jsonl"));   /* markup from the user too */
+    FILE *f = fopen(pf, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("{\"prompt\":\"hello\"}\n", f);
+    fclose(f);
+    json_t *j;
+    /* requests alternate ok, in-stream error: 5 ok of 9, over 3 users */
+    snprintf(args, sizeof args, "--json --users 3 --requests 9 --max-tokens 16 --temperature 0 --ignore-eos "
+             "--prompts '%s' --html '%s'", pf, hp);
+    int rc = loadtest(&j, args);
+    ck_assert_msg(rc == 0 && j, "rc %d, stderr: %s", rc, last_err);
+    ck_assert_int_eq(jint(j, "requests_ok"), 5);
+    ck_assert_int_eq(jint(j, "errors.stream"), 4);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "model")), "<script>alert(\"id\")</script>&x'");
+    char *html = slurp(hp);
+    ck_assert_ptr_nonnull(html);
+    ck_assert_msg(is_whole_page(html), "not a whole page: %.40s", html);
+    ck_assert_ptr_nonnull(strstr(html, "<meta name=\"viewport\""));
+    ck_assert_int_eq(count_of(html, "<svg viewBox="), 5);   /* 3 histograms, tokens per user, tok/s */
+    ck_assert_int_eq(count_of(html, "<svg"), count_of(html, "</svg>"));
+    ck_assert_int_eq(count_of(html, "<table"), count_of(html, "</table>"));
+    /* the summary: the JSON report's numbers */
+    static const char *top[] = {"requests_ok", "requests_failed", "requests_cancelled", "duration_s",
+                                "requests_per_s", "prompt_tokens", "completion_tokens", "output_tok_s",
+                                "errors.connect", "errors.http", "errors.stream", "errors.timeout",
+                                "errors.malformed"};
+    for (size_t i = 0; i < sizeof top / sizeof top[0]; i++) assert_same_number(html, j, top[i]);
+    static const char *rows[] = {"ttft_ms", "itl_ms", "e2e_ms", "decode_tok_s"};
+    static const char *cols[] = {"n", "mean", "p50", "p95", "p99", "max"};
+    for (size_t i = 0; i < 4; i++)
+        for (size_t c = 0; c < 6; c++) {
+            char id[64];
+            snprintf(id, sizeof id, "%s.%s", rows[i], cols[c]);
+            assert_same_number(html, j, id);
+        }
+    /* one line per user, whose tokens add up to every content chunk of the ok requests */
+    ck_assert_int_eq(count_of(html, "class=\"user\""), 3);
+    ck_assert_int_eq(count_of(html, "class=\"agg\""), 1);
+    long total = 0;
+    for (int u = 1; u <= 3; u++) {
+        char key[64];
+        snprintf(key, sizeof key, "<title>user %d: ", u);
+        const char *p = strstr(html, key);
+        ck_assert_msg(p != NULL, "no line for user %d", u);
+        total += strtol(p + strlen(key), NULL, 10);
+    }
+    ck_assert_int_eq(total, 5 * FAKE_CHUNKS);
+    ck_assert_ptr_nonnull(strstr(html, "all 25 were stored"));
+    /* the run's parameters */
+    ck_assert_ptr_nonnull(strstr(html, "<td>closed loop, 3 users</td>"));
+    ck_assert_ptr_nonnull(strstr(html, "<td>max tokens</td><td>16</td>"));
+    ck_assert_ptr_nonnull(strstr(html, "<td>requests</td><td>9</td>"));
+    ck_assert_ptr_nonnull(strstr(html, "<td>started</td><td>20"));
+    /* strings from the server and the user are escaped; nothing is loaded from anywhere */
+    ck_assert_ptr_nonnull(strstr(html, HOSTILE_ID_ESCAPED));
+    ck_assert_ptr_nonnull(strstr(html, HOSTILE_MSG_ESCAPED));
+    ck_assert_ptr_nonnull(strstr(html, "lt&lt;b&gt;&amp;prompts.jsonl"));
+    ck_assert_ptr_null(strstr(html, "alert(\"id\")"));
+    assert_self_contained(html);
+    free(html);
+    json_decref(j);
+    unlink(hp);
+    unlink(pf);
+}
+END_TEST
+
+START_TEST(html_report_open_loop)
+{
+    ck_assert_int_eq(fake_start("ok"), 0);
+    char hp[512], args[1024];
+    snprintf(hp, sizeof hp, "%s", bn_test_path("loadtest-rate.html"));
+    snprintf(args, sizeof args, "--rate 50 --requests 4 --seed 2 --html %s", hp);   /* with the text report */
+    ck_assert_int_eq(loadtest(NULL, args), 0);
+    char *html = slurp(hp);
+    ck_assert_ptr_nonnull(html);
+    ck_assert_msg(is_whole_page(html), "not a whole page: %.40s", html);
+    ck_assert_int_eq(count_of(html, "class=\"user\""), 0);   /* no users in open loop: tok/s only */
+    ck_assert_int_eq(count_of(html, "class=\"agg\""), 1);
+    ck_assert_ptr_nonnull(strstr(html, "all 20 were stored"));
+    ck_assert_ptr_nonnull(strstr(html, "<td>open loop, Poisson arrivals at 50 requests/s</td>"));
+    ck_assert_ptr_nonnull(strstr(html, "<td id=\"requests_ok\">4</td>"));
+    ck_assert_ptr_nonnull(strstr(html, "<td id=\"errors.connect\">0</td>"));
+    assert_self_contained(html);
+    free(html);
+    /* nothing succeeds: the page still says what happened */
+    fake_stop();
+    fake_port = 1;
+    ck_assert_int_eq(loadtest(NULL, "--requests 2 --model m --html /dev/null"), 1);
+    snprintf(args, sizeof args, "--requests 2 --model m --html %s", hp);
+    ck_assert_int_eq(loadtest(NULL, args), 1);
+    html = slurp(hp);
+    ck_assert_ptr_nonnull(html);
+    ck_assert_ptr_nonnull(strstr(html, "<td id=\"errors.connect\">2</td>"));
+    ck_assert_ptr_nonnull(strstr(html, "No token was received"));
+    ck_assert_ptr_nonnull(strstr(html, "TTFT (ms): no samples"));
+    ck_assert_msg(is_whole_page(html), "not a whole page");
+    free(html);
+    unlink(hp);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("loadtest");
@@ -517,6 +713,8 @@ static Suite *suite(void)
     tcase_add_test(tc, prompt_files);
     tcase_add_test(tc, bad_arguments);
     tcase_add_test(tc, bad_prompt_files);
+    tcase_add_test(tc, html_report);
+    tcase_add_test(tc, html_report_open_loop);
     suite_add_tcase(s, tc);
     return s;
 }

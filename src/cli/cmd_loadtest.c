@@ -2,7 +2,7 @@
  * Closed-loop users or Poisson open-loop arrivals send streaming chat completions (or
  * completions) over libevent's HTTP client on one event loop; each SSE stream is parsed as it
  * arrives, so TTFT and inter-token latencies are measured when the bytes land. The statistics
- * and the report are in loadtest_stats.c. */
+ * and the text/JSON reports are in loadtest_stats.c, the HTML report in loadtest_html.c. */
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -23,6 +24,7 @@
 
 #include "cli/cli_common.h"
 #include "cli/commands.h"
+#include "cli/loadtest_html.h"
 #include "cli/loadtest_stats.h"
 
 #define MAX_SSE_LINE (1 << 20) /* a longer line is a malformed stream, not a reason to grow */
@@ -56,6 +58,8 @@ static void usage(FILE *f)
             "  --seed N           seed sent to the server; also seeds generated prompts and arrivals\n"
             "  --timeout S        per-request limit, from sending to the end of the stream (default 60)\n"
             "  --json             the report as one JSON object on stdout\n"
+            "  --html FILE        also write a self-contained HTML report: the summary, latency\n"
+            "                     histograms, tokens over time per user, errors, parameters\n"
             "  --no-progress      no progress line (shown on stderr only when it is a terminal)\n"
             "  -h, --help         this help\n"
             "\n"
@@ -70,7 +74,7 @@ static void usage(FILE *f)
 
 /* Numbers are doubles; -1 means "not given" (every valid value is >= 0). */
 typedef struct {
-    const char *url, *prompts, *api_key, *model;
+    const char *url, *prompts, *api_key, *model, *html;
     int chat, ignore_eos, json, progress;
     double users, rate, requests, duration, max_tokens, prompt_len, temperature, seed, timeout;
 } options;
@@ -111,15 +115,15 @@ static int set_num(options *o, size_t i, const char *s)
 /* 0: run; 1: help printed; 2: usage error (printed). */
 static int parse_args(int argc, char **argv, options *o)
 {
-    enum { O_URL = 256, O_PROMPTS, O_KEY, O_MODEL, O_ENDPOINT, O_EOS, O_JSON, O_NOPROG, O_NUM = 512 };
+    enum { O_URL = 256, O_PROMPTS, O_KEY, O_MODEL, O_ENDPOINT, O_EOS, O_JSON, O_NOPROG, O_HTML, O_NUM = 512 };
     struct option longopts[N_NUM + 12] = {
         {"url", required_argument, 0, O_URL}, {"prompts", required_argument, 0, O_PROMPTS},
         {"api-key", required_argument, 0, O_KEY}, {"model", required_argument, 0, O_MODEL},
         {"endpoint", required_argument, 0, O_ENDPOINT}, {"ignore-eos", no_argument, 0, O_EOS},
         {"json", no_argument, 0, O_JSON}, {"no-progress", no_argument, 0, O_NOPROG},
-        {"help", no_argument, 0, 'h'}};
+        {"html", required_argument, 0, O_HTML}, {"help", no_argument, 0, 'h'}};
     for (size_t i = 0; i < N_NUM; i++)
-        longopts[9 + i] = (struct option){num_opts[i].name, required_argument, 0, O_NUM + (int)i};
+        longopts[10 + i] = (struct option){num_opts[i].name, required_argument, 0, O_NUM + (int)i};
     *o = (options){.url = "http://127.0.0.1:30000", .chat = 1, .progress = 1};
     for (size_t i = 0; i < N_NUM; i++) *(double *)((char *)o + num_opts[i].off) = -1;
     int c;
@@ -132,6 +136,7 @@ static int parse_args(int argc, char **argv, options *o)
         case O_MODEL: o->model = optarg; break;
         case O_EOS: o->ignore_eos = 1; break;
         case O_JSON: o->json = 1; break;
+        case O_HTML: o->html = optarg; break;
         case O_NOPROG: o->progress = 0; break;
         case O_ENDPOINT:
             if (!strcmp(optarg, "chat") || !strcmp(optarg, "completions")) {
@@ -293,6 +298,7 @@ typedef struct {
     int evreq_err; /* 1 + libevent's enum evhttp_request_error; 0: none */
     char fail_msg[160];
     bn_lt_samples itl;
+    size_t idx; /* closed loop: the user, and its series in the timeline */
 } lt_slot;
 
 struct lt_run {
@@ -309,6 +315,7 @@ struct lt_run {
     long issued, inflight, live_chunks;
     struct timeval timeout_tv;
     uint64_t rng;
+    time_t started; /* wall clock, for the HTML report */
     int stopping, oom;
     bn_lt_results res;
 };
@@ -382,6 +389,9 @@ static void record_ok(lt_slot *s, double now)
     res->completion_tokens += toks;
     if (s->usage_prompt > 0) res->prompt_tokens += s->usage_prompt;
     int bad = bn_lt_samples_push(&res->e2e, now - s->t_start);
+    if (s->chunks && res->timeline.nseries) /* the arrivals: the first chunk, then each ITL later */
+        bad |= bn_lt_timeline_add(&res->timeline, s->run->o->users > 0 ? s->idx : 0, s->t_first - s->run->t0,
+                                  s->itl.v, s->itl.n);
     if (s->chunks) {
         bad |= bn_lt_samples_push(&res->ttft, s->t_first - s->t_start) | bn_lt_samples_extend(&res->itl, &s->itl);
         if (toks >= 2 && now > s->t_first)
@@ -604,6 +614,7 @@ static lt_slot *slot_new(lt_run *r)
         free(s);
         return NULL;
     }
+    s->idx = r->nslots;
     r->slots[r->nslots++] = s;
     s->run = r;
     s->conn = evhttp_connection_base_new(r->base, NULL, r->t.host, (unsigned short)r->t.port);
@@ -737,6 +748,7 @@ static int run_load(lt_run *r, bn_error *err)
     r->limit = o->requests >= 0 ? o->requests : INFINITY;
     r->timeout_tv = tv_of(o->timeout);
     r->t0 = r->t_end = r->next_arrival = bn_now();
+    r->started = time(NULL);
     if (o->duration >= 0) {
         struct timeval tv = tv_of(o->duration);
         if (!(r->deadline = evtimer_new(r->base, on_deadline, r)) || evtimer_add(r->deadline, &tv)) goto oom;
@@ -778,6 +790,58 @@ static void run_free(lt_run *r)
 
 static void quiet_log(int severity, const char *msg) {}
 
+/* ---- the HTML report ---- */
+
+/* The run's settings as the report shows them; text points into r, o or t. */
+typedef struct {
+    char load[96], requests[48], duration[48], max_tokens[32], prompts[48], temperature[32], seed[32],
+        timeout[32], started[64];
+} param_text;
+
+static size_t html_params(const lt_run *r, param_text *t, bn_lt_param p[16])
+{
+    const options *o = r->o;
+    struct tm tm;
+    if (o->users > 0) snprintf(t->load, sizeof t->load, "closed loop, %.0f user%s", o->users, o->users == 1 ? "" : "s");
+    else snprintf(t->load, sizeof t->load, "open loop, Poisson arrivals at %g requests/s", o->rate);
+    snprintf(t->requests, sizeof t->requests, o->requests >= 0 ? "%.0f" : "no limit (--duration)", o->requests);
+    snprintf(t->duration, sizeof t->duration, o->duration >= 0 ? "%g s" : "none", o->duration);
+    snprintf(t->max_tokens, sizeof t->max_tokens, "%.0f", o->max_tokens);
+    snprintf(t->prompts, sizeof t->prompts, "generated, %.0f words each", o->prompt_len);
+    snprintf(t->temperature, sizeof t->temperature, o->temperature >= 0 ? "%g" : "the server's default",
+             o->temperature);
+    snprintf(t->seed, sizeof t->seed, o->seed >= 0 ? "%.0f" : "none", o->seed);
+    snprintf(t->timeout, sizeof t->timeout, "%g s", o->timeout);
+    if (!localtime_r(&r->started, &tm) || !strftime(t->started, sizeof t->started, "%Y-%m-%d %H:%M:%S %z", &tm))
+        snprintf(t->started, sizeof t->started, "%lld (Unix time)", (long long)r->started);
+    size_t n = 0;
+    p[n++] = (bn_lt_param){"URL", r->url};
+    p[n++] = (bn_lt_param){"endpoint", o->chat ? "chat" : "completions"};
+    p[n++] = (bn_lt_param){"model", r->model ? r->model : "(none sent)"};
+    p[n++] = (bn_lt_param){"load", t->load};
+    p[n++] = (bn_lt_param){"requests", t->requests};
+    p[n++] = (bn_lt_param){"duration limit", t->duration};
+    p[n++] = (bn_lt_param){"max tokens", t->max_tokens};
+    p[n++] = (bn_lt_param){"prompts", o->prompts ? o->prompts : t->prompts};
+    p[n++] = (bn_lt_param){"temperature", t->temperature};
+    p[n++] = (bn_lt_param){"seed", t->seed};
+    p[n++] = (bn_lt_param){"ignore_eos", o->ignore_eos ? "yes" : "no"};
+    p[n++] = (bn_lt_param){"timeout per request", t->timeout};
+    p[n++] = (bn_lt_param){"API key", o->api_key ? "sent (not shown)" : "none"};
+    p[n++] = (bn_lt_param){"started", t->started};
+    return n;
+}
+
+static int write_html(lt_run *r, FILE *f, bn_error *err)
+{
+    param_text t;
+    bn_lt_param p[16];
+    size_t n = html_params(r, &t, p);
+    int rc = bn_lt_report_html(&r->res, p, n, f, err);
+    if (fclose(f) && !rc) rc = bn_err(err, "%s: cannot write the HTML report: %s", r->o->html, strerror(errno));
+    return rc;
+}
+
 int cmd_loadtest(int argc, char **argv)
 {
     options o;
@@ -787,7 +851,9 @@ int cmd_loadtest(int argc, char **argv)
     prompt_set ps = {0};
     lt_run r = {.o = &o, .ps = &ps, .rng = o.seed >= 0 ? (uint64_t)o.seed : 0x5eed};
     char *found = NULL;
-    if (parse_url(o.url, o.chat, &r.t, &err) || (o.prompts && load_prompts(o.prompts, o.chat, &ps, &err))) {
+    FILE *html = NULL; /* opened first: a bad path fails now, not after the run */
+    if (parse_url(o.url, o.chat, &r.t, &err) || (o.prompts && load_prompts(o.prompts, o.chat, &ps, &err)) ||
+        (o.html && !(html = fopen(o.html, "w")) && bn_err(&err, "--html %s: %s", o.html, strerror(errno)))) {
         fprintf(stderr, "bitnet loadtest: %s\n", err.msg);
         prompts_free(&ps);
         return 2;
@@ -805,14 +871,26 @@ int cmd_loadtest(int argc, char **argv)
     r.res = (bn_lt_results){.url = r.url, .endpoint = o.chat ? "chat" : "completions", .model = r.model,
                             .users = o.users > 0 ? (int)o.users : 0, .rate = o.rate > 0 ? o.rate : 0,
                             .max_tokens = (long)o.max_tokens};
+    /* closed loop: one series per user (no more users start than requests); open loop: one */
+    size_t nseries = o.users > 0 ? (size_t)(o.requests >= 0 && o.requests < o.users ? o.requests : o.users) : 1;
+    if (html && bn_lt_timeline_init(&r.res.timeline, nseries, BN_LT_MAX_ARRIVALS)) {
+        bn_err(&err, "out of memory");
+        goto out;
+    }
     if (run_load(&r, &err)) goto out;
     if (o.json) {
         if (bn_lt_report_json(&r.res, stdout, &err)) goto out;
     } else {
         bn_lt_report_text(&r.res, stdout);
     }
+    if (html) {
+        FILE *f = html;
+        html = NULL;
+        if (write_html(&r, f, &err)) goto out;
+    }
     rc = r.res.ok > 0 ? 0 : 1;
 out:
+    if (html) fclose(html);
     if (err.msg[0]) fprintf(stderr, "bitnet loadtest: %s\n", err.msg);
     run_free(&r);
     free(found);

@@ -30,6 +30,42 @@ void bn_lt_samples_free(bn_lt_samples *s)
     memset(s, 0, sizeof *s);
 }
 
+int bn_lt_timeline_init(bn_lt_timeline *tl, size_t nseries, size_t cap)
+{
+    *tl = (bn_lt_timeline){.series = calloc(nseries, sizeof *tl->series), .nseries = nseries, .cap = cap};
+    if (!tl->series) tl->nseries = 0;
+    return tl->series ? 0 : -1;
+}
+
+int bn_lt_timeline_add(bn_lt_timeline *tl, size_t i, double first, const double *itl, size_t n_itl)
+{
+    bn_lt_series *s = &tl->series[i];
+    size_t room = tl->cap - tl->stored, n = n_itl + 1, keep = n < room ? n : room;
+    if (s->n + keep > s->cap) {
+        size_t cap = s->cap ? s->cap : 256;
+        while (cap < s->n + keep) cap *= 2;
+        float *t = realloc(s->t, cap * sizeof *t);
+        if (!t) return -1;
+        s->t = t;
+        s->cap = cap;
+    }
+    double t = first;
+    for (size_t k = 0; k < keep; k++) {
+        s->t[s->n++] = (float)t;
+        if (k < n_itl) t += itl[k];
+    }
+    tl->stored += keep;
+    tl->dropped += n - keep;
+    return 0;
+}
+
+void bn_lt_timeline_free(bn_lt_timeline *tl)
+{
+    for (size_t i = 0; i < tl->nseries; i++) free(tl->series[i].t);
+    free(tl->series);
+    memset(tl, 0, sizeof *tl);
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -75,41 +111,38 @@ void bn_lt_count_error(bn_lt_results *r, enum bn_lt_err kind, int status, const 
         snprintf(r->err_sample[kind], sizeof r->err_sample[kind], "%s", msg);
 }
 
-/* The four latency/rate rows, in report order; scale turns samples into the unit shown. */
-typedef struct {
-    const char *key, *label;
-    double scale;
-    bn_lt_summary s;
-} stat_row;
-
-static void summarize_rows(bn_lt_results *r, stat_row rows[4])
+void bn_lt_stat_rows(bn_lt_results *r, bn_lt_stat_row rows[BN_LT_NROWS])
 {
-    bn_lt_samples *src[4] = {&r->ttft, &r->itl, &r->e2e, &r->decode};
-    static const stat_row proto[4] = {
-        {"ttft_ms", "TTFT (ms)", 1e3, {0}}, {"itl_ms", "ITL (ms)", 1e3, {0}},
-        {"e2e_ms", "E2E (ms)", 1e3, {0}}, {"decode_tok_s", "decode (tok/s)", 1, {0}},
+    bn_lt_samples *src[BN_LT_NROWS] = {&r->ttft, &r->itl, &r->e2e, &r->decode};
+    static const bn_lt_stat_row proto[BN_LT_NROWS] = {
+        {"ttft_ms", "TTFT (ms)", "ms", 1e3, {0}, NULL}, {"itl_ms", "ITL (ms)", "ms", 1e3, {0}, NULL},
+        {"e2e_ms", "E2E (ms)", "ms", 1e3, {0}, NULL}, {"decode_tok_s", "decode (tok/s)", "tok/s", 1, {0}, NULL},
     };
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < BN_LT_NROWS; i++) {
         rows[i] = proto[i];
         bn_lt_summarize(src[i], &rows[i].s);
+        rows[i].samples = src[i];
     }
 }
 
-static double per_s(double x, double wall) { return wall > 0 ? x / wall : 0; }
+const char *bn_lt_err_key(enum bn_lt_err kind) { return err_names[kind].key; }
+const char *bn_lt_err_words(enum bn_lt_err kind) { return err_names[kind].words; }
+
+double bn_lt_per_s(double x, double wall) { return wall > 0 ? x / wall : 0; }
 
 void bn_lt_report_text(bn_lt_results *r, FILE *f)
 {
-    stat_row rows[4];
-    summarize_rows(r, rows);
+    bn_lt_stat_row rows[BN_LT_NROWS];
+    bn_lt_stat_rows(r, rows);
     fprintf(f, "bitnet loadtest: %s, model %s, ", r->url, r->model ? r->model : "(none sent)");
     if (r->users) fprintf(f, "closed loop, %d user%s", r->users, r->users == 1 ? "" : "s");
     else fprintf(f, "open loop, %g req/s Poisson arrivals", r->rate);
     fprintf(f, ", max_tokens %ld\n", r->max_tokens);
     fprintf(f, "requests   %ld ok, %ld failed", r->ok, r->failed);
     if (r->cancelled) fprintf(f, " (%ld in flight at the deadline, not counted)", r->cancelled);
-    fprintf(f, " in %.2f s: %.2f req/s\n", r->wall_s, per_s((double)(r->ok + r->failed), r->wall_s));
+    fprintf(f, " in %.2f s: %.2f req/s\n", r->wall_s, bn_lt_per_s((double)(r->ok + r->failed), r->wall_s));
     fprintf(f, "tokens     %lld prompt, %lld completion: %.1f output tok/s\n\n", r->prompt_tokens,
-            r->completion_tokens, per_s((double)r->completion_tokens, r->wall_s));
+            r->completion_tokens, bn_lt_per_s((double)r->completion_tokens, r->wall_s));
     fprintf(f, "%-16s %7s %10s %10s %10s %10s %10s\n", "", "n", "mean", "p50", "p95", "p99", "max");
     for (int i = 0; i < 4; i++) {
         const bn_lt_summary *s = &rows[i].s;
@@ -135,7 +168,7 @@ void bn_lt_report_text(bn_lt_results *r, FILE *f)
         if (r->err_sample[k][0]) fprintf(f, "  first %s: %s\n", err_names[k].words, r->err_sample[k]);
 }
 
-static json_t *summary_json(const stat_row *row)
+static json_t *summary_json(const bn_lt_stat_row *row)
 {
     const bn_lt_summary *s = &row->s;
     double k = row->scale;
@@ -169,8 +202,8 @@ fail:
 
 int bn_lt_report_json(bn_lt_results *r, FILE *f, bn_error *err)
 {
-    stat_row rows[4];
-    summarize_rows(r, rows);
+    bn_lt_stat_row rows[BN_LT_NROWS];
+    bn_lt_stat_rows(r, rows);
     json_t *o = json_pack("{s:s,s:s,s:o,s:s,s:o,s:o,s:I,s:f,s:I,s:I,s:I,s:f,s:I,s:I,s:f}",
                           "url", r->url, "endpoint", r->endpoint,
                           "model", r->model ? json_string(r->model) : json_null(),
@@ -180,10 +213,10 @@ int bn_lt_report_json(bn_lt_results *r, FILE *f, bn_error *err)
                           "max_tokens", (json_int_t)r->max_tokens, "duration_s", r->wall_s,
                           "requests_ok", (json_int_t)r->ok, "requests_failed", (json_int_t)r->failed,
                           "requests_cancelled", (json_int_t)r->cancelled,
-                          "requests_per_s", per_s((double)(r->ok + r->failed), r->wall_s),
+                          "requests_per_s", bn_lt_per_s((double)(r->ok + r->failed), r->wall_s),
                           "prompt_tokens", (json_int_t)r->prompt_tokens,
                           "completion_tokens", (json_int_t)r->completion_tokens,
-                          "output_tok_s", per_s((double)r->completion_tokens, r->wall_s));
+                          "output_tok_s", bn_lt_per_s((double)r->completion_tokens, r->wall_s));
     int bad = !o;
     for (int i = 0; i < 4 && !bad; i++) bad = json_object_set_new(o, rows[i].key, summary_json(&rows[i]));
     if (!bad) bad = json_object_set_new(o, "errors", errors_json(r));
@@ -197,6 +230,7 @@ int bn_lt_report_json(bn_lt_results *r, FILE *f, bn_error *err)
 
 void bn_lt_results_free(bn_lt_results *r)
 {
+    bn_lt_timeline_free(&r->timeline);
     bn_lt_samples_free(&r->ttft);
     bn_lt_samples_free(&r->itl);
     bn_lt_samples_free(&r->e2e);

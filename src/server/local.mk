@@ -17,6 +17,16 @@ bin_PROGRAMS += bitnetd
 bitnetd_CFLAGS = $(AM_CFLAGS) $(BN_EXT_CFLAGS) -DBN_SYSCONFDIR='"$(sysconfdir)"' -DBN_VERSION='"$(PACKAGE_VERSION)"'
 bitnetd_SOURCES = src/bitnetd.c \
 	src/server/master.c src/server/master.h \
-	src/server/http.c src/server/http.h
+	src/server/http.c src/server/http.h \
+	src/server/chat_page.h
+# The chat page (GET /) is embedded in the binary: chat_page.c is generated from the .html
+# (a .c, not a header, so the object's own rule orders it: no BUILT_SOURCES needed).
+nodist_bitnetd_SOURCES = src/server/chat_page.c
+CLEANFILES += src/server/chat_page.c
+EXTRA_DIST += src/server/chat_page.html src/server/embed.sh
+src/server/chat_page.c: $(srcdir)/src/server/chat_page.html $(srcdir)/src/server/embed.sh
+	$(AM_V_GEN)$(MKDIR_P) src/server && \
+	$(SHELL) $(srcdir)/src/server/embed.sh $(srcdir)/src/server/chat_page.html bn_chat_page \
+	    server/chat_page.h > $@.tmp && mv $@.tmp $@
 bitnetd_LDADD = libbnserver.a $(BN_CORE_LIBS) $(BN_EXT_LIBS)
 dist_sysconf_DATA = conf/bitnetd.conf
