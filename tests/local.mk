@@ -26,3 +26,4 @@ include $(srcdir)/tests/hf.mk
 include $(srcdir)/tests/engine.mk
 include $(srcdir)/tests/server.mk
 include $(srcdir)/tests/fuzz/local.mk
+include $(srcdir)/tests/faults.mk

@@ -10,7 +10,9 @@
  * this CPU supports, with 1 and 2 threads, both ternary packings; batched prefill == token by
  * token; prefix reuse == from scratch; seeded sampling is reproducible; the token loop does not
  * allocate; perplexity equals the reference's; on the 2b4t shape, the residual stream's size per
- * layer matches the reference's through all 30 layers (no "exploding activations"). */
+ * layer matches the reference's through all 30 layers (no "exploding activations"); several
+ * sequences batched in one pass (joining and leaving, reusing KV regions) give bit-identical
+ * logits and tokens to each sequence alone. */
 #define _GNU_SOURCE
 #include <check.h>
 #include <sched.h>
@@ -907,6 +909,220 @@ START_TEST(explicit_cpu_set)
 }
 END_TEST
 
+/* ---- several sequences in one pass (bn_engine_eval_batch) ---------------------------------- */
+
+/* Requests of different prompt lengths and generation lengths, eligible to join at different
+ * steps: with fewer slots than requests, later ones reuse the KV region of one that left. */
+#define BT_REQS 6
+#define BT_MAXGEN 10
+typedef struct bt_req {
+    int32_t prompt[16];
+    int n_prompt, n_gen, join;
+} bt_req;
+
+static void bt_requests(bt_req *rq, const bn_config *c)
+{
+    for (int r = 0; r < BT_REQS; r++) {
+        rq[r].n_prompt = 3 + (r * 7) % 13;   /* 3, 10, 4, 11, 5, 12 */
+        rq[r].n_gen = 4 + (r * 3) % 7;       /* 4, 7, 10, 6, 9, 5 */
+        rq[r].join = r;
+        rq[r].prompt[0] = c->bos;
+        for (int i = 1; i < rq[r].n_prompt; i++) rq[r].prompt[i] = ((i * 31 + r * 17 + 5) % 250) + 3;
+    }
+}
+
+/* Each request alone through the single-sequence API: the logits of every step (prompt's last
+ * token, then each greedy token, EOS or not) into want[r][k]. */
+static void bt_alone(const bn_model *m, int threads, int head, const bt_req *rq, float *want)
+{
+    size_t V = m->cfg.n_vocab;
+    bn_error err = {{0}};
+    bn_engine *e = new_engine(m, threads, head, 8);
+    for (int r = 0; r < BT_REQS; r++) {
+        float *w = want + (size_t)r * BT_MAXGEN * V;
+        bn_engine_reset(e);
+        ck_assert_msg(bn_engine_eval(e, rq[r].prompt, (size_t)rq[r].n_prompt, NULL, &err) == 0, "%s", err.msg);
+        memcpy(w, bn_engine_logits(e), V * sizeof *w);
+        for (int k = 1; k < rq[r].n_gen; k++) {
+            int32_t id = argmax_lowest(w + (size_t)(k - 1) * V, V);
+            ck_assert_msg(bn_engine_eval(e, &id, 1, NULL, &err) == 0, "%s", err.msg);
+            memcpy(w + (size_t)k * V, bn_engine_logits(e), V * sizeof *w);
+        }
+    }
+    bn_engine_free(e);
+}
+
+/* Continuous batching over n_seq slots: a request joins (its whole prompt in the same pass as
+ * the others' decode tokens) when it is eligible and a slot is free, and leaves (slot reset)
+ * after n_gen tokens. Every step's logits must equal the request alone bit for bit, hence the
+ * same greedy tokens. Returns the number of passes. */
+static int bt_batched(const bn_model *m, int threads, int head, uint32_t n_seq, const bt_req *rq,
+                      const float *want, const char *what)
+{
+    size_t V = m->cfg.n_vocab;
+    bn_error err = {{0}};
+    bn_engine_opts o;
+    bn_engine_opts_default(&o);
+    o.n_threads = threads;
+    o.lm_head = head;
+    o.batch = 8;   /* a joining prompt plus decode tokens spans several chunks */
+    o.n_seq = n_seq;
+    bn_engine *e = NULL;
+    ck_assert_msg(bn_engine_create(m, &o, &e, &err) == 0, "%s", err.msg);
+    ck_assert_uint_eq(bn_engine_n_seq(e), n_seq);
+    enum { MAXTOK = 4 * 16 };
+    bn_batch_tok toks[MAXTOK];
+    float *rows = malloc((size_t)4 * V * sizeof *rows);
+    int slot_req[4] = {-1, -1, -1, -1}, slot_k[4] = {0}, flagged[4];
+    int32_t slot_last[4] = {0};
+    int next = 0, steps = 0, done = 0;
+    long allocs = 0;
+    for (; done < BT_REQS && steps < 200; steps++) {
+        size_t n = 0;
+        int nf = 0;
+        for (uint32_t s = 0; s < n_seq; s++) {
+            if (slot_req[s] < 0 && next < BT_REQS && rq[next].join <= steps) {
+                const bt_req *q = &rq[next];
+                ck_assert_uint_eq(bn_engine_seq_n_past(e, s), 0);   /* reset when it left */
+                for (int i = 0; i < q->n_prompt; i++)
+                    toks[n++] = (bn_batch_tok){q->prompt[i], s, i == q->n_prompt - 1};
+                slot_req[s] = next++;
+                slot_k[s] = 0;
+                flagged[nf++] = (int)s;
+            } else if (slot_req[s] >= 0) {
+                toks[n++] = (bn_batch_tok){slot_last[s], s, 1};
+                flagged[nf++] = (int)s;
+            }
+        }
+        if (n == 0) continue;
+        long a0 = n_allocs;   /* Check's asserts allocate: count the call alone */
+        int rc = bn_engine_eval_batch(e, toks, n, rows, &err);
+        allocs += n_allocs - a0;
+        ck_assert_msg(rc == 0, "%s: %s", what, err.msg);
+        for (int f = 0; f < nf; f++) {
+            int s = flagged[f], r = slot_req[s], k = slot_k[s];
+            const float *w = want + ((size_t)r * BT_MAXGEN + (size_t)k) * V;
+            ck_assert_msg(memcmp(rows + (size_t)f * V, w, V * sizeof *w) == 0,
+                          "%s: request %d step %d: logits differ from the request alone", what, r, k);
+            slot_last[s] = argmax_lowest(rows + (size_t)f * V, V);
+            ck_assert_int_eq(slot_last[s], argmax_lowest(w, V));
+            slot_k[s] = ++k;
+            ck_assert_uint_eq(bn_engine_seq_n_past(e, (uint32_t)s), (uint32_t)(rq[r].n_prompt + k - 1));
+            if (k == rq[r].n_gen) {   /* leaves: its region is free for the next request */
+                bn_engine_seq_reset(e, (uint32_t)s);
+                slot_req[s] = -1;
+                done++;
+            }
+        }
+    }
+    ck_assert_msg(done == BT_REQS, "%s: %d of %d requests finished in %d steps", what, done, BT_REQS, steps);
+    ck_assert_msg(allocs == 0, "%s: eval_batch allocated %ld times", what, allocs);
+    free(rows);
+    bn_engine_free(e);
+    return steps;
+}
+
+/* For every kernel variant, both packings, both lm_heads and 1..4 slots: batched == alone. */
+START_TEST(batch_equals_each_sequence_alone)
+{
+    const char *paths[2] = {path_t5, path_i2};
+    bn_model *m = open_model(paths[_i]);
+    size_t V = m->cfg.n_vocab;
+    bt_req rq[BT_REQS];
+    bt_requests(rq, &m->cfg);
+    float *want = malloc((size_t)BT_REQS * BT_MAXGEN * V * sizeof *want);
+    bn_isa chosen = bn_kernels_isa();
+    for (int isa = 0; isa < BN_ISA_COUNT; isa++) {
+        if (!bn_kernels_isa_supported((bn_isa)isa)) continue;
+        ck_assert_int_eq(bn_kernels_force((bn_isa)isa), 0);
+        for (int hi = 0; hi < 2; hi++) {
+            int head = hi ? BN_LM_HEAD_I8 : BN_LM_HEAD_F16;
+            bt_alone(m, 2, head, rq, want);
+            for (uint32_t S = 1; S <= 4; S++) {
+                char what[160];
+                int threads = 1 + (int)(S % 2);
+                snprintf(what, sizeof what, "%s, isa %s, lm_head %s, %u slots, %d threads", paths[_i],
+                         bn_isa_name((bn_isa)isa), hi ? "i8" : "f16", S, threads);
+                int steps = bt_batched(m, threads, head, S, rq, want, what);
+                if (hi == 0 && S == 4)
+                    fprintf(stderr, "%s: %d requests in %d passes, every logit bit-identical\n", what,
+                            BT_REQS, steps);
+            }
+        }
+    }
+    bn_kernels_force(chosen);
+    free(want);
+    bn_model_close(m);
+}
+END_TEST
+
+/* Bad batches are refused before anything is evaluated; the per-sequence accessors act on
+ * their own region only; the plan reports n_seq x n_ctx of KV. */
+START_TEST(batch_bad_input_and_sequence_accessors)
+{
+    bn_model *m = open_model(path_t5);
+    bn_error err = {{0}};
+    size_t V = m->cfg.n_vocab;
+    bn_engine_opts o;
+    bn_engine_opts_default(&o);
+    o.n_threads = 1;
+    o.n_ctx = 16;
+    bn_engine_mem one, four;
+    ck_assert(bn_engine_plan(m, &o, &one, &err) == 0);
+    ck_assert_uint_eq(one.n_seq, 1);
+    ck_assert_uint_eq(one.kv, one.kv_per_seq);
+    o.n_seq = 4;
+    ck_assert(bn_engine_plan(m, &o, &four, &err) == 0);
+    ck_assert_uint_eq(four.n_seq, 4);
+    ck_assert_uint_eq(four.kv_per_seq, one.kv_per_seq);
+    ck_assert_uint_eq(four.kv, 4 * one.kv_per_seq);
+    o.n_seq = BN_MAX_SEQ + 1;
+    ck_assert(bn_engine_plan(m, &o, &four, &err) != 0);
+    ck_assert_ptr_nonnull(strstr(err.msg, "sequences"));
+    o.n_seq = 4;
+    bn_engine *e = NULL;
+    ck_assert_msg(bn_engine_create(m, &o, &e, &err) == 0, "%s", err.msg);
+    bn_engine_memory(e, &one);
+    ck_assert_uint_eq(one.kv, four.kv);
+
+    float *rows = malloc(2 * V * sizeof *rows);
+    bn_batch_tok ok[2] = {{5, 2, 0}, {6, 2, 1}};
+    bn_batch_tok bad_seq[2] = {{5, 0, 0}, {6, 4, 1}};
+    bn_batch_tok bad_id[2] = {{5, 1, 0}, {(int32_t)V, 1, 1}};
+    ck_assert(bn_engine_eval_batch(e, bad_seq, 2, rows, &err) != 0);
+    ck_assert_ptr_nonnull(strstr(err.msg, "sequence 4 out of range"));
+    ck_assert(bn_engine_eval_batch(e, bad_id, 2, rows, &err) != 0);
+    ck_assert_ptr_nonnull(strstr(err.msg, "out of range"));
+    ck_assert(bn_engine_eval_batch(e, ok, 2, NULL, &err) != 0);   /* logits wanted, no buffer */
+    for (uint32_t s = 0; s < 4; s++) ck_assert_uint_eq(bn_engine_seq_n_past(e, s), 0);
+
+    ck_assert_msg(bn_engine_eval_batch(e, ok, 2, rows, &err) == 0, "%s", err.msg);
+    ck_assert_uint_eq(bn_engine_seq_n_past(e, 2), 2);
+    ck_assert_uint_eq(bn_engine_n_past(e), 0);   /* sequence 0 untouched */
+    ck_assert_int_eq(bn_engine_seq_cached_ids(e, 2)[1], 6);
+    int32_t again[3] = {5, 6, 7};
+    ck_assert_uint_eq(bn_engine_seq_keep_prefix(e, 2, again, 3), 2);
+    ck_assert_uint_eq(bn_engine_seq_keep_prefix(e, 2, again, 2), 1);   /* last one re-run */
+    bn_engine_seq_truncate(e, 2, 0);
+    ck_assert_uint_eq(bn_engine_seq_n_past(e, 2), 0);
+    ck_assert_uint_eq(bn_engine_seq_n_past(e, 9), 0);   /* out of range: empty, ignored */
+    ck_assert_ptr_null(bn_engine_seq_cached_ids(e, 9));
+    bn_engine_seq_reset(e, 9);
+
+    /* a sequence's context is its own n_ctx: 16 fit, the 17th is refused, whole batch unrun */
+    bn_batch_tok fill[17];
+    for (int i = 0; i < 17; i++) fill[i] = (bn_batch_tok){(int32_t)(3 + i), 3, i == 15};
+    ck_assert(bn_engine_eval_batch(e, fill, 17, rows, &err) != 0);
+    ck_assert_ptr_nonnull(strstr(err.msg, "context full"));
+    ck_assert_uint_eq(bn_engine_seq_n_past(e, 3), 0);
+    ck_assert_msg(bn_engine_eval_batch(e, fill, 16, rows, &err) == 0, "%s", err.msg);
+    ck_assert_uint_eq(bn_engine_seq_n_past(e, 3), 16);
+    free(rows);
+    bn_engine_free(e);
+    bn_model_close(m);
+}
+END_TEST
+
 static Suite *forward_suite(void)
 {
     Suite *s = suite_create("forward");
@@ -921,6 +1137,11 @@ static Suite *forward_suite(void)
     tcase_add_test(tc, cli_perplexity_matches_reference);
     tcase_add_test(tc, explicit_cpu_set);
     suite_add_tcase(s, tc);
+    TCase *bt = tcase_create("batch");
+    tcase_set_timeout(bt, 120);
+    tcase_add_loop_test(bt, batch_equals_each_sequence_alone, 0, 2);
+    tcase_add_test(bt, batch_bad_input_and_sequence_accessors);
+    suite_add_tcase(s, bt);
     TCase *big = tcase_create("2b4t");
     tcase_set_timeout(big, 900);   /* writes a 0.4 GB model, runs 30 layers naively */
     tcase_add_test(big, activations_stay_in_reference_range_2b4t);

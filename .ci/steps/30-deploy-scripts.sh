@@ -10,12 +10,12 @@
 #   5. Dockerfile.dockerignore excludes what .gitignore ignores and keeps every tracked file;
 #   6. write-config.sh for fake core counts and memory sizes, each config checked with
 #      `bitnetd -t` on a matching synthetic hwloc topology; quoting, extra keys, refusals;
-#   7. fetch-model.sh --synthetic, and its curl download path against a fake Hugging Face hub on
-#      loopback (the real download is never run in CI);
+#   7. fetch-model.sh --synthetic, and its download paths (curl, and the hf CLI through a
+#      stand-in) against a fake Hugging Face hub on loopback (never the real download);
 #   8. serve.sh on that download: conversion at first start, /health then /ready, a completion
 #      and a stream, SIGTERM drains and exits 0, a second start reuses the cache; then the
-#      image's layout (make install DESTDIR, scripts in /usr/share/bitnetd/scripts, binaries on
-#      PATH) as an unprivileged user with a synthetic model.
+#      image's first start outside a container: its layout (make install DESTDIR, scripts in
+#      /usr/share/bitnetd/scripts, binaries on PATH), its ENV, empty volumes, as `nobody`.
 # Env (from .ci/run): BN_TOP, BN_BITNETD, BN_BITNET. Cleans up every process and file it makes.
 # "check && check || fail" is meant: fail exits whichever check failed.
 # shellcheck disable=SC2015
@@ -73,9 +73,16 @@ stop_pid() {
 
 say "tools: shellcheck, python3-yaml, curl (Debian)"
 export DEBIAN_FRONTEND=noninteractive
-apt-get install -y -qq --no-install-recommends shellcheck python3 python3-yaml curl >/dev/null 2>&1 ||
-    { apt-get update -qq && apt-get install -y -qq --no-install-recommends shellcheck python3 python3-yaml curl >/dev/null; } ||
-    fail "cannot install shellcheck python3-yaml curl"
+need=()
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+python3 -c 'import yaml' >/dev/null 2>&1 || need+=(python3 python3-yaml)
+if [ "${#need[@]}" -gt 0 ]; then
+    apt=(apt-get -o DPkg::Lock::Timeout=300 -y -qq --no-install-recommends)
+    "${apt[@]}" install "${need[@]}" >/dev/null 2>&1 ||
+        { "${apt[@]}" update && "${apt[@]}" install "${need[@]}" >/dev/null; } ||
+        fail "cannot install ${need[*]}"
+fi
 
 # ---- 1. shellcheck --------------------------------------------------------------------------
 say "1. shellcheck"
@@ -90,11 +97,14 @@ chain=$("$S/build.sh" --dry-run)
 for marker in serve-command test-command; do
     cmd=$(sed -n "/<!-- $marker -->/,/^\`\`\`\$/p" "$top/README.md" | sed '1,2d;$d')
     [ -n "$cmd" ] || fail "README.md has no $marker block"
+    # the test command installs the test tools too (no --build-only); the rest is the same
+    want=$chain
+    [ "$marker" = test-command ] && want=$(printf '%s' "$chain" | sed 's/ --build-only//')
     case "$cmd" in
-    "$chain "*) ;;
+    "$want "*) ;;
     *) fail "README's $marker no longer starts with build.sh's chain:
   README:   $cmd
-  build.sh: $chain" ;;
+  build.sh: $want" ;;
     esac
 done
 # shellcheck disable=SC2016 # the literal text build.sh prints
@@ -132,6 +142,7 @@ SKY_POLICY = {"min_replicas", "max_replicas", "target_qps_per_replica", "num_ove
 scripts = {s: os.path.join(top, "packaging/scripts", s) for s in
            ("build.sh", "fetch-model.sh", "write-config.sh", "serve.sh")}
 read_by_scripts = "".join(open(p).read() for p in scripts.values())
+def read(var): return re.search(r"\b" + re.escape(var) + r"\b", read_by_scripts) is not None
 
 tasks = {}
 for rel in ("packaging/skypilot/bitnetd.yaml", "packaging/skypilot/bitnetd-serve.yaml"):
@@ -144,7 +155,7 @@ for rel in ("packaging/skypilot/bitnetd.yaml", "packaging/skypilot/bitnetd-serve
     if t.get("workdir") != ".": err(f"{rel}: workdir is not '.' (the checkout)")
     for k, v in (t.get("envs") or {}).items():
         if not (v is None or isinstance(v, str)): err(f"{rel}: envs.{k} must be a string")
-        if k.startswith("BITNETD_") and k not in read_by_scripts: err(f"{rel}: no script reads {k}")
+        if k.startswith("BITNETD_") and not read(k): err(f"{rel}: no script reads {k}")
     setup, run = t.get("setup", ""), t.get("run", "")
     for s in ("build.sh", "fetch-model.sh"):
         if "packaging/scripts/" + s not in setup: err(f"{rel}: setup does not call {s}")
@@ -189,7 +200,7 @@ else:
     mounts = [str(v).split(":")[1] for v in svc.get("volumes", [])]
     if "/models" not in mounts or "/cache" not in mounts: err("compose.yaml: /models and /cache volumes")
     for k in svc.get("environment", {}):
-        if k not in read_by_scripts: err(f"compose.yaml: no script reads {k}")
+        if not read(k): err(f"compose.yaml: no script reads {k}")
     restart = svc.get("restart")
     if restart not in ("no", "always", "on-failure", "unless-stopped"): err("compose.yaml: restart policy")
 
@@ -204,7 +215,7 @@ for l in lines:
             if not os.path.exists(os.path.join(top, src)): err(f"Dockerfile: COPY {src}: no such path")
     if l.startswith("ENV "):
         for k in re.findall(r"(BITNETD?_[A-Z_]+)=", l):
-            if k not in read_by_scripts: err(f"Dockerfile: no script reads {k}")
+            if not read(k): err(f"Dockerfile: no script reads {k}")
 user = [l.split()[1] for l in lines if l.startswith("USER ")]
 if not user or user[-1] in ("root", "0"): err("Dockerfile: the runtime stage must not run as root")
 if "EXPOSE 30000" not in df: err("Dockerfile: EXPOSE 30000")
@@ -381,6 +392,31 @@ done
 [ ! -e "$dl/optimizer.bin" ] || fail "fetch-model.sh downloaded a file it should skip"
 "$S/fetch-model.sh" --method curl "$dl" >/dev/null 2>"$work/fetch.log" || fail "second fetch"
 grep -q 'already holds' "$work/fetch.log" || fail "a second fetch is not a no-op"
+# the hf CLI path, with a stand-in `hf` that records its arguments and copies from the hub
+mkdir -p "$work/bin"
+cat >"$work/bin/hf" <<STUB
+#!/bin/sh
+printf '%s\n' "\$*" >"$work/hf-args"
+dir= files=
+shift 2
+while [ \$# -gt 0 ]; do
+    case "\$1" in
+    --revision) shift ;;
+    --local-dir) dir=\$2; shift ;;
+    *) files="\$files \$1" ;;
+    esac
+    shift
+done
+mkdir -p "\$dir" && for f in \$files; do cp "$hub/$repo/resolve/main/\$f" "\$dir/"; done
+STUB
+chmod +x "$work/bin/hf"
+PATH=$work/bin:$PATH "$S/fetch-model.sh" "$work/models/via-hf" >/dev/null 2>"$work/fetch.log" ||
+    fail "fetch-model.sh with the hf CLI"
+want="download $repo LICENSE config.json model.safetensors tokenizer.json tokenizer_config.json"
+[ "$(cat "$work/hf-args")" = "$want --revision main --local-dir $work/models/via-hf" ] ||
+    fail "fetch-model.sh called hf with: $(cat "$work/hf-args")"
+cmp -s "$work/models/via-hf/model.safetensors" "$hub/$repo/resolve/main/model.safetensors" ||
+    fail "the hf path did not leave the files in place"
 if "$S/fetch-model.sh" --method curl --repo microsoft/missing "$work/models/missing" >/dev/null 2>"$work/fetch.log"; then
     fail "fetching a missing repository succeeded"
 fi
@@ -423,28 +459,46 @@ if "$S/serve.sh" --model "$work/models/none" >/dev/null 2>"$work/refuse.log"; th
 grep -q 'fetch-model.sh' "$work/refuse.log" || fail "serve.sh without a model does not say how to get one"
 unset HF_ENDPOINT BITNET_CACHE BITNETD_BIN BITNET_BIN
 
-say "8b. the image's layout: installed binaries on PATH, scripts from /usr/share, an unprivileged user"
+say "8b. the image's first start: installed layout, unprivileged, empty volumes, BITNETD_FETCH=1"
 dest=$work/root
-make -C "$top" install DESTDIR="$dest" >"$work/install.log" 2>&1 || fail "make install DESTDIR"
+# make install as the Dockerfile runs it, when the tree is built (CI's is, by the README's
+# command); a tree whose sources changed since is not relinked here: its binaries are copied.
+if make -C "$top" -q bitnetd bitnet >/dev/null 2>&1; then
+    make -C "$top" install DESTDIR="$dest" >"$work/install.log" 2>&1 || fail "make install DESTDIR"
+else
+    echo "   (the binaries are older than their sources: copying them instead of make install)"
+    install -D -m 0755 "$bitnetd" "$dest/usr/bin/bitnetd"
+    install -D -m 0755 "$bitnet" "$dest/usr/bin/bitnet"
+fi
 install -d "$dest/usr/share/bitnetd/scripts"
 install -m 0755 "$S"/*.sh "$dest/usr/share/bitnetd/scripts/"
-bindir=$(dirname "$(find "$dest" -type f -name bitnetd -perm -u+x | head -n 1)")
-[ -x "$bindir/bitnet" ] || fail "make install did not install bitnetd and bitnet"
+# bitnetd may go to sbindir and bitnet to bindir: both directories go on PATH, as in the image
+path=
+for b in bitnetd bitnet; do
+    f=$(find "$dest" -type f -name "$b" -perm -u+x | head -n 1)
+    [ -n "$f" ] || fail "make install did not install $b"
+    path="$path$(dirname "$f"):"
+done
 chmod 755 "$work"
-install -d -m 0755 "$work/img-cache"
+# /models and /cache as the image has them: empty, owned by the unprivileged user
+install -d -m 0755 "$work/img-models" "$work/img-cache"
 as=()
 # setpriv (util-linux) execs, so the pid below stays bitnetd's and signals reach it directly
 if [ "$(id -u)" = 0 ] && command -v setpriv >/dev/null 2>&1 && id nobody >/dev/null 2>&1; then
-    chown nobody "$work/img-cache"
+    chown nobody "$work/img-models" "$work/img-cache"
     as=(setpriv --reuid="$(id -u nobody)" --regid="$(id -g nobody)" --clear-groups --)
 fi
 port=$(free_port)
-"${as[@]}" env -i PATH="$bindir:/usr/bin:/bin" HOME=/nonexistent BITNET_CACHE="$work/img-cache" \
-    BITNETD_LISTEN="127.0.0.1:$port" "$dest/usr/share/bitnetd/scripts/serve.sh" --synthetic tiny \
-    >"$work/image.log" 2>&1 &
+# the Dockerfile's ENV, with the fake hub and a loopback port
+"${as[@]}" env -i PATH="${path}/usr/bin:/bin" HOME=/nonexistent BITNET_CACHE="$work/img-cache" \
+    BITNETD_MODEL="$work/img-models/bitnet-b1.58-2B-4T" BITNETD_FETCH=1 \
+    BITNETD_LISTEN="127.0.0.1:$port" HF_ENDPOINT="http://127.0.0.1:$hub_port" \
+    "$dest/usr/share/bitnetd/scripts/serve.sh" >"$work/image.log" 2>&1 &
 spid=$!
 pids+=("$spid")
-wait_http "http://127.0.0.1:$port/ready" 200 30 || fail "the installed layout did not get ready"
+wait_http "http://127.0.0.1:$port/ready" 200 60 || fail "the image's first start did not get ready"
+[ -f "$work/img-models/bitnet-b1.58-2B-4T/model.safetensors" ] || fail "the first start did not fetch the model"
+ls "$work/img-cache"/*.bnpk >/dev/null 2>&1 || fail "the first start did not convert into the cache"
 curl -fsS --max-time 30 "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
     -d '{"prompt": "Hi", "max_tokens": 4}' >/dev/null || fail "completion from the installed layout"
 [ "$(cat "/proc/$spid/comm")" = bitnetd ] || fail "the installed serve.sh did not exec bitnetd"

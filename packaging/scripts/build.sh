@@ -36,7 +36,8 @@ done
 configure='./configure'
 for a in "$@"; do
     case "$a" in
-    *[!A-Za-z0-9_=/.,:+@-]*) die "configure argument with unusual characters: '$a'" ;;
+    '' | *[!A-Za-z0-9_=/.,:+@-]*)  # quoted for the eval below: 'CFLAGS=-O2 -g'
+        a="'$(printf '%s' "$a" | sed "s/'/'\\\\''/g")'" ;;
     esac
     configure="$configure $a"
 done
@@ -49,7 +50,7 @@ else
     make_cmd='make -j"$(nproc)"'
 fi
 chain="./autogen.sh && $configure && $make_cmd"
-[ "$deps" -eq 1 ] && chain="./packaging/install-deps.sh && $chain"
+[ "$deps" -eq 1 ] && chain="./packaging/install-deps.sh --build-only && $chain"
 
 if [ "$dry" -eq 1 ]; then
     printf '%s\n' "$chain"

@@ -77,11 +77,14 @@ synthesize() {
     printf '%s\n' "$out"
 }
 
+# matches_include NAME: NAME matches one of the --include globs (not expanded against files).
 matches_include() {
+    set -f
     for _g in $includes; do
         # shellcheck disable=SC2254 # the patterns are globs on purpose
-        case "$1" in $_g) return 0 ;; esac
+        case "$1" in $_g) set +f; return 0 ;; esac
     done
+    set +f
     return 1
 }
 
@@ -101,16 +104,26 @@ list_files() {
     printf '%s\n' "$_json" | tr ',' '\n' | sed -n 's/.*"rfilename" *: *"\([^"]*\)".*/\1/p'
 }
 
-fetch_curl() {
-    command -v curl >/dev/null 2>&1 || die "curl is needed to download (or install the hf CLI)"
+# The files to fetch: the repository's files that match --include, checked for odd names.
+wanted_files() {
     files=$(list_files) || die "cannot list $repo@$revision at $endpoint (network, name, or HF_TOKEN?)"
-    n=0
+    wanted=
+    set -f
     for f in $files; do
         matches_include "$f" || continue
         case "$f" in
         /* | *..* | *[!A-Za-z0-9._/-]*) die "refusing the odd file name '$f' from $endpoint" ;;
         esac
-        n=$((n + 1))
+        wanted="$wanted $f"
+    done
+    set +f
+    [ -n "$wanted" ] || die "$repo@$revision has no file matching: $includes"
+}
+
+fetch_curl() {
+    # shellcheck disable=SC2086 # one word per file name (checked: no spaces, no globs)
+    set -- $wanted
+    for f in "$@"; do
         dest=$out/$f
         [ -s "$dest" ] && continue
         mkdir -p "$(dirname "$dest")"
@@ -123,16 +136,12 @@ fetch_curl() {
         fi
         mv "$dest.part" "$dest"
     done
-    [ "$n" -gt 0 ] || die "$repo@$revision has no file matching: $includes"
 }
 
+# The file names as arguments: every version of the CLI takes those (not so --include lists).
 fetch_hf() {
-    # word splitting of $includes gives one --include argument per pattern
-    set -f
-    # shellcheck disable=SC2086
-    set -- $includes
-    set +f
-    "$hf_cli" download "$repo" --revision "$revision" --local-dir "$out" --include "$@" >&2 ||
+    # shellcheck disable=SC2086 # one argument per file name (checked above: no spaces)
+    "$hf_cli" download "$repo" $wanted --revision "$revision" --local-dir "$out" >&2 ||
         die "$hf_cli download $repo failed"
 }
 
@@ -161,6 +170,8 @@ mkdir -p "$out" || die "cannot create $out"
 [ -w "$out" ] || die "$out is not writable"
 # "partial" until every file is in: serve.sh --fetch resumes such a directory
 printf 'partial %s\n' "$want" >"$stamp"
+command -v curl >/dev/null 2>&1 || die "curl is needed to list and download the files"
+wanted_files
 if [ -n "$hf_cli" ]; then fetch_hf; else fetch_curl; fi
 [ -f "$out/config.json" ] || ls "$out"/*.gguf >/dev/null 2>&1 ||
     die "$out has neither config.json nor a .gguf file after the download"

@@ -53,6 +53,9 @@ while [ $# -gt 0 ]; do
     shift
 done
 case "$fetch" in 0 | 1) ;; *) usage_error "BITNETD_FETCH=$fetch is not 0 or 1" ;; esac
+if [ -n "$config" ] && [ -s "$wc_args" ]; then
+    usage_error "--config serves its file as it is: '$(head -n 1 "$wc_args")' is a write-config.sh argument"
+fi
 if [ -n "$synthetic" ] && [ "$model_flag" -eq 1 ]; then
     usage_error "--model and --synthetic exclude each other"
 fi

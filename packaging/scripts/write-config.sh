@@ -166,10 +166,14 @@ model_dims() {
     elif [ -n "$model" ] && [ -f "$model" ] && bitnet=$(find_bin bitnet BITNET_BIN 2>/dev/null) &&
         "$bitnet" inspect "$model" >"$tmp/inspect" 2>/dev/null; then
         get() { sed -n "s/^$1: *\([0-9][0-9]*\)$/\1/p" "$tmp/inspect" | head -n 1; }
-        n_layer=$(get n_layer) n_kv=$(get n_head_kv) head_dim=$(get head_dim) ctx_max=$(get n_ctx_max)
-        model_bytes=$(wc -c <"$model" | tr -d ' ')
+        l=$(get n_layer) kv=$(get n_head_kv) d=$(get head_dim) c=$(get n_ctx_max)
+        if [ -n "$l" ] && [ -n "$kv" ] && [ -n "$d" ] && [ -n "$c" ]; then
+            n_layer=$l n_kv=$kv head_dim=$d ctx_max=$c
+            model_bytes=$(wc -c <"$model" | tr -d ' ')
+        fi
     fi
     kv_per_pos=$((2 * n_layer * n_kv * head_dim * 2))
+    [ "$kv_per_pos" -gt 0 ] || kv_per_pos=76800
 }
 
 # ---- the plan ------------------------------------------------------------------------------
@@ -210,7 +214,7 @@ users)
         t=$threads w=$((cores / threads))
         [ "$w" -ge 1 ] || { w=1 t=$cores; }
     else
-        # workers of about 4 threads: 4 cores reach most of what decode can draw from memory
+        # workers of about 4 threads: a starting point, to be measured (docs/deploy.md, sizing)
         w=$(((cores + 2) / 4))
         [ "$w" -ge 1 ] || w=1
         t=$((cores / w))

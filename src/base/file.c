@@ -91,6 +91,8 @@ int bn_atomic_open(bn_atomic_file *f, const char *path, bn_error *err)
     f->path = strdup(path);
     f->tmp = malloc(n);
     if (!f->path || !f->tmp) {
+        free(f->tmp);   /* not a name yet: abort must not unlink what the bytes happen to say */
+        f->tmp = NULL;
         bn_atomic_abort(f);
         return bn_err(err, "out of memory");
     }

@@ -1,4 +1,5 @@
 /* bitnet bench: prefill (pp) and decode (tg) speed in the style of llama-bench, plus
+ * --parallel: S sequences decoded together in one pass per step (llama-batched-bench), plus
  * --roofline: this machine's memory read bandwidth, decode speed as a fraction of
  * bandwidth / weight bytes per token, and where the time of a decoded token goes. */
 #include <getopt.h>
@@ -30,13 +31,16 @@ static void usage(FILE *f)
             "      --isa NAME        force a kernel variant (scalar, avx2, avx512, avx512vnni)\n"
             "      --pin             pin threads to CPUs\n"
             "      --roofline        memory bandwidth, decode as a fraction of it, time split\n"
-            "      --agreement       top-1 agreement of the int8 lm_head with f16 over -p positions\n");
+            "      --agreement       top-1 agreement of the int8 lm_head with f16 over -p positions\n"
+            "      --parallel LIST   decode S sequences together (e.g. 1,2,4,8): aggregate and\n"
+            "                        per-sequence tok/s of -n steps, after a -p token prompt each\n");
 }
 
 typedef struct bench_args {
     const char *model;
     uint32_t n_prompt, n_gen, reps, batch;
     int threads[MAX_THREAD_LIST], n_threads_list;
+    int parallel[MAX_THREAD_LIST], n_parallel;   /* --parallel sequence counts; 0 = off */
     int lm_head, pin, roofline, agreement;
 } bench_args;
 
@@ -85,6 +89,64 @@ static int bench_test(bn_engine *e, const bench_args *a, const int32_t *ids, int
     for (uint32_t r = 0; rc == 0 && r < a->reps; r++)
         rc = is_pp ? run_pp(e, ids, n, &x[r], err) : run_tg(e, ids, n, &x[r], err);
     if (rc == 0) mean_sd(x, (int)a->reps, mean, sd);
+    free(x);
+    return rc;
+}
+
+/* ---- parallel decode (--parallel) ----------------------------------------------------- */
+
+/* S sequences from empty caches: each first gets an n_prompt-token prompt (untimed: it sets
+ * the depth the decode runs at, as llama-batched-bench's PP), then n_gen steps each evaluate
+ * one token of every sequence in one pass, with logits for all. Sequences get different ids. */
+static int run_parallel(bn_engine *e, const bench_args *a, const int32_t *ids, uint32_t n_ids,
+                        uint32_t S, bn_batch_tok *toks, float *logits, double *agg_tps,
+                        bn_error *err)
+{
+    for (uint32_t s = 0; s < S; s++) bn_engine_seq_reset(e, s);
+    size_t n = 0;
+    for (uint32_t s = 0; s < S; s++)
+        for (uint32_t i = 0; i < a->n_prompt; i++)
+            toks[n++] = (bn_batch_tok){ids[(i + 13 * s) % n_ids], s, i + 1 == a->n_prompt};
+    if (n && bn_engine_eval_batch(e, toks, n, logits, err)) return -1;
+    double t0 = bn_now();
+    for (uint32_t i = 0; i < a->n_gen; i++) {
+        for (uint32_t s = 0; s < S; s++)
+            toks[s] = (bn_batch_tok){ids[(a->n_prompt + i + 13 * s) % n_ids], s, 1};
+        if (bn_engine_eval_batch(e, toks, S, logits, err)) return -1;
+    }
+    *agg_tps = (double)S * a->n_gen / (bn_now() - t0);
+    return 0;
+}
+
+/* One row per S: aggregate t/s (mean ± sd over reps, after a warm-up), the per-sequence rate
+ * beside it, and the aggregate relative to the first S of the list. */
+static int bench_parallel(bn_engine *e, const bench_args *a, const int32_t *ids, uint32_t n_ids,
+                          const char *name, double size_gib, bn_error *err)
+{
+    if (a->n_gen == 0) return 0;   /* nothing decoded: no rows */
+    uint32_t V = bn_engine_model(e)->cfg.n_vocab, smax = bn_engine_n_seq(e);
+    size_t ntok = (size_t)smax * (a->n_prompt > 1 ? a->n_prompt : 1);
+    bn_batch_tok *toks = malloc(ntok * sizeof *toks);
+    float *logits = malloc((size_t)smax * V * sizeof *logits);
+    double *x = calloc(a->reps, sizeof *x), base = 0;
+    int rc = toks && logits && x ? 0 : bn_err(err, "out of memory");
+    const char *head = bn_engine_lm_head(e) == BN_LM_HEAD_I8 ? "i8" : "f16";
+    for (int pi = 0; rc == 0 && pi < a->n_parallel; pi++) {
+        uint32_t S = (uint32_t)a->parallel[pi];
+        double warm, mean, sd;
+        rc = run_parallel(e, a, ids, n_ids, S, toks, logits, &warm, err);
+        for (uint32_t r = 0; rc == 0 && r < a->reps; r++)
+            rc = run_parallel(e, a, ids, n_ids, S, toks, logits, &x[r], err);
+        if (rc) break;
+        mean_sd(x, (int)a->reps, &mean, &sd);
+        if (pi == 0) base = mean;
+        printf("| %s | %.2f GiB | %s | %s | %d | %u | pp%u+tg%u | %.2f ± %.2f | %.2f | %.2fx |\n", name,
+               size_gib, bn_isa_name(bn_kernels_isa()), head, bn_engine_threads(e), S, a->n_prompt,
+               a->n_gen, mean, sd, mean / S, mean / base);
+        fflush(stdout);
+    }
+    free(toks);
+    free(logits);
     free(x);
     return rc;
 }
@@ -207,23 +269,23 @@ static int opt_u32(const char *flag, uint32_t lo, uint32_t hi, uint32_t *out)
     return bn_parse_u32(optarg, lo, hi, out, &e) ? opt_bad(flag, &e) : 0;
 }
 
-/* "1,2,4": each count checked on its own. */
-static int parse_threads(const char *s, bench_args *a)
+/* "1,2,4": each count checked on its own, in [1, hi]. */
+static int parse_list(const char *s, const char *flag, uint32_t hi, int *out, int *count)
 {
-    a->n_threads_list = 0;
+    *count = 0;
     for (;;) {
         size_t n = strcspn(s, ",");
-        if (a->n_threads_list == MAX_THREAD_LIST) {
-            fprintf(stderr, "bitnet bench: -t/--threads: at most %d thread counts\n", MAX_THREAD_LIST);
+        if (*count == MAX_THREAD_LIST) {
+            fprintf(stderr, "bitnet bench: %s: at most %d values\n", flag, MAX_THREAD_LIST);
             return -1;
         }
         char *item = strndup(s, n);
         bn_error e;
         uint32_t v;
-        int rc = item ? bn_parse_u32(item, 1, 4096, &v, &e) : bn_err(&e, "out of memory");
+        int rc = item ? bn_parse_u32(item, 1, hi, &v, &e) : bn_err(&e, "out of memory");
         free(item);
-        if (rc) return opt_bad("-t/--threads", &e);
-        a->threads[a->n_threads_list++] = (int)v;
+        if (rc) return opt_bad(flag, &e);
+        out[(*count)++] = (int)v;
         if (!s[n]) return 0;
         s += n + 1;
     }
@@ -237,7 +299,8 @@ static int parse_args(int argc, char **argv, bench_args *a)
         {"reps", required_argument, 0, 'r'},   {"batch", required_argument, 0, 'b'},
         {"lm-head", required_argument, 0, 'L'}, {"isa", required_argument, 0, 'I'},
         {"pin", no_argument, 0, 'P'},          {"roofline", no_argument, 0, 'R'},
-        {"agreement", no_argument, 0, 'A'},    {"help", no_argument, 0, 'h'},
+        {"agreement", no_argument, 0, 'A'},    {"parallel", required_argument, 0, 'S'},
+        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     *a = (bench_args){.n_prompt = 512, .n_gen = 128, .reps = 5};
     int c, i8;
@@ -247,7 +310,12 @@ static int parse_args(int argc, char **argv, bench_args *a)
         case 'm': a->model = optarg; break;
         case 'p': if (opt_u32("-p/--n-prompt", 0, 1u << 20, &a->n_prompt)) return 3; break;
         case 'n': if (opt_u32("-n/--n-gen", 0, 1u << 20, &a->n_gen)) return 3; break;
-        case 't': if (parse_threads(optarg, a)) return 3; break;
+        case 't':
+            if (parse_list(optarg, "-t/--threads", 4096, a->threads, &a->n_threads_list)) return 3;
+            break;
+        case 'S':
+            if (parse_list(optarg, "--parallel", BN_MAX_SEQ, a->parallel, &a->n_parallel)) return 3;
+            break;
         case 'r': if (opt_u32("-r/--reps", 1, 1000000, &a->reps)) return 3; break;
         case 'b': if (opt_u32("-b/--batch", 0, 4096, &a->batch)) return 3; break;
         case 'L':
@@ -290,8 +358,16 @@ int cmd_bench(int argc, char **argv)
     int32_t *ids = malloc((n_ids ? n_ids : 1) * sizeof *ids);
     fill_ids(ids, n_ids, m->cfg.n_vocab, m->cfg.bos);
     const char *name = strrchr(m->path, '/') ? strrchr(m->path, '/') + 1 : m->path;
-    printf("| model | size | isa | lm_head | threads | test | t/s |\n");
-    printf("| --- | ---: | --- | --- | ---: | ---: | ---: |\n");
+    int smax = 0;
+    for (int i = 0; i < a.n_parallel; i++) smax = a.parallel[i] > smax ? a.parallel[i] : smax;
+    if (a.n_parallel) {
+        printf("| model | size | isa | lm_head | threads | S | test | t/s | t/s per seq | vs S=%d |\n",
+               a.parallel[0]);
+        printf("| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    } else {
+        printf("| model | size | isa | lm_head | threads | test | t/s |\n");
+        printf("| --- | ---: | --- | --- | ---: | ---: | ---: |\n");
+    }
     int rc = 0;
     for (int ti = 0; rc == 0 && ti < a.n_threads_list; ti++) {
         bn_engine_opts eo;
@@ -301,14 +377,23 @@ int cmd_bench(int argc, char **argv)
         eo.lm_head = a.lm_head;
         eo.batch = a.batch;
         eo.n_ctx = n_ids > 0 ? n_ids : 1;
+        if (a.n_parallel) {   /* every sequence holds its prompt and its generated tokens */
+            eo.n_seq = (uint32_t)smax;
+            eo.n_ctx = a.n_prompt + a.n_gen > 0 ? a.n_prompt + a.n_gen : 1;
+        }
         bn_engine *e = NULL;
         if ((rc = bn_engine_create(m, &eo, &e, &err))) break;
         if (ti == 0) {
             bn_engine_mem mem;
             bn_engine_memory(e, &mem);
-            fprintf(stderr, "memory: model mapping %.1f MiB, KV cache %.1f MiB (n_ctx %u, f16), scratch %.1f MiB\n",
+            fprintf(stderr, "memory: model mapping %.1f MiB, KV cache %.1f MiB (n_ctx %u, f16, %u x %.1f MiB), scratch %.1f MiB\n",
                     (double)m->map_len / (1 << 20), (double)mem.kv / (1 << 20), mem.n_ctx,
-                    (double)mem.scratch / (1 << 20));
+                    mem.n_seq, (double)mem.kv_per_seq / (1 << 20), (double)mem.scratch / (1 << 20));
+        }
+        if (a.n_parallel) {
+            rc = bench_parallel(e, &a, ids, n_ids ? n_ids : 1, name, (double)m->map_len / (1 << 30), &err);
+            bn_engine_free(e);
+            continue;
         }
         const char *head = bn_engine_lm_head(e) == BN_LM_HEAD_I8 ? "i8" : "f16";
         for (int is_pp = 1; rc == 0 && is_pp >= 0; is_pp--) {

@@ -142,10 +142,11 @@ static size_t lm_cols_padded(const bn_model *m)
 
 /* The scratch layout, in one place so that the plan and the allocation cannot disagree. */
 typedef struct scratch_sizes {
-    size_t x, kvd, ff, qa, qs, scores, rope, lm_q, logits;
+    size_t x, kvd, ff, qa, qs, scores, rope, lm_q, logits, tok, seqv;
 } scratch_sizes;
 
-static scratch_sizes scratch_plan(const bn_model *m, uint32_t batch, int n_threads, uint32_t n_ctx)
+static scratch_sizes scratch_plan(const bn_model *m, uint32_t batch, int n_threads, uint32_t n_ctx,
+                                  uint32_t n_seq)
 {
     const bn_config *c = &m->cfg;
     scratch_sizes z;
@@ -157,8 +158,10 @@ static scratch_sizes scratch_plan(const bn_model *m, uint32_t batch, int n_threa
     z.qs = (size_t)batch * sizeof(float);
     z.scores = (size_t)n_threads * n_ctx * sizeof(float);
     z.rope = (size_t)c->head_dim / 2 * sizeof(float);
-    z.lm_q = lm_cols_padded(m);
+    z.lm_q = (size_t)batch * lm_cols_padded(m);   /* batched lm_head: one row per token */
     z.logits = (size_t)c->n_vocab * sizeof(float);
+    z.tok = (size_t)batch * sizeof(uint32_t);      /* also the lm_head's per-token scales */
+    z.seqv = (size_t)n_seq * sizeof(uint32_t);
     return z;
 }
 
@@ -167,17 +170,22 @@ static size_t scratch_total(const scratch_sizes *z)
     size_t a = 64; /* each buffer rounds up to 64 bytes at most */
     return 5 * bn_align_up(z->x, a) + 2 * bn_align_up(z->kvd, a) + 2 * bn_align_up(z->ff, a) +
            bn_align_up(z->qa, a) + bn_align_up(z->qs, a) + bn_align_up(z->scores, a) +
-           bn_align_up(z->rope, a) + bn_align_up(z->lm_q, a) + bn_align_up(z->logits, a);
+           bn_align_up(z->rope, a) + bn_align_up(z->lm_q, a) + bn_align_up(z->logits, a) +
+           3 * bn_align_up(z->tok, a) + bn_align_up(z->seqv, a);
 }
 
 static int resolve_opts(const bn_model *m, const bn_engine_opts *o, uint32_t *n_ctx,
-                        uint32_t *batch, int *threads, bn_error *err)
+                        uint32_t *batch, int *threads, uint32_t *n_seq, bn_error *err)
 {
+    *n_seq = o->n_seq == 0 ? 1 : o->n_seq;
+    if (*n_seq > BN_MAX_SEQ)
+        return bn_err(err, "%u sequences requested, at most %d", o->n_seq, BN_MAX_SEQ);
     *n_ctx = o->n_ctx == 0 || o->n_ctx > m->cfg.n_ctx_max ? m->cfg.n_ctx_max : o->n_ctx;
     if (*n_ctx == 0) return bn_err(err, "%s: the model's context length is 0", m->path);
     *batch = o->batch == 0 ? BN_DEFAULT_BATCH : o->batch;
     if (*batch > BN_MAX_BATCH) *batch = BN_MAX_BATCH;
-    if (*batch > *n_ctx) *batch = *n_ctx;
+    if ((uint64_t)*batch > (uint64_t)*n_ctx * *n_seq)   /* no chunk holds more tokens */
+        *batch = *n_ctx * *n_seq;
     if (o->cpus) {
         if (check_cpus(o->cpus, o->n_cpus, err)) return -1;
         *threads = o->n_cpus;
@@ -195,12 +203,17 @@ int bn_engine_plan(const bn_model *m, const bn_engine_opts *opts, bn_engine_mem 
         bn_engine_opts_default(&def);
         opts = &def;
     }
-    uint32_t n_ctx = 0, batch = 0;
+    uint32_t n_ctx = 0, batch = 0, n_seq = 1;
     int threads = 1;
-    if (resolve_opts(m, opts, &n_ctx, &batch, &threads, err)) return -1;
-    scratch_sizes z = scratch_plan(m, batch, threads, n_ctx);
+    if (resolve_opts(m, opts, &n_ctx, &batch, &threads, &n_seq, err)) return -1;
+    scratch_sizes z = scratch_plan(m, batch, threads, n_ctx, n_seq);
     memset(mem, 0, sizeof *mem);
-    mem->kv = bn_kv_bytes(&m->cfg, n_ctx);
+    /* S x n_ctx regions, not a paged pool: a sequence's positions stay contiguous, so attention
+     * reads them exactly as the single-sequence path does, and the pages of positions never
+     * reached are never touched (not zeroed), so unused capacity costs address space only. */
+    mem->n_seq = n_seq;
+    mem->kv_per_seq = bn_kv_bytes(&m->cfg, n_ctx);
+    mem->kv = n_seq * mem->kv_per_seq;
     mem->scratch = scratch_total(&z) + bn_sampler_bytes(m->cfg.n_vocab);
     mem->total = mem->kv + mem->scratch;
     mem->n_ctx = n_ctx;
@@ -225,10 +238,15 @@ static int scratch_alloc(bn_scratch *s, const scratch_sizes *z, size_t cols_pad)
     s->scores = bn_eng_alloc64(z->scores);
     s->rope_inv_freq = bn_eng_alloc64(z->rope);
     s->lm_q = bn_eng_alloc64(z->lm_q);
+    s->lm_qs = bn_eng_alloc64(z->tok);
     s->logits = bn_eng_alloc64(z->logits);
+    s->tok_seq = bn_eng_alloc64(z->tok);
+    s->tok_pos = bn_eng_alloc64(z->tok);
+    s->seq_next = bn_eng_alloc64(z->seqv);
     s->cols_pad = cols_pad;
     return s->x && s->xb && s->xb2 && s->q && s->att && s->k && s->v && s->hg && s->hu && s->qa &&
-                   s->qs && s->scores && s->rope_inv_freq && s->lm_q && s->logits
+                   s->qs && s->scores && s->rope_inv_freq && s->lm_q && s->lm_qs && s->logits &&
+                   s->tok_seq && s->tok_pos && s->seq_next
                ? 0
                : -1;
 }
@@ -236,7 +254,8 @@ static int scratch_alloc(bn_scratch *s, const scratch_sizes *z, size_t cols_pad)
 static void scratch_free(bn_scratch *s)
 {
     void *bufs[] = {s->x, s->xb, s->xb2, s->q, s->att, s->k, s->v, s->hg, s->hu, s->qa, s->qs,
-                    s->scores, s->rope_inv_freq, s->lm_q, s->logits};
+                    s->scores, s->rope_inv_freq, s->lm_q, s->lm_qs, s->logits,
+                    s->tok_seq, s->tok_pos, s->seq_next};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     memset(s, 0, sizeof *s);
 }
@@ -276,6 +295,17 @@ static int pin_to_mask(bn_engine *e, bn_error *err)
     return k == 0 ? 0 : pin_threads(e, cpus, k, err);
 }
 
+/* The caches of sequences 1 .. n_seq-1, each exactly like sequence 0's. */
+static int kv_more_alloc(bn_engine *e, bn_error *err)
+{
+    if (e->n_seq <= 1) return 0;
+    e->kv_more = calloc(e->n_seq - 1, sizeof *e->kv_more);
+    if (!e->kv_more) return bn_err(err, "out of memory");
+    for (uint32_t i = 0; i + 1 < e->n_seq; i++)
+        if (bn_kv_alloc(&e->kv_more[i], &e->cfg, e->kv.n_ctx, err)) return -1;
+    return 0;
+}
+
 int bn_engine_create(const bn_model *m, const bn_engine_opts *opts, bn_engine **out,
                      bn_error *err)
 {
@@ -307,13 +337,18 @@ int bn_engine_create(const bn_model *m, const bn_engine_opts *opts, bn_engine **
     e->kv.n_ctx = e->mem.n_ctx;
     e->batch = e->mem.batch;
     e->n_threads = e->mem.n_threads;
-    scratch_sizes z = scratch_plan(m, e->batch, e->n_threads, e->kv.n_ctx);
-    if (bn_kv_alloc(&e->kv, &e->cfg, e->kv.n_ctx, err) ||
-        scratch_alloc(&e->s, &z, act_cols_padded(e->fmt, &e->cfg)) ||
-        !(e->sampler = bn_sampler_new(e->cfg.n_vocab, err))) {
+    e->n_seq = e->mem.n_seq;
+    scratch_sizes z = scratch_plan(m, e->batch, e->n_threads, e->kv.n_ctx, e->n_seq);
+    /* kv and sampler set their own message; e is read only before it is freed */
+    int rc = bn_kv_alloc(&e->kv, &e->cfg, e->kv.n_ctx, err);
+    if (rc == 0) rc = kv_more_alloc(e, err);
+    if (rc == 0 && scratch_alloc(&e->s, &z, act_cols_padded(e->fmt, &e->cfg)))
+        rc = bn_err(err, "cannot allocate the engine's %zu scratch bytes (n_ctx %u)",
+                    e->mem.scratch, e->mem.n_ctx);
+    if (rc == 0 && !(e->sampler = bn_sampler_new(e->cfg.n_vocab, err))) rc = -1;
+    if (rc) {
         bn_engine_free(e);
-        return bn_err(err, "cannot allocate the engine's %zu bytes (n_ctx %u)", e->mem.total,
-                      e->mem.n_ctx);
+        return -1;
     }
     /* The zero padding of the activation rows is part of the kernels' contract. */
     memset(e->s.qa, 0, z.qa);
@@ -342,6 +377,8 @@ void bn_engine_free(bn_engine *e)
     if (!e) return;
     if (e->pinned) unpin_threads(e);
     bn_kv_free(&e->kv);
+    for (uint32_t i = 0; e->kv_more && i + 1 < e->n_seq; i++) bn_kv_free(&e->kv_more[i]);
+    free(e->kv_more);
     scratch_free(&e->s);
     bn_sampler_free(e->sampler);
     free(e);
@@ -416,3 +453,41 @@ int bn_engine_eval(bn_engine *e, const int32_t *ids, size_t n, float *all_logits
     }
     return 0;
 }
+
+/* Checks the whole batch before evaluating any of it: sequence indexes, ids, and that each
+ * sequence's new tokens fit its context (s.seq_next counts them from its n_past). */
+static int check_batch(bn_engine *e, const bn_batch_tok *toks, size_t n, const float *logits_out,
+                       bn_error *err)
+{
+    for (uint32_t q = 0; q < e->n_seq; q++) e->s.seq_next[q] = bn_eng_kv(e, q)->n_past;
+    for (size_t i = 0; i < n; i++) {
+        const bn_batch_tok *t = &toks[i];
+        if (t->seq >= e->n_seq)
+            return bn_err(err, "batch token %zu: sequence %u out of range (n_seq %u)", i, t->seq,
+                          e->n_seq);
+        if (t->id < 0 || (uint32_t)t->id >= e->cfg.n_vocab)
+            return bn_err(err, "batch token %zu: id %d out of range (n_vocab %u)", i, t->id,
+                          e->cfg.n_vocab);
+        if (e->s.seq_next[t->seq]++ >= e->kv.n_ctx)
+            return bn_err(err, "sequence %u: context full (n_ctx %u)", t->seq, e->kv.n_ctx);
+        if (t->want_logits && !logits_out)
+            return bn_err(err, "batch token %zu wants logits but no logits buffer was given", i);
+    }
+    return 0;
+}
+
+int bn_engine_eval_batch(bn_engine *e, const bn_batch_tok *toks, size_t n, float *logits_out,
+                         bn_error *err)
+{
+    if (n == 0) return 0;
+    if (check_batch(e, toks, n, logits_out, err)) return -1;
+    size_t rows = 0;
+    for (size_t i = 0; i < n; i += e->batch) {
+        uint32_t m = (uint32_t)(n - i < e->batch ? n - i : e->batch);
+        float *out = logits_out ? logits_out + rows * e->cfg.n_vocab : NULL;
+        rows += bn_forward_batch(e, toks + i, m, out);
+    }
+    return 0;
+}
+
+uint32_t bn_engine_n_seq(const bn_engine *e) { return e->n_seq; }

@@ -37,17 +37,24 @@ typedef struct bn_engine_opts {
                               * n_threads = n_cpus and thread i is pinned to cpus[i]. NULL = the
                               * defaults above (threads from the affinity mask, pin optional) */
     int n_cpus;
+    uint32_t n_seq;          /* independent sequences (bn_engine_eval_batch), each with its own
+                              * n_ctx-position KV region; 0 or 1 = one (sequence 0, the
+                              * single-sequence API below); at most BN_MAX_SEQ */
 } bn_engine_opts;
+
+#define BN_MAX_SEQ 64
 
 void bn_engine_opts_default(bn_engine_opts *o);
 
 /* Bytes the engine allocates, known before allocating (model weights are mapped, not counted). */
 typedef struct bn_engine_mem {
-    size_t kv;        /* f16 K and V for every layer, n_ctx positions */
+    size_t kv;        /* f16 K and V for every layer, n_ctx positions, for each of n_seq */
     size_t scratch;   /* activations for one prefill chunk, attention scores, logits, sampler */
     size_t total;     /* kv + scratch */
     uint32_t n_ctx, batch;   /* as resolved from the options */
     int n_threads;
+    uint32_t n_seq;          /* sequences (>= 1); kv = n_seq * kv_per_seq */
+    size_t kv_per_seq;       /* one sequence's region: n_ctx positions, reserved up front */
 } bn_engine_mem;
 
 /* The memory plan for model m under opts, without allocating (for up-front reporting). */
@@ -94,6 +101,36 @@ uint32_t bn_engine_keep_prefix(bn_engine *e, const int32_t *ids, size_t n);
 int bn_engine_eval(bn_engine *e, const int32_t *ids, size_t n, float *all_logits, bn_error *err);
 /* Logits of the last token evaluated without all_logits (n_vocab floats, engine-owned). */
 float *bn_engine_logits(bn_engine *e);
+
+/* ---- several sequences in one pass (continuous batching) ----------------------------- */
+
+/* One token of a batch: it goes at the next position of sequence seq (that sequence's n_past,
+ * plus the earlier tokens of seq in the same batch). */
+typedef struct bn_batch_tok {
+    int32_t id;
+    uint32_t seq;             /* 0 .. n_seq-1 */
+    int want_logits;          /* non-zero: this token's logits are returned */
+} bn_batch_tok;
+
+/* Runs toks[0..n) in one forward pass (chunks of opts.batch tokens): every ternary weight is
+ * read once per chunk for all the sequences in it. Tokens of one sequence must appear in order;
+ * any mix is allowed (decode tokens of some sequences with prefill runs of others). logits_out
+ * receives one row of n_vocab for each token flagged want_logits, in batch order (may be NULL
+ * if none is). Each sequence's results are bit-identical to evaluating it alone with
+ * bn_engine_eval (every op is per token). Fails, evaluating nothing, on a bad seq or id, or if
+ * a sequence's tokens do not fit its context. Sequence 0 is the single-sequence API's cache. */
+int bn_engine_eval_batch(bn_engine *e, const bn_batch_tok *toks, size_t n, float *logits_out,
+                         bn_error *err);
+
+uint32_t bn_engine_n_seq(const bn_engine *e);
+/* Per-sequence versions of the KV accessors above (seq 0 is the same cache as theirs). An
+ * out-of-range seq reads as empty and is ignored by the setters. A sequence leaves with
+ * bn_engine_seq_reset(); the next one to use that index reuses its region from position 0. */
+uint32_t bn_engine_seq_n_past(const bn_engine *e, uint32_t seq);
+const int32_t *bn_engine_seq_cached_ids(const bn_engine *e, uint32_t seq);
+void bn_engine_seq_reset(bn_engine *e, uint32_t seq);
+void bn_engine_seq_truncate(bn_engine *e, uint32_t seq, uint32_t n_past);
+uint32_t bn_engine_seq_keep_prefix(bn_engine *e, uint32_t seq, const int32_t *ids, size_t n);
 
 /* ---- instrumentation (off by default; tests and bench) ------------------------------- */
 

@@ -31,7 +31,10 @@ typedef struct bn_scratch {
     float *qs;       /* [batch]          their scales */
     float *scores;   /* [n_threads][n_ctx] attention scores, one row per thread */
     float *rope_inv_freq;   /* [head_dim/2] */
-    int8_t *lm_q;    /* [lm_cols_pad]    final hidden state quantized for the int8 lm_head */
+    int8_t *lm_q;    /* [batch][lm_cols_pad] final hidden states quantized for the int8 lm_head */
+    float *lm_qs;    /* [batch]          their scales */
+    uint32_t *tok_seq, *tok_pos;   /* [batch] each chunk token's sequence and position */
+    uint32_t *seq_next;            /* [n_seq] next free position per sequence (batch checks) */
     float *logits;   /* [n_vocab]        last token's logits */
     size_t cols_pad; /* row stride of qa: max padded width of n_embd and n_ff */
 } bn_scratch;
@@ -48,7 +51,9 @@ struct bn_engine {
     enum bn_lm_head_kind lm_head;
     bn_engine_mem mem;
 
-    bn_kv_cache kv;
+    bn_kv_cache kv;         /* sequence 0: the single-sequence API's cache */
+    bn_kv_cache *kv_more;   /* sequences 1 .. n_seq-1 (NULL if n_seq == 1) */
+    uint32_t n_seq;
     bn_scratch s;
     bn_sampler *sampler;
 
@@ -71,11 +76,21 @@ static inline uint16_t *bn_kv_v(const bn_kv_cache *kv, uint32_t layer, uint32_t 
     return kv->v + layer * kv->layer_stride + (size_t)pos * kv->kv_dim;
 }
 
+/* The cache of sequence seq (< e->n_seq). */
+static inline bn_kv_cache *bn_eng_kv(const bn_engine *e, uint32_t seq)
+{
+    return seq == 0 ? (bn_kv_cache *)&e->kv : &e->kv_more[seq - 1];
+}
+
 /* forward.c: one chunk of n <= batch tokens at positions kv.n_past.. (ids already checked),
  * appended to the cache. Logits: every token's into all_logits if non-NULL, else if want_last
  * the last token's into s.logits, else none. */
 void bn_forward_chunk(bn_engine *e, const int32_t *ids, uint32_t n, float *all_logits,
                       int want_last);
+/* forward.c: one chunk of n <= batch tokens of any sequences (checked by the caller), each
+ * appended to its sequence's cache; the rows of tokens flagged want_logits go to logits_out in
+ * order. Returns the number of rows written. */
+uint32_t bn_forward_batch(bn_engine *e, const bn_batch_tok *toks, uint32_t n, float *logits_out);
 
 /* engine.c */
 void *bn_eng_alloc64(size_t bytes);

@@ -1,5 +1,9 @@
-/* The BitNet b1.58 forward pass (docs: bitnet-model.md s.2), for a chunk of n tokens at
- * positions pos0 .. pos0+n-1. Decode is the same code with n == 1 (GEMV instead of GEMM).
+/* The BitNet b1.58 forward pass (docs: bitnet-model.md s.2), for a chunk of n tokens. Token t
+ * belongs to sequence s.tok_seq[t] and sits at position s.tok_pos[t] of that sequence's KV
+ * cache: one sequence at pos0 .. pos0+n-1 (prefill; decode is n == 1, GEMV instead of GEMM), or
+ * tokens of several sequences (batched decode), which share every weight read. Only RoPE, the
+ * KV store and attention look at (seq, pos); every other op is per token, so a token's result
+ * does not depend on which other tokens share its chunk.
  *
  *   x = embed(ids)                                       f16 rows -> f32
  *   per layer:
@@ -17,6 +21,7 @@
 #include <math.h>
 #include <omp.h>
 
+#include "base/checked.h"
 #include "engine/engine_internal.h"
 
 /* ---- helpers: threading, profiling --------------------------------------------------- */
@@ -40,11 +45,10 @@ static void prof_stop(bn_engine *e, enum bn_prof_part part, double t0)
 
 /* ---- per-token float ops ------------------------------------------------------------- */
 
-static void embed(bn_engine *e, const int32_t *ids, uint32_t n)
+static void embed_row(bn_engine *e, int32_t id, uint32_t t)
 {
     size_t dim = e->cfg.n_embd;
-    for (uint32_t t = 0; t < n; t++)
-        bn_f16_to_f32_row(e->model->tok_embd + (size_t)ids[t] * dim, e->s.x + t * dim, dim);
+    bn_f16_to_f32_row(e->model->tok_embd + (size_t)id * dim, e->s.x + t * dim, dim);
 }
 
 static void rmsnorm_rows(bn_engine *e, float *out, const float *in, const float *w, uint32_t n,
@@ -95,46 +99,49 @@ static void project(bn_engine *e, uint32_t n, int count, const bn_tensor *const 
 
 /* ---- attention ----------------------------------------------------------------------- */
 
-/* RoPE on this chunk's q and k, then k and v into the f16 cache at their positions. */
-static void rope_and_store(bn_engine *e, uint32_t layer, uint32_t n, uint32_t pos0)
+/* RoPE on this chunk's q and k, then k and v into their sequence's f16 cache at their
+ * positions (all of the chunk's, before any token attends: a prefill run sees its own). */
+static void rope_and_store(bn_engine *e, uint32_t layer, uint32_t n)
 {
     const bn_config *c = &e->cfg;
     size_t kv_dim = e->kv.kv_dim;
     for (uint32_t t = 0; t < n; t++) {
-        int pos = (int)(pos0 + t);
-        bn_rope_neox(e->s.q + t * c->n_embd, (int)c->n_head, (int)c->head_dim, pos,
+        const bn_kv_cache *kv = bn_eng_kv(e, e->s.tok_seq[t]);
+        uint32_t pos = e->s.tok_pos[t];
+        bn_rope_neox(e->s.q + t * c->n_embd, (int)c->n_head, (int)c->head_dim, (int)pos,
                      e->s.rope_inv_freq);
-        bn_rope_neox(e->s.k + t * kv_dim, (int)c->n_head_kv, (int)c->head_dim, pos,
+        bn_rope_neox(e->s.k + t * kv_dim, (int)c->n_head_kv, (int)c->head_dim, (int)pos,
                      e->s.rope_inv_freq);
-        bn_f32_to_f16_row(e->s.k + t * kv_dim, bn_kv_k(&e->kv, layer, pos0 + t), kv_dim);
-        bn_f32_to_f16_row(e->s.v + t * kv_dim, bn_kv_v(&e->kv, layer, pos0 + t), kv_dim);
+        bn_f32_to_f16_row(e->s.k + t * kv_dim, bn_kv_k(kv, layer, pos), kv_dim);
+        bn_f32_to_f16_row(e->s.v + t * kv_dim, bn_kv_v(kv, layer, pos), kv_dim);
     }
 }
 
-/* Causal attention of every (token, query head) of the chunk over positions [0, pos+1).
- * Each token sees exactly the positions it would see in token-by-token decode, so batching
- * does not change results. */
-static void attend(bn_engine *e, uint32_t layer, uint32_t n, uint32_t pos0)
+/* Causal attention of every (token, query head) of the chunk over positions [0, pos+1) of its
+ * own sequence. Each token sees exactly the positions it would see in token-by-token decode of
+ * that sequence alone, so batching does not change results. */
+static void attend(bn_engine *e, uint32_t layer, uint32_t n)
 {
     const bn_config *c = &e->cfg;
     uint32_t group = c->n_head / c->n_head_kv;
     size_t hd = c->head_dim, kv_dim = e->kv.kv_dim;
     float scale = 1.0f / sqrtf((float)hd);
-    const uint16_t *K = bn_kv_k(&e->kv, layer, 0), *V = bn_kv_v(&e->kv, layer, 0);
     long jobs = (long)n * c->n_head;
 #pragma omp parallel for num_threads(e->n_threads) schedule(static)
     for (long j = 0; j < jobs; j++) {
         uint32_t t = (uint32_t)(j / c->n_head), h = (uint32_t)(j % c->n_head);
+        const bn_kv_cache *kv = bn_eng_kv(e, e->s.tok_seq[t]);
         size_t kvh = (h / group) * hd;
         float *scores = e->s.scores + (size_t)omp_get_thread_num() * e->kv.n_ctx;
         bn_attn_head(e->s.att + t * c->n_embd + h * hd, e->s.q + t * c->n_embd + h * hd,
-                     K + kvh, V + kvh, pos0 + t + 1, kv_dim, (int)hd, scale, scores);
+                     bn_kv_k(kv, layer, 0) + kvh, bn_kv_v(kv, layer, 0) + kvh,
+                     e->s.tok_pos[t] + 1, kv_dim, (int)hd, scale, scores);
     }
 }
 
 /* ---- the two blocks of a layer ------------------------------------------------------- */
 
-static void attention_block(bn_engine *e, uint32_t l, uint32_t n, uint32_t pos0)
+static void attention_block(bn_engine *e, uint32_t l, uint32_t n)
 {
     const bn_layer_weights *w = &e->model->layers[l];
     size_t dim = e->cfg.n_embd;
@@ -152,8 +159,8 @@ static void attention_block(bn_engine *e, uint32_t l, uint32_t n, uint32_t pos0)
     prof_stop(e, BN_PROF_QKV, t0);
 
     t0 = prof_start(e);
-    rope_and_store(e, l, n, pos0);
-    attend(e, l, n, pos0);
+    rope_and_store(e, l, n);
+    attend(e, l, n);
     prof_stop(e, BN_PROF_ATTN, t0);
 
     t0 = prof_start(e);
@@ -228,7 +235,53 @@ static void lm_head(bn_engine *e, const float *h, float *logits)
     }
 }
 
+/* The lm_head of m tokens at once (their final hidden states rows[0..m) of s.x): each block
+ * of LM_BLOCK rows is read from memory once and reused from cache for every token. Per row the
+ * kernel and its inputs are those of lm_head(), so each token's logits are bit-identical. */
+#define LM_BLOCK 64
+static void lm_head_batch(bn_engine *e, const uint32_t *rows, uint32_t m, float *logits)
+{
+    const bn_model *md = e->model;
+    size_t dim = e->cfg.n_embd, vocab = e->cfg.n_vocab, lpad = md->lm_head_cols_padded;
+    size_t qstride = lpad > bn_align_up(dim, 64) ? lpad : bn_align_up(dim, 64);
+    int i8 = e->lm_head == BN_LM_HEAD_I8;
+    for (uint32_t i = 0; i < m; i++) {   /* s.xb row i is free: the layers are done */
+        float *xn = e->s.xb + (size_t)i * dim;
+        bn_rmsnorm(xn, e->s.x + (size_t)rows[i] * dim, md->output_norm, dim, e->cfg.norm_eps);
+        if (i8) e->s.lm_qs[i] = bn_quant_act(xn, dim, lpad, e->s.lm_q + i * qstride);
+    }
+#pragma omp parallel num_threads(e->n_threads)
+    {
+        size_t r0, r1;
+        thread_rows(vocab, 16, omp_get_num_threads(), omp_get_thread_num(), &r0, &r1);
+        for (size_t b0 = r0; b0 < r1; b0 += LM_BLOCK) {
+            size_t b1 = r1 - b0 < LM_BLOCK ? r1 : b0 + LM_BLOCK;
+            for (uint32_t i = 0; i < m; i++) {
+                float *y = logits + (size_t)i * vocab;
+                if (i8)
+                    bn_gemv_i8row(md->lm_head_i8, md->lm_head_i8_scale, dim, lpad,
+                                  e->s.lm_q + i * qstride, e->s.lm_qs[i], y, b0, b1);
+                else
+                    bn_gemv_f16(md->tok_embd, dim, e->s.xb + (size_t)i * dim, y, b0, b1);
+            }
+        }
+    }
+}
+
 /* ---- the chunk ----------------------------------------------------------------------- */
+
+/* Every layer over the chunk already embedded in s.x, tokens placed by s.tok_seq/tok_pos. */
+static void run_layers(bn_engine *e, uint32_t n)
+{
+    size_t dim = e->cfg.n_embd;
+    for (uint32_t l = 0; l < e->cfg.n_layer; l++) {
+        attention_block(e, l, n);
+        ffn_block(e, l, n);
+        if (e->hook)
+            for (uint32_t t = 0; t < n; t++)
+                e->hook(l, e->s.tok_pos[t], e->s.x + t * dim, dim, e->hook_user);
+    }
+}
 
 void bn_forward_chunk(bn_engine *e, const int32_t *ids, uint32_t n, float *all_logits,
                       int want_last)
@@ -238,15 +291,14 @@ void bn_forward_chunk(bn_engine *e, const int32_t *ids, uint32_t n, float *all_l
     size_t dim = c->n_embd;
 
     double t0 = prof_start(e);
-    embed(e, ids, n);
+    for (uint32_t t = 0; t < n; t++) {
+        embed_row(e, ids[t], t);
+        e->s.tok_seq[t] = 0;
+        e->s.tok_pos[t] = pos0 + t;
+    }
     prof_stop(e, BN_PROF_OTHER, t0);
 
-    for (uint32_t l = 0; l < c->n_layer; l++) {
-        attention_block(e, l, n, pos0);
-        ffn_block(e, l, n);
-        if (e->hook)
-            for (uint32_t t = 0; t < n; t++) e->hook(l, pos0 + t, e->s.x + t * dim, dim, e->hook_user);
-    }
+    run_layers(e, n);
 
     for (uint32_t t = 0; t < n; t++) e->kv.ids[pos0 + t] = ids[t];
     e->kv.n_past = pos0 + n;
@@ -257,4 +309,27 @@ void bn_forward_chunk(bn_engine *e, const int32_t *ids, uint32_t n, float *all_l
     else if (want_last)
         lm_head(e, e->s.x + (size_t)(n - 1) * dim, e->s.logits);
     prof_stop(e, BN_PROF_LM_HEAD, t0);
+}
+
+uint32_t bn_forward_batch(bn_engine *e, const bn_batch_tok *toks, uint32_t n, float *logits_out)
+{
+    double t0 = prof_start(e);
+    uint32_t m = 0;
+    for (uint32_t t = 0; t < n; t++) {
+        bn_kv_cache *kv = bn_eng_kv(e, toks[t].seq);
+        embed_row(e, toks[t].id, t);
+        e->s.tok_seq[t] = toks[t].seq;
+        e->s.tok_pos[t] = kv->n_past;   /* attention reads tok_pos, never n_past */
+        kv->ids[kv->n_past++] = toks[t].id;
+    }
+    prof_stop(e, BN_PROF_OTHER, t0);
+
+    run_layers(e, n);
+
+    t0 = prof_start(e);
+    for (uint32_t t = 0; t < n; t++)   /* compacted in place: tok_pos is no longer needed */
+        if (toks[t].want_logits) e->s.tok_pos[m++] = t;
+    if (m) lm_head_batch(e, e->s.tok_pos, m, logits_out);
+    prof_stop(e, BN_PROF_LM_HEAD, t0);
+    return m;
 }

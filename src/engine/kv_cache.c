@@ -46,21 +46,53 @@ void bn_kv_free(bn_kv_cache *kv)
     kv->n_past = 0;
 }
 
+static void kv_truncate(bn_kv_cache *kv, uint32_t n_past)
+{
+    if (n_past < kv->n_past) kv->n_past = n_past;
+}
+
+static uint32_t kv_keep_prefix(bn_kv_cache *kv, const int32_t *ids, size_t n)
+{
+    uint32_t keep = 0;
+    while (keep < kv->n_past && keep < n && kv->ids[keep] == ids[keep]) keep++;
+    /* The last prompt token is always re-run: its logits are what generation starts from. */
+    if (n > 0 && keep >= n) keep = (uint32_t)(n - 1);
+    kv->n_past = keep;
+    return keep;
+}
+
 uint32_t bn_engine_n_past(const bn_engine *e) { return e->kv.n_past; }
 const int32_t *bn_engine_cached_ids(const bn_engine *e) { return e->kv.ids; }
 void bn_engine_reset(bn_engine *e) { e->kv.n_past = 0; }
-
-void bn_engine_truncate(bn_engine *e, uint32_t n_past)
-{
-    if (n_past < e->kv.n_past) e->kv.n_past = n_past;
-}
+void bn_engine_truncate(bn_engine *e, uint32_t n_past) { kv_truncate(&e->kv, n_past); }
 
 uint32_t bn_engine_keep_prefix(bn_engine *e, const int32_t *ids, size_t n)
 {
-    uint32_t keep = 0;
-    while (keep < e->kv.n_past && keep < n && e->kv.ids[keep] == ids[keep]) keep++;
-    /* The last prompt token is always re-run: its logits are what generation starts from. */
-    if (n > 0 && keep >= n) keep = (uint32_t)(n - 1);
-    e->kv.n_past = keep;
-    return keep;
+    return kv_keep_prefix(&e->kv, ids, n);
+}
+
+/* Per sequence: the same operations on that sequence's region; a bad index is a no-op. */
+uint32_t bn_engine_seq_n_past(const bn_engine *e, uint32_t seq)
+{
+    return seq < e->n_seq ? bn_eng_kv(e, seq)->n_past : 0;
+}
+
+const int32_t *bn_engine_seq_cached_ids(const bn_engine *e, uint32_t seq)
+{
+    return seq < e->n_seq ? bn_eng_kv(e, seq)->ids : NULL;
+}
+
+void bn_engine_seq_reset(bn_engine *e, uint32_t seq)
+{
+    if (seq < e->n_seq) bn_eng_kv(e, seq)->n_past = 0;
+}
+
+void bn_engine_seq_truncate(bn_engine *e, uint32_t seq, uint32_t n_past)
+{
+    if (seq < e->n_seq) kv_truncate(bn_eng_kv(e, seq), n_past);
+}
+
+uint32_t bn_engine_seq_keep_prefix(bn_engine *e, uint32_t seq, const int32_t *ids, size_t n)
+{
+    return seq < e->n_seq ? kv_keep_prefix(bn_eng_kv(e, seq), ids, n) : 0;
 }

@@ -333,6 +333,7 @@ static int apply_at(bn_srv_config *c, const conf_key *k, const char *v, const ch
         char **w = &c->where[k - keys];
         free(*w);
         *w = where ? strdup(where) : NULL;
+        if (where && !*w) return bn_err(err, "out of memory");   /* else it reads as a default */
         return 0;
     }
     if (!where) return bn_err_prefix(err, "%s", k->name);

@@ -13,7 +13,8 @@ libbnserver_a_SOURCES = \
 	src/server/weights.c src/server/weights.h \
 	src/server/scheduler.c src/server/scheduler.h
 
-bin_PROGRAMS += bitnetd
+# A daemon: installed to sbin (/usr/sbin/bitnetd from the Debian package), beside nginx and sshd.
+sbin_PROGRAMS = bitnetd
 bitnetd_CFLAGS = $(AM_CFLAGS) $(BN_EXT_CFLAGS) -DBN_SYSCONFDIR='"$(sysconfdir)"' -DBN_VERSION='"$(PACKAGE_VERSION)"'
 bitnetd_SOURCES = src/bitnetd.c \
 	src/server/master.c src/server/master.h \
@@ -29,4 +30,6 @@ src/server/chat_page.c: $(srcdir)/src/server/chat_page.html $(srcdir)/src/server
 	$(SHELL) $(srcdir)/src/server/embed.sh $(srcdir)/src/server/chat_page.html bn_chat_page \
 	    server/chat_page.h > $@.tmp && mv $@.tmp $@
 bitnetd_LDADD = libbnserver.a $(BN_CORE_LIBS) $(BN_EXT_LIBS)
-dist_sysconf_DATA = conf/bitnetd.conf
+# The documented default configuration, at the path the systemd unit and docs/deploy.md use.
+bitnetddir = $(sysconfdir)/bitnetd
+dist_bitnetd_DATA = conf/bitnetd.conf

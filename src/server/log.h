@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "base/error.h"
+#include "server/config.h"   /* enum bn_log_level, bn_log_format */
 
 /* path: a file (O_APPEND|O_CREAT), "stderr", or "off"/NULL (nothing). */
 int bn_log_open(const char *path, int level /* enum bn_log_level */, bn_error *err);

@@ -111,9 +111,19 @@ static void put(json_t *o, const char *key, json_t *v, int *fail)
 }
 
 /* Dumps and releases j; NULL if j is NULL or fail is set. */
+/* json_dumpb into our own buffer, not json_dumps: jansson 2.14 ignores a failed append of an
+ * object key, so out of memory json_dumps can return malformed JSON. */
 static char *dump(json_t *j, int fail)
 {
-    char *s = j && !fail ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    const size_t flags = JSON_COMPACT | JSON_PRESERVE_ORDER;
+    size_t n = j && !fail ? json_dumpb(j, NULL, 0, flags) : 0;
+    char *s = n ? malloc(n + 1) : NULL;
+    if (s && json_dumpb(j, s, n, flags) == n) {
+        s[n] = 0;
+    } else {
+        free(s);
+        s = NULL;
+    }
     json_decref(j);
     return s;
 }
@@ -628,6 +638,8 @@ static int too_deep(const char *s, size_t len)
 
 static int decode_fail(const json_error_t *je, bn_api_error *e)
 {
+    /* out of memory, not the client's fault: jansson fails some allocations with no message */
+    if (!je->text[0] || json_error_code(je) == json_error_out_of_memory) return oom(e);
     switch (json_error_code(je)) {
     case json_error_invalid_utf8:
         return bad(e, "", "invalid UTF-8 in the request body (line %d, column %d)", je->line,

@@ -528,8 +528,13 @@ int bn_place_bind_self(hwloc_topology_t topo, const bn_worker_place *wp, bn_erro
         /* memory first touched by this worker (KV cache, scratch) lands on its own node */
         hwloc_bitmap_only(set, (unsigned)wp->numa_node);
         if (hwloc_set_membind(topo, set, HWLOC_MEMBIND_BIND,
-                              HWLOC_MEMBIND_PROCESS | HWLOC_MEMBIND_BYNODESET) != 0)
-            rc = bn_err(err, "cannot bind memory to NUMA node %d: %s", wp->numa_node, strerror(errno));
+                              HWLOC_MEMBIND_PROCESS | HWLOC_MEMBIND_BYNODESET) != 0) {
+            /* Containers often forbid it (Docker without SYS_NICE): the worker still runs, on
+             * the right cores, with first-touch placement. A warning, not a failure. */
+            bn_err(err, "cannot bind memory to NUMA node %d (%s): memory is placed on first touch",
+                   wp->numa_node, strerror(errno));
+            rc = 1;
+        }
     }
     hwloc_bitmap_free(set);
     return rc;

@@ -61,6 +61,8 @@ char *bn_plan_json(const bn_plan *p);
  * wp->numa_node (when the machine has more than one). Thread i is then pinned to cpus[i] by the
  * engine (bn_engine_opts.cpus). */
 int bn_place_bind_self(hwloc_topology_t topo, const bn_worker_place *wp, bn_error *err);
+/* Returns 0, -1 (err: the CPU binding failed), or 1 (err: a warning: the memory binding was
+ * refused, e.g. in a container; the CPUs are bound). */
 
 /* Loads this machine's topology (with HWLOC_TOPOLOGY_FLAG_... defaults). */
 int bn_topology_load(hwloc_topology_t *out, bn_error *err);

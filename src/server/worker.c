@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "server/channel.h"
+#include "server/log.h"
 #include "server/worker.h"
 
 #define INBOX_READ 65536   /* bytes asked of each read */
@@ -364,8 +365,9 @@ static int setup(worker *w, const bn_worker_spec *spec, bn_error *err)
     bn_engine_opts eo = spec->eopts;
     if (!spec->model || !spec->tok) return bn_err(err, "worker %d: no model or tokenizer", spec->index);
     if (spec->place && spec->topo) {
-        if (bn_place_bind_self(spec->topo, spec->place, err))
-            return bn_err_prefix(err, "worker %d", spec->index);
+        int b = bn_place_bind_self(spec->topo, spec->place, err);
+        if (b < 0) return bn_err_prefix(err, "worker %d", spec->index);
+        if (b > 0) bn_log_warn("%s", err->msg);
         eo.cpus = spec->place->cpus;
         eo.n_cpus = spec->place->n_threads;
     }
