@@ -460,14 +460,21 @@ START_TEST(vocab_hf)
 }
 END_TEST
 
+typedef struct engine_case {
+    const bn_model *m;
+    uint32_t n_seq;   /* > 1: the caches of the extra sequences too */
+} engine_case;
+
 static int op_engine_create(void *ctx, char *msg, size_t n)
 {
+    const engine_case *c = ctx;
     bn_engine_opts o;
     bn_engine_opts_default(&o);
     o.n_threads = 1;
+    o.n_seq = c->n_seq;
     bn_engine *e = NULL;
     bn_error err = {{0}};
-    if (bn_engine_create(ctx, &o, &e, &err)) {
+    if (bn_engine_create(c->m, &o, &e, &err)) {
         OK(e == NULL, "bn_engine_create failed but set *out");
         return fail_msg(msg, n, err.msg);
     }
@@ -480,7 +487,9 @@ START_TEST(engine_create)
     bn_model *m = NULL;
     bn_error err = {{0}};
     ck_assert_msg(bn_model_open(model_path, &m, &err) == 0, "%s", err.msg);
-    ck_assert_int_gt(run_faults("bn_engine_create", op_engine_create, m, NULL), 0);
+    engine_case one = {m, 1}, three = {m, 3};
+    ck_assert_int_gt(run_faults("bn_engine_create", op_engine_create, &one, NULL), 0);
+    ck_assert_int_gt(run_faults("bn_engine_create n_seq 3", op_engine_create, &three, NULL), 0);
     bn_model_close(m);
 }
 END_TEST

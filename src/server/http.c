@@ -194,8 +194,7 @@ static uint64_t send_error(bn_server *s, struct evhttp_request *req, const char 
 
 static uint64_t send_json_obj(struct evhttp_request *req, const char *rid, int status, json_t *obj)
 {
-    char *body = json_dumps(obj, JSON_COMPACT);
-    json_decref(obj);
+    char *body = bn_json_dump(obj);
     uint64_t n = send_body(req, rid, status, "application/json", body ? body : "{}", body ? strlen(body) : 2);
     free(body);
     return n;

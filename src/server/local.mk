@@ -23,7 +23,7 @@ bitnetd_SOURCES = src/bitnetd.c \
 # The chat page (GET /) is embedded in the binary: chat_page.c is generated from the .html
 # (a .c, not a header, so the object's own rule orders it: no BUILT_SOURCES needed).
 nodist_bitnetd_SOURCES = src/server/chat_page.c
-CLEANFILES += src/server/chat_page.c
+CLEANFILES += src/server/chat_page.c src/server/chat_page.c.tmp
 EXTRA_DIST += src/server/chat_page.html src/server/embed.sh
 src/server/chat_page.c: $(srcdir)/src/server/chat_page.html $(srcdir)/src/server/embed.sh
 	$(AM_V_GEN)$(MKDIR_P) src/server && \

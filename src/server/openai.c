@@ -128,6 +128,11 @@ static char *dump(json_t *j, int fail)
     return s;
 }
 
+char *bn_json_dump(struct json_t *j)
+{
+    return dump(j, 0);
+}
+
 /* "data: {json}\n\n" from j (released). JSON_COMPACT output has no raw newline (they are
  * escaped inside strings), so one event is one data line. */
 static char *sse(json_t *j, int fail, size_t *len)

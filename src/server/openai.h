@@ -71,6 +71,12 @@ int bn_api_parse(enum bn_api_kind kind, const char *body, size_t len, const bn_a
                  uint32_t n_vocab, bn_api_request *r, bn_api_error *e);
 void bn_api_request_free(bn_api_request *r);
 
+/* JSON text of j (released), compact, key order kept; NULL on failure or out of memory. Unlike
+ * json_dumps, never a truncated document when memory runs out (jansson 2.14 drops a failed key
+ * write). For every JSON body the server writes. */
+struct json_t;
+char *bn_json_dump(struct json_t *j);
+
 /* ---- responses ------------------------------------------------------------------------ */
 
 typedef struct bn_api_usage {
