@@ -65,3 +65,4 @@ tests_test_loadtest_LDADD = $(TEST_LIBS)
 endif
 TESTS += tests/test_nginx.sh
 EXTRA_DIST += tests/test_nginx.sh
+EXTRA_DIST += tests/browser/package.json tests/browser/package-lock.json tests/browser/chat_page.test.mjs

@@ -147,7 +147,7 @@ printf '%s\n' "$sec" | tail -n 1 | sed 's/^/  /'
 
 # ---- 4. from the installed files ---------------------------------------------------------------
 note "bitnet mkmodel tiny; bitnetd -t -c (a config derived from /etc/bitnetd/bitnetd.conf)"
-/usr/bin/bitnet mkmodel tiny "$work/x.bnpk" >/dev/null || fail "bitnet mkmodel"
+/usr/bin/bitnet mkmodel tiny "$work/x.bnpk" >/dev/null 2>&1 || fail "bitnet mkmodel"
 sed "s|^#model =.*|model = $work/x.bnpk|" /etc/bitnetd/bitnetd.conf >"$work/x.conf"
 [ "$(grep -c '^model = ' "$work/x.conf")" = 1 ] || fail "could not set model in the derived config"
 /usr/sbin/bitnetd -t -c "$work/x.conf" >"$work/t.log" 2>&1 || { cat "$work/t.log"; fail "bitnetd -t -c"; }
@@ -212,7 +212,7 @@ note "apt-get purge bitnetd"
 apt-get purge -y -qq bitnetd >"$work/purge.log" 2>&1 || { cat "$work/purge.log"; fail "apt-get purge failed"; }
 installed=0
 for p in /usr/sbin/bitnetd /usr/bin/bitnet /etc/bitnetd /lib/systemd/system/bitnetd.service \
-    /var/cache/bitnetd /var/lib/bitnetd; do
+    /var/cache/bitnetd /var/lib/bitnetd /var/log/bitnetd; do
     [ ! -e "$p" ] || fail "$p is left after purge"
 done
 ! getent passwd bitnetd >/dev/null || fail "the bitnetd user is left after purge"
