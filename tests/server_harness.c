@@ -1196,3 +1196,18 @@ long bn_smaps_sum(pid_t pid, const char *needle, const char *field, int *n_maps)
     free(t);
     return kb * 1024;
 }
+
+int bn_srv_test_main(const char *name, Suite *s)
+{
+    SRunner *sr = srunner_create(s);   /* owns s from here */
+    if (!getenv("BN_BITNETD") || !getenv("BN_BITNET")) {
+        fprintf(stderr, "%s: SKIP: BN_BITNETD / BN_BITNET are not set\n", name);
+        srunner_free(sr);
+        return 77;
+    }
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    bn_srv_stop_all();
+    return failed ? 1 : 0;
+}

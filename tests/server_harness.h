@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+#include <check.h>
 #include <jansson.h>
 
 #define BN_SRV_READY_MS 30000   /* start-up bound: until GET /ready answers 200 */
@@ -59,6 +60,9 @@ int bn_srv_wait_ready(bn_srv *s, int timeout_ms);
  * was already gone). NULL is a no-op. */
 int bn_srv_stop(bn_srv *s, int timeout_ms);
 void bn_srv_stop_all(void);
+/* main() of an integration test binary: exits 77 (skip) without $BN_BITNETD / $BN_BITNET, runs
+ * the suite, stops every server it started. Returns the process exit status. */
+int bn_srv_test_main(const char *name, Suite *s);
 /* Reaps the master if it exited, without blocking longer than timeout_ms (0 = just look).
  * Returns 1 once reaped (s->pid = 0, s->exit_status set), 0 while it runs. */
 int bn_srv_reap(bn_srv *s, int timeout_ms);

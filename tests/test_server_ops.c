@@ -544,14 +544,5 @@ static Suite *suite(void)
 
 int main(void)
 {
-    if (!getenv("BN_BITNETD") || !getenv("BN_BITNET")) {
-        fprintf(stderr, "test_server_ops: SKIP: BN_BITNETD / BN_BITNET are not set\n");
-        return 77;
-    }
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    bn_srv_stop_all();
-    return failed ? 1 : 0;
+    return bn_srv_test_main("test_server_ops", suite());
 }

@@ -697,15 +697,30 @@ static uint64_t h_status(bn_server *s, struct evhttp_request *req, const reqinfo
     return send_json_obj(req, ri->rid, 200, o);
 }
 
+/* The body of a request for the model's tokenizer, parsed (NULL when it is not JSON: the
+ * callers' own checks then answer 400), or *sent > 0 when an error was sent instead. */
+static json_t *model_body(bn_server *s, struct evhttp_request *req, const reqinfo *ri, const char **body,
+                          size_t *len, uint64_t *sent)
+{
+    bn_api_error e;
+    *sent = 0;
+    if (serving_or_fail(s, &e) != 0 || read_body(s, req, body, len, &e) != 0) {
+        *sent = send_error(s, req, ri->rid, &e);
+        return NULL;
+    }
+    json_error_t je;
+    return json_loadb(*body, *len, 0, &je);
+}
+
 /* POST /tokenize {"prompt": "..."} | {"messages": [...]}, as vLLM answers it. */
 static uint64_t h_tokenize(bn_server *s, struct evhttp_request *req, const reqinfo *ri)
 {
     bn_api_error e;
     const char *body;
     size_t len;
-    if (serving_or_fail(s, &e) != 0 || read_body(s, req, &body, &len, &e) != 0) return send_error(s, req, ri->rid, &e);
-    json_error_t je;
-    json_t *root = json_loadb(body, len, 0, &je);
+    uint64_t sent;
+    json_t *root = model_body(s, req, ri, &body, &len, &sent);
+    if (sent) return sent;
     int chat = root && json_is_object(root) && json_object_get(root, "messages");
     json_t *ast = root ? json_object_get(root, "add_special_tokens") : NULL;
     int add_special = !ast || json_is_true(ast);
@@ -715,7 +730,6 @@ static uint64_t h_tokenize(bn_server *s, struct evhttp_request *req, const reqin
     bn_tokens t = {0};
     int rc = bn_api_parse(chat ? BN_API_CHAT : BN_API_COMPLETION, body, len, &lim, s->gen->weights.model->cfg.n_vocab, &r, &e);
     if (rc == 0) rc = prompt_ids(s->gen, &r, &t, &e);
-    uint64_t sent;
     if (rc != 0) {
         sent = send_error(s, req, ri->rid, &e);
     } else {
@@ -735,9 +749,9 @@ static uint64_t h_detokenize(bn_server *s, struct evhttp_request *req, const req
     bn_api_error e;
     const char *body;
     size_t len;
-    if (serving_or_fail(s, &e) != 0 || read_body(s, req, &body, &len, &e) != 0) return send_error(s, req, ri->rid, &e);
-    json_error_t je;
-    json_t *root = json_loadb(body, len, 0, &je);
+    uint64_t sent;
+    json_t *root = model_body(s, req, ri, &body, &len, &sent);
+    if (sent) return sent;
     json_t *arr = root ? json_object_get(root, "tokens") : NULL;
     uint32_t n_vocab = s->gen->weights.model->cfg.n_vocab;
     int32_t *ids = NULL;
@@ -754,7 +768,6 @@ static uint64_t h_detokenize(bn_server *s, struct evhttp_request *req, const req
         }
     }
     json_decref(root);
-    uint64_t sent;
     char *text = NULL;
     size_t tl = 0;
     bn_error err;
