@@ -19,7 +19,7 @@
 /* Every key of the external contract (notes/http-contract.md). */
 static const char *const contract_keys[] = {
     "listen", "model", "cache_dir", "model_name", "weights", "mlock", "huge_pages", "n_ctx",
-    "prefill_chunk", "chat_format", "cpus", "workers", "threads", "smt", "backlog",
+    "prefill_chunk", "chat_format", "cpus", "workers", "threads", "smt", "share_cores", "backlog",
     "max_body_size", "max_header_size", "client_timeout", "api_keys", "default_max_tokens",
     "max_max_tokens", "queue_size", "queue_timeout", "worker_timeout", "shutdown_timeout",
     "ping_interval", "pid_file", "user", "access_log", "access_log_format", "error_log",

@@ -643,6 +643,42 @@ START_TEST(real_machine_plans_and_binds)
 }
 END_TEST
 
+/* share_cores: more single-thread workers than cores (many users on a small box). Workers are
+ * placed in rounds over the same cores; within a worker, threads stay on distinct cores; without
+ * share, or with more threads than cores, the request is refused. */
+START_TEST(share_cores_rounds)
+{
+    hwloc_topology_t t = synth("pack:1 numa:1 l3:1 core:2 pu:1");
+    bn_error err = {{0}};
+    bn_plan p;
+    bn_place_request rq = {.workers = 4, .threads = 1, .share = 1};
+    ck_assert_msg(bn_plan_make(t, NULL, &rq, &p, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(p.n_workers, 4);
+    const int c0[] = {0}, c1[] = {1};
+    assert_cpus(&p, 0, c0, 1);
+    assert_cpus(&p, 1, c1, 1);
+    assert_cpus(&p, 2, c0, 1);
+    assert_cpus(&p, 3, c1, 1);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    bn_plan_log(&p, f);
+    fclose(f);
+    ck_assert_msg(strstr(text, "on 2 of 2 cores") && strstr(text, "sharing cores"), "%s", text);
+    free(text);
+    bn_plan_free(&p);
+    rq.workers = 3;
+    rq.threads = 2;     /* each worker's two threads on the two cores; three such workers */
+    ck_assert_msg(bn_plan_make(t, NULL, &rq, &p, &err) == 0, "%s", err.msg);
+    for (int i = 0; i < 3; i++) ck_assert_int_ne(p.w[i].cpus[0], p.w[i].cpus[1]);
+    bn_plan_free(&p);
+    rq.threads = 3;     /* more threads than cores: refused even sharing */
+    ck_assert_int_ne(bn_plan_make(t, NULL, &rq, &p, &err), 0);
+    plan_fails(t, NULL, NULL, 4, 1, 0, "4 workers x 1 threads need 4 cores", "share_cores", NULL);
+    hwloc_topology_destroy(t);
+}
+END_TEST
+
 static Suite *placement_suite(void)
 {
     Suite *s = suite_create("placement");
@@ -659,6 +695,7 @@ static Suite *placement_suite(void)
     tcase_add_test(tc, auto_modes);
     tcase_add_test(tc, log_and_json);
     tcase_add_test(tc, real_machine_plans_and_binds);
+    tcase_add_test(tc, share_cores_rounds);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -92,6 +92,8 @@ static const conf_key keys[] = {
      "Threads per worker. auto: one per physical core, split across the workers."},
     {NULL, "smt", K_BOOL, OFF(smt), "off", 0, 0, NULL, 0,
      "Run threads on both SMT siblings of a core (off: one thread per physical core)."},
+    {NULL, "share_cores", K_BOOL, OFF(share_cores), "off", 0, 0, NULL, 0,
+     "Let workers share cores when workers x threads exceeds them (no queueing for many users)."},
 
     {"HTTP", "listen", K_LISTEN, 0, "127.0.0.1:30000", 0, 0, NULL, 0,
      "Address to listen on: ADDR:PORT, [IPV6]:PORT, or :PORT for every IPv4 address.\n"

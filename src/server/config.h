@@ -36,6 +36,7 @@ typedef struct bn_srv_config {
     int workers;               /* 0 = auto */
     int threads;               /* per worker; 0 = auto (one per physical core) */
     int smt;                   /* allow two threads on SMT siblings */
+    int share_cores;           /* allow workers to share cores (more workers than cores) */
 
     /* HTTP */
     char *listen[BN_CONF_MAX_LISTEN];   /* "ADDR:PORT" ("[::1]:30000"); default 127.0.0.1:30000 */

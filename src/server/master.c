@@ -121,7 +121,7 @@ static bn_generation *generation_load(bn_server *s, bn_srv_config *cfg, const ch
         g->chat = (enum bn_chat_kind)k;
     }
     g->n_ctx = cfg->n_ctx && cfg->n_ctx < m->cfg.n_ctx_max ? cfg->n_ctx : m->cfg.n_ctx_max;
-    bn_place_request rq = {cfg->cpus, cfg->workers, cfg->threads, cfg->smt};
+    bn_place_request rq = {cfg->cpus, cfg->workers, cfg->threads, cfg->smt, cfg->share_cores};
     if (bn_plan_make(s->topo, NULL, &rq, &g->plan, err) != 0) {
         /* name the placement key the operator set (cpus first: it is the usual culprit) */
         const char *key = bn_config_where(cfg, "cpus") ? "cpus" : bn_config_where(cfg, "threads") ? "threads" : "workers";

@@ -237,6 +237,19 @@ static int fill(planner *P, int t, int wmax, int cross_node, int *ws)
     return n;
 }
 
+/* fill() for w workers; with share, in rounds over the same cores once they are all taken, so
+ * later rounds' workers share cores with earlier ones. Returns how many were placed. */
+static int place_all(planner *P, int t, int w, int cross_node, int share, int *ws)
+{
+    int n = fill(P, t, w, cross_node, ws);
+    while (share && n > 0 && n < w) {
+        int k = fill(P, t, w - n, cross_node, ws ? ws + (size_t)n * (size_t)t : NULL);
+        if (k == 0) break;
+        n += k;
+    }
+    return n;
+}
+
 static int total_units(const planner *P)
 {
     int u = 0;
@@ -344,9 +357,13 @@ static int shape(planner *P, const bn_place_request *rq, int *workers, int *thre
         if (t == 0)
             return bn_err(err, "%d workers need at least %d %s; the CPU set %s has %d", w, w, what,
                           P->setstr, units);
+    } else if (rq->share && t <= units) {
+        if (place_all(P, t, w, 1, 1, NULL) < w)
+            return bn_err(err, "%d workers x %d threads do not fit in the CPU set %s even sharing cores",
+                          w, t, P->setstr);
     } else if ((long)w * t > units) {
-        return bn_err(err, "%d workers x %d threads need %ld %s; the CPU set %s has %d", w, t,
-                      (long)w * t, what, P->setstr, units);
+        return bn_err(err, "%d workers x %d threads need %ld %s; the CPU set %s has %d (share_cores = on "
+                      "lets workers share them)", w, t, (long)w * t, what, P->setstr, units);
     } else if (fill(P, t, w, 1, NULL) < w) {
         return bn_err(err, "%d workers x %d threads do not fit in the CPU set %s (%d cores, %d CPUs) "
                       "without two workers sharing a core: use an even thread count, or smt off",
@@ -423,7 +440,8 @@ int bn_plan_make(hwloc_topology_t topo, hwloc_const_bitmap_t allowed, const bn_p
     } else if ((rc = shape(&P, rq, &w, &t, err)) == 0) {
         cpus = malloc((size_t)w * (size_t)t * sizeof *cpus);
         out->w = calloc((size_t)w, sizeof *out->w);
-        if (!cpus || !out->w || fill(&P, t, w, rq->workers > 0 || rq->threads > 0, cpus) != w)
+        int share = rq->share && rq->workers > 0 && rq->threads > 0;
+        if (!cpus || !out->w || place_all(&P, t, w, rq->workers > 0 || rq->threads > 0, share, cpus) != w)
             rc = bn_err(err, "out of memory");
     }
     for (int i = 0; rc == 0 && i < w; i++) {
@@ -490,8 +508,10 @@ void bn_plan_log(const bn_plan *p, FILE *f)
         fprintf(f, "worker %d: cpus %s (%s), numa %d, %s\n", i, list, shape, wp->numa_node, l3);
         cores += wp->n_cores;
     }
-    fprintf(f, "placement: %d worker%s x %d threads on %d of %d cores (%d CPUs usable), %d NUMA node%s\n",
-            p->n_workers, p->n_workers == 1 ? "" : "s", p->threads, cores, p->n_cores, p->n_pus,
+    const char *shared = cores > p->n_cores ? ", workers sharing cores" : "";
+    if (cores > p->n_cores) cores = p->n_cores;
+    fprintf(f, "placement: %d worker%s x %d threads on %d of %d cores (%d CPUs usable)%s, %d NUMA node%s\n",
+            p->n_workers, p->n_workers == 1 ? "" : "s", p->threads, cores, p->n_cores, p->n_pus, shared,
             p->n_numa, p->n_numa == 1 ? "" : "s");
 }
 

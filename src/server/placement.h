@@ -24,6 +24,9 @@ typedef struct bn_place_request {
     int workers;        /* 0 = auto (fill the set with `threads`-thread workers) */
     int threads;        /* per worker; 0 = auto (one per physical core, split across workers) */
     int smt;            /* 1 = use every PU of a core (two threads on siblings) */
+    int share;          /* 1 = workers may share cores when workers x threads exceeds them:
+                         * placed in rounds over the same cores (each worker's own threads stay
+                         * on distinct cores); needs explicit workers and threads */
 } bn_place_request;
 
 typedef struct bn_worker_place {
