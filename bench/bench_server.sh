@@ -218,7 +218,7 @@ if [ -z "$splits" ]; then
 fi
 for s in ${splits//,/ } $serve_split; do
     [[ $s =~ ^[1-9][0-9]*x[1-9][0-9]*$ ]] || die "bad split '$s' (want WORKERSxTHREADS, e.g. 2x8)"
-    ((${s%x*} * ${s#*x} <= ncores)) || note "split $s uses more threads than the $ncores cores"
+    ((${s%x*} * ${s#*x} <= ncores)) || note "split $s uses more threads than the $ncores cores: share_cores = on"
 done
 
 prompt_args=(--prompt-len 32)
@@ -287,6 +287,8 @@ start_bitnetd() {
         echo "access_log = off"
         echo "shutdown_timeout = 2s"
         [ -n "$cpus" ] && echo "cpus = $cpus"
+        # more workers than cores (e.g. 4x1 on 2 cores): they share cores, time-sliced
+        if ((w * t > ncores)); then echo "share_cores = on"; fi
     } >"$conf"
     srv_url=http://127.0.0.1:$next_port srv_log=$logs/$name.log
     setsid "$bitnetd" -c "$conf" -m "$bnpk" --listen "127.0.0.1:$next_port" \
