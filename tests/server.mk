@@ -34,7 +34,7 @@ tests_test_weights_SOURCES = tests/test_weights.c src/server/weights.c
 tests_test_weights_CFLAGS = $(TEST_CFLAGS)
 tests_test_weights_LDADD = $(TEST_LIBS)
 
-tests_test_scheduler_SOURCES = tests/test_scheduler.c src/server/scheduler.c
+tests_test_scheduler_SOURCES = tests/test_scheduler.c src/server/scheduler.c src/server/queue.c
 tests_test_scheduler_CFLAGS = $(TEST_CFLAGS)
 tests_test_scheduler_LDADD = $(TEST_LIBS)
 

@@ -92,6 +92,13 @@ void bn_forward_chunk(bn_engine *e, const int32_t *ids, uint32_t n, float *all_l
  * order. Returns the number of rows written. */
 uint32_t bn_forward_batch(bn_engine *e, const bn_batch_tok *toks, uint32_t n, float *logits_out);
 
+/* lm_head.c: logits of one final hidden state h (n_embd) into logits (n_vocab), and of the m
+ * tokens rows[0..m) of s.x into m rows of logits. Both clobber s.xb. */
+void bn_lm_head_one(bn_engine *e, const float *h, float *logits);
+void bn_lm_head_batch(bn_engine *e, const uint32_t *rows, uint32_t m, float *logits);
+/* forward.c: rows [r0, r1) of a rows-row matrix for thread ith of nth, in whole tiles. */
+void bn_thread_rows(size_t rows, size_t tile, int nth, int ith, size_t *r0, size_t *r1);
+
 /* engine.c */
 void *bn_eng_alloc64(size_t bytes);
 double bn_eng_now(void);

@@ -28,7 +28,7 @@
 
 /* Rows [r0, r1) of a rows-row matrix for thread ith of nth: contiguous whole tiles, so that
  * kernels that interleave the rows of a tile never see half a tile. */
-static void thread_rows(size_t rows, size_t tile, int nth, int ith, size_t *r0, size_t *r1)
+void bn_thread_rows(size_t rows, size_t tile, int nth, int ith, size_t *r0, size_t *r1)
 {
     size_t tiles = (rows + tile - 1) / tile;
     size_t t0 = tiles * (size_t)ith / (size_t)nth, t1 = tiles * (size_t)(ith + 1) / (size_t)nth;
@@ -85,7 +85,7 @@ static void project(bn_engine *e, uint32_t n, int count, const bn_tensor *const 
         int nth = omp_get_num_threads(), ith = omp_get_thread_num();
         for (int j = 0; j < count; j++) {
             size_t r0, r1, rows = w[j]->rows, cols = w[j]->cols;
-            thread_rows(rows, (size_t)e->row_tile, nth, ith, &r0, &r1);
+            bn_thread_rows(rows, (size_t)e->row_tile, nth, ith, &r0, &r1);
             if (r0 >= r1) continue;
             if (n == 1)
                 bn_tern_gemv(e->fmt, w[j]->data, rows, cols, e->s.qa, e->s.qs[0], w[j]->scale,
@@ -209,65 +209,6 @@ static void ffn_block(bn_engine *e, uint32_t l, uint32_t n)
     prof_stop(e, BN_PROF_OTHER, t0);
 }
 
-/* ---- output -------------------------------------------------------------------------- */
-
-/* logits = lm_head . output_norm(h): the tied f16 embedding (exact f32 dot products), or the
- * int8 per-row copy against h quantized per token like every other activation. */
-static void lm_head(bn_engine *e, const float *h, float *logits)
-{
-    const bn_model *m = e->model;
-    size_t dim = e->cfg.n_embd, vocab = e->cfg.n_vocab;
-    float *xn = e->s.xb;   /* free at this point: the layers are done */
-    bn_rmsnorm(xn, h, m->output_norm, dim, e->cfg.norm_eps);
-    float xs = 0.0f;
-    if (e->lm_head == BN_LM_HEAD_I8) xs = bn_quant_act(xn, dim, m->lm_head_cols_padded, e->s.lm_q);
-#pragma omp parallel num_threads(e->n_threads)
-    {
-        size_t r0, r1;
-        thread_rows(vocab, 16, omp_get_num_threads(), omp_get_thread_num(), &r0, &r1);
-        if (r0 < r1) {
-            if (e->lm_head == BN_LM_HEAD_I8)
-                bn_gemv_i8row(m->lm_head_i8, m->lm_head_i8_scale, dim, m->lm_head_cols_padded,
-                              e->s.lm_q, xs, logits, r0, r1);
-            else
-                bn_gemv_f16(m->tok_embd, dim, xn, logits, r0, r1);
-        }
-    }
-}
-
-/* The lm_head of m tokens at once (their final hidden states rows[0..m) of s.x): each block
- * of LM_BLOCK rows is read from memory once and reused from cache for every token. Per row the
- * kernel and its inputs are those of lm_head(), so each token's logits are bit-identical. */
-#define LM_BLOCK 64
-static void lm_head_batch(bn_engine *e, const uint32_t *rows, uint32_t m, float *logits)
-{
-    const bn_model *md = e->model;
-    size_t dim = e->cfg.n_embd, vocab = e->cfg.n_vocab, lpad = md->lm_head_cols_padded;
-    size_t qstride = lpad > bn_align_up(dim, 64) ? lpad : bn_align_up(dim, 64);
-    int i8 = e->lm_head == BN_LM_HEAD_I8;
-    for (uint32_t i = 0; i < m; i++) {   /* s.xb row i is free: the layers are done */
-        float *xn = e->s.xb + (size_t)i * dim;
-        bn_rmsnorm(xn, e->s.x + (size_t)rows[i] * dim, md->output_norm, dim, e->cfg.norm_eps);
-        if (i8) e->s.lm_qs[i] = bn_quant_act(xn, dim, lpad, e->s.lm_q + i * qstride);
-    }
-#pragma omp parallel num_threads(e->n_threads)
-    {
-        size_t r0, r1;
-        thread_rows(vocab, 16, omp_get_num_threads(), omp_get_thread_num(), &r0, &r1);
-        for (size_t b0 = r0; b0 < r1; b0 += LM_BLOCK) {
-            size_t b1 = r1 - b0 < LM_BLOCK ? r1 : b0 + LM_BLOCK;
-            for (uint32_t i = 0; i < m; i++) {
-                float *y = logits + (size_t)i * vocab;
-                if (i8)
-                    bn_gemv_i8row(md->lm_head_i8, md->lm_head_i8_scale, dim, lpad,
-                                  e->s.lm_q + i * qstride, e->s.lm_qs[i], y, b0, b1);
-                else
-                    bn_gemv_f16(md->tok_embd, dim, e->s.xb + (size_t)i * dim, y, b0, b1);
-            }
-        }
-    }
-}
-
 /* ---- the chunk ----------------------------------------------------------------------- */
 
 /* Every layer over the chunk already embedded in s.x, tokens placed by s.tok_seq/tok_pos. */
@@ -305,9 +246,9 @@ void bn_forward_chunk(bn_engine *e, const int32_t *ids, uint32_t n, float *all_l
 
     t0 = prof_start(e);
     if (all_logits)
-        for (uint32_t t = 0; t < n; t++) lm_head(e, e->s.x + t * dim, all_logits + (size_t)t * c->n_vocab);
+        for (uint32_t t = 0; t < n; t++) bn_lm_head_one(e, e->s.x + t * dim, all_logits + (size_t)t * c->n_vocab);
     else if (want_last)
-        lm_head(e, e->s.x + (size_t)(n - 1) * dim, e->s.logits);
+        bn_lm_head_one(e, e->s.x + (size_t)(n - 1) * dim, e->s.logits);
     prof_stop(e, BN_PROF_LM_HEAD, t0);
 }
 
@@ -329,7 +270,7 @@ uint32_t bn_forward_batch(bn_engine *e, const bn_batch_tok *toks, uint32_t n, fl
     t0 = prof_start(e);
     for (uint32_t t = 0; t < n; t++)   /* compacted in place: tok_pos is no longer needed */
         if (toks[t].want_logits) e->s.tok_pos[m++] = t;
-    if (m) lm_head_batch(e, e->s.tok_pos, m, logits_out);
+    if (m) bn_lm_head_batch(e, e->s.tok_pos, m, logits_out);
     prof_stop(e, BN_PROF_LM_HEAD, t0);
     return m;
 }

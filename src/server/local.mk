@@ -11,7 +11,8 @@ libbnserver_a_SOURCES = \
 	src/server/metrics.c src/server/metrics.h \
 	src/server/log.c src/server/log.h \
 	src/server/weights.c src/server/weights.h \
-	src/server/scheduler.c src/server/scheduler.h
+	src/server/scheduler.c src/server/scheduler.h \
+	src/server/queue.c src/server/queue.h
 
 # A daemon: installed to sbin (/usr/sbin/bitnetd from the Debian package), beside nginx and sshd.
 sbin_PROGRAMS = bitnetd

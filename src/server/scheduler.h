@@ -1,39 +1,15 @@
-/* Admission and routing, as pure data structures (no libevent, no processes), so the policy is
- * unit-tested on its own:
- *  - bn_queue: the bounded FIFO of requests waiting for a worker (intrusive nodes, O(1) removal
- *    when a waiting client disconnects or times out);
- *  - bn_sched_pick: which free worker gets the next request. The one whose KV cache holds the
- *    longest prefix of the new prompt (the next turn of a chat skips that prefill); among equals,
- *    the one used least recently, so the caches other conversations may return to live longest. */
+/* Routing, as a pure function (no libevent, no processes), so the policy is unit-tested on its
+ * own. bn_sched_pick: which free worker gets the next request. The one whose KV cache holds the
+ * longest prefix of the new prompt (the next turn of a chat skips that prefill); among equals,
+ * the one used least recently, so the caches other conversations may return to live longest.
+ * The wait queue is queue.h. */
 #ifndef BN_SERVER_SCHEDULER_H
 #define BN_SERVER_SCHEDULER_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-typedef struct bn_qnode {
-    struct bn_qnode *prev, *next;
-    double enqueued_at;        /* monotonic seconds */
-    int queued;                /* on a queue now */
-} bn_qnode;
-
-typedef struct bn_queue {
-    bn_qnode head;             /* sentinel: head.next is the oldest */
-    int len, cap;
-} bn_queue;
-
-void bn_queue_init(bn_queue *q, int cap);
-/* Appends n (not queued) unless the queue is full: returns 0, or -1 when full. */
-int bn_queue_push(bn_queue *q, bn_qnode *n, double now);
-/* Removes and returns the oldest node, or NULL. */
-bn_qnode *bn_queue_pop(bn_queue *q);
-/* The oldest node without removing it, or NULL. */
-bn_qnode *bn_queue_peek(const bn_queue *q);
-/* Removes n if it is queued (no-op otherwise). */
-void bn_queue_remove(bn_queue *q, bn_qnode *n);
-/* A realistic Retry-After in whole seconds (>= 1) for a client refused now: the time for the
- * queue ahead of it to drain at the measured mean service time over `workers` workers. */
-int bn_queue_retry_after(const bn_queue *q, int workers, double mean_service_s);
+#include "server/queue.h"
 
 /* What the picker needs to know of each worker. */
 typedef struct bn_sched_worker {
