@@ -132,6 +132,20 @@ void bn_engine_seq_reset(bn_engine *e, uint32_t seq);
 void bn_engine_seq_truncate(bn_engine *e, uint32_t seq, uint32_t n_past);
 uint32_t bn_engine_seq_keep_prefix(bn_engine *e, uint32_t seq, const int32_t *ids, size_t n);
 
+/* A sequence's K/V as bytes, for the server's prompt cache: saved when a request ends, loaded
+ * into a free sequence when a later prompt starts with the same tokens (a copy is ~1000x
+ * cheaper than recomputing the prefix). The bytes are only meaningful to an engine of the same
+ * model and shape, in the same process. */
+/* Bytes that n positions of one sequence take (every layer's f16 K and V). */
+size_t bn_engine_seq_state_bytes(const bn_engine *e, uint32_t n);
+/* Copies positions [0, n) of seq (n <= its n_past) into buf (bn_engine_seq_state_bytes(e, n)). */
+int bn_engine_seq_save(const bn_engine *e, uint32_t seq, uint32_t n, void *buf, bn_error *err);
+/* Makes seq hold the first n positions of a state saved with n_buf positions (n <= n_buf <=
+ * the context), whose tokens were ids[0..n): afterwards its n_past is n, as if ids had been
+ * evaluated. */
+int bn_engine_seq_load(bn_engine *e, uint32_t seq, const int32_t *ids, uint32_t n, const void *buf,
+                       uint32_t n_buf, bn_error *err);
+
 /* ---- instrumentation (off by default; tests and bench) ------------------------------- */
 
 /* Called after every layer for every token of a pass: h is the residual stream (n_embd). */

@@ -28,6 +28,7 @@ enum bn_frame_type {
     BN_FR_CHUNK = 3,      /* generated tokens and their text: bn_fr_chunk + ids + text */
     BN_FR_DONE = 4,       /* request finished: bn_fr_done */
     BN_FR_ERROR = 5,      /* request failed: bn_fr_error + message */
+    BN_FR_CACHE = 6,      /* the worker's prompt cache changed: bn_fr_cache (+ ids), id 0 */
     /* master -> worker */
     BN_FR_GENERATE = 16,  /* a request: bn_fr_generate + prompt ids + stop strings */
     BN_FR_CANCEL = 17,    /* stop request id at the next token / prefill chunk (no payload) */
@@ -46,7 +47,7 @@ typedef struct bn_fr_hello {
     int32_t pid;
     uint32_t n_ctx;
     int32_t n_threads;
-    uint32_t pad;
+    uint32_t n_slots;        /* requests it runs at once (continuous batching); 0 reads as 1 */
     uint64_t kv_bytes, scratch_bytes;
 } bn_fr_hello;
 
@@ -90,6 +91,17 @@ typedef struct bn_fr_error {
     uint32_t msg_len;        /* message bytes follow */
 } bn_fr_error;
 
+/* The worker's prompt cache, mirrored by the master for routing (the worker whose cache holds
+ * the longest prefix of a new prompt gets it). ADD: entry now holds the KV of ids[0..n_ids)
+ * (a finished request's tokens; an existing entry id is replaced). DROP: entry is gone.
+ * CLEAR: every entry is gone (RESET). Entry ids are the worker's own, never 0. */
+enum bn_cache_op { BN_CACHE_ADD = 1, BN_CACHE_DROP = 2, BN_CACHE_CLEAR = 3 };
+typedef struct bn_fr_cache {
+    uint64_t entry;
+    uint32_t op;             /* enum bn_cache_op */
+    uint32_t n_ids;          /* ADD: int32 ids follow; otherwise 0 */
+} bn_fr_cache;
+
 /* A decoded frame: header fields and a pointer into the caller's buffer. */
 typedef struct bn_frame {
     uint16_t type, flags;
@@ -109,6 +121,7 @@ int bn_frame_put_generate(bn_buf *b, uint64_t id, const bn_fr_generate *g, const
 int bn_frame_put_chunk(bn_buf *b, uint64_t id, const int32_t *ids, uint32_t n_ids,
                        const char *text, uint32_t text_len);
 int bn_frame_put_error(bn_buf *b, uint64_t id, uint32_t code, const char *msg);
+int bn_frame_put_cache(bn_buf *b, uint32_t op, uint64_t entry, const int32_t *ids, uint32_t n_ids);
 
 /* Payload views, validated against the frame length (untrusted on both sides: -1 on a short or
  * inconsistent payload). Pointers point into the frame's payload. */
@@ -126,6 +139,11 @@ typedef struct bn_chunk_view {
     uint32_t text_len;
 } bn_chunk_view;
 int bn_frame_get_chunk(const bn_frame *f, bn_chunk_view *v, bn_error *err);
+typedef struct bn_cache_view {
+    bn_fr_cache c;
+    const uint8_t *ids;      /* c.n_ids int32 (memcpy them out) */
+} bn_cache_view;
+int bn_frame_get_cache(const bn_frame *f, bn_cache_view *v, bn_error *err);
 int bn_frame_get_fixed(const bn_frame *f, void *out, size_t size, bn_error *err);  /* hello/progress/done */
 int bn_frame_get_error(const bn_frame *f, bn_fr_error *e, const char **msg, bn_error *err);
 

@@ -78,6 +78,9 @@ typedef struct bn_job {
     int ran_on;                /* slot index it was dispatched to, -1 if never (access log) */
     int http_done, worker_done;
     int cancelled;             /* CANCEL sent */
+    int priority, key;         /* from bn_limits: also in qn for the queue's order */
+    struct bn_limits *limits;  /* admitted under it (a reference), NULL if never admitted */
+    int started;               /* bn_limits_start called (dispatched) */
     double t_arrive, t_dispatch, t_first, t_last;
     uint32_t n_completion, n_cached;
     int32_t *out_ids;          /* generated ids (for the cache mirror) */

@@ -27,7 +27,11 @@ typedef struct bn_worker_spec {
     bn_engine_opts eopts;           /* n_ctx, lm_head, batch; threads/cpus come from place */
     const bn_worker_place *place;   /* NULL = no binding (tests) */
     hwloc_topology_t topo;          /* for bn_place_bind_self; NULL = no binding */
-    uint32_t prefill_chunk;         /* tokens per prefill pass; 0 = 64 */
+    uint32_t prefill_chunk;         /* tokens per prefill pass; 0 = 64. With slots, the most
+                                     * prompt tokens one batched step takes, so running
+                                     * requests wait at most one such step for a token */
+    uint32_t n_slots;               /* requests decoded together (engine n_seq); 0 = 1 */
+    size_t prompt_cache_bytes;      /* RAM for saved KV prefixes (LRU); 0 = no prompt cache */
 } bn_worker_spec;
 
 /* The worker's whole life: bind, create the engine, say HELLO, serve frames until EOF.
