@@ -10,7 +10,7 @@ check_PROGRAMS += tests/test_faults
 TESTS += tests/test_faults
 
 tests_test_faults_SOURCES = tests/test_faults.c src/server/openai.c src/server/config.c \
-	src/server/channel.c
+	src/server/channel.c src/server/limits.c
 tests_test_faults_CFLAGS = $(TEST_CFLAGS)
 tests_test_faults_LDFLAGS = $(AM_LDFLAGS) $(BN_FAULTS_TEST_WRAP)
 tests_test_faults_LDADD = $(TEST_LIBS)

@@ -53,7 +53,10 @@ static int put_every_type(bn_buf *b)
     ck_assert(bn_frame_put_generate(b, UINT64_MAX, &g, ids, stops) == 0);
     ck_assert(bn_frame_put(b, BN_FR_CANCEL, 9, NULL, 0) == 0);
     ck_assert(bn_frame_put(b, BN_FR_RESET, 0, NULL, 0) == 0);
-    return 9;
+    ck_assert(bn_frame_put_cache(b, BN_CACHE_ADD, 42, ids, 4) == 0);
+    ck_assert(bn_frame_put_cache(b, BN_CACHE_DROP, UINT64_MAX, ids, 4) == 0);   /* ids ignored */
+    ck_assert(bn_frame_put_cache(b, BN_CACHE_CLEAR, 0, NULL, 0) == 0);
+    return 12;
 }
 
 START_TEST(frames_round_trip)
@@ -61,8 +64,9 @@ START_TEST(frames_round_trip)
     bn_buf b = {0};
     int n = put_every_type(&b);
     static const uint16_t types[] = {BN_FR_HELLO, BN_FR_PROGRESS, BN_FR_CHUNK, BN_FR_CHUNK, BN_FR_DONE,
-                                     BN_FR_ERROR, BN_FR_GENERATE, BN_FR_CANCEL, BN_FR_RESET};
-    static const uint64_t ids[] = {0, 7, 7, 7, 7, 8, UINT64_MAX, 9, 0};
+                                     BN_FR_ERROR, BN_FR_GENERATE, BN_FR_CANCEL, BN_FR_RESET,
+                                     BN_FR_CACHE, BN_FR_CACHE, BN_FR_CACHE};
+    static const uint64_t ids[] = {0, 7, 7, 7, 7, 8, UINT64_MAX, 9, 0, 0, 0, 0};
     size_t off = 0;
     bn_error err = {{0}};
     for (int i = 0; i < n; i++) {
@@ -132,6 +136,22 @@ START_TEST(frames_round_trip)
             ck_assert(v.stop_len[0] == 2 && memcmp(v.stops[0], "\n\n", 2) == 0);
             ck_assert(v.stop_len[1] == 5 && memcmp(v.stops[1], "User:", 5) == 0);
             ck_assert(v.stop_len[2] == 2 && memcmp(v.stops[2], "\xc3\xa9", 2) == 0);
+            break;
+        }
+        case BN_FR_CACHE: {   /* ADD 42 with 4 ids, DROP UINT64_MAX, CLEAR */
+            bn_cache_view v;
+            ck_assert_msg(bn_frame_get_cache(&f, &v, &err) == 0, "%s", err.msg);
+            static const uint32_t ops[] = {BN_CACHE_ADD, BN_CACHE_DROP, BN_CACHE_CLEAR};
+            static const uint64_t entries[] = {42, UINT64_MAX, 0};
+            ck_assert_int_eq(v.c.op, ops[i - 9]);
+            ck_assert(v.c.entry == entries[i - 9]);
+            ck_assert_int_eq(v.c.n_ids, i == 9 ? 4 : 0);
+            ck_assert_int_eq(f.len, sizeof(bn_fr_cache) + v.c.n_ids * sizeof(int32_t));
+            if (i == 9) {
+                int32_t got[4];
+                memcpy(got, v.ids, sizeof got);
+                ck_assert(got[0] == 5 && got[1] == 0 && got[2] == 511 && got[3] == 128000);
+            }
             break;
         }
         default:
@@ -292,6 +312,42 @@ START_TEST(bad_frames_rejected)
     ck_assert(bn_frame_get_fixed(&fd, &d, sizeof d, &err) == -1 && strstr(err.msg, "DONE"));
     fd = raw_frame(&b, BN_FR_DONE, p, sizeof d + 1);
     ck_assert(bn_frame_get_fixed(&fd, &d, sizeof d, &err) == -1);
+    /* CACHE payloads: short, inconsistent counts, unknown op, entry 0, ids on DROP */
+    bn_cache_view cav;
+    bn_fr_cache cc;
+#define CACHE_REJECTED(entry_, op_, n_, len_, what)                                            \
+    do {                                                                                       \
+        memset(&cc, 0, sizeof cc);                                                             \
+        cc.entry = (entry_);                                                                   \
+        cc.op = (op_);                                                                         \
+        cc.n_ids = (n_);                                                                       \
+        memcpy(p, &cc, sizeof cc);                                                             \
+        bn_frame fr_ = raw_frame(&b, BN_FR_CACHE, p, (len_));                                  \
+        err.msg[0] = 0;                                                                        \
+        ck_assert_msg(bn_frame_get_cache(&fr_, &cav, &err) == -1, "%s: accepted", what);       \
+        ck_assert_msg(err.msg[0] != 0, "%s: no message", what);                                \
+    } while (0)
+    CACHE_REJECTED(1, BN_CACHE_ADD, 0, sizeof cc - 1, "shorter than its header");
+    CACHE_REJECTED(1, BN_CACHE_ADD, 2, sizeof cc + 4, "2 ids announced, 1 present");
+    CACHE_REJECTED(1, BN_CACHE_ADD, 1, sizeof cc + 8, "trailing bytes");
+    CACHE_REJECTED(1, BN_CACHE_ADD, 0x40000001u, sizeof cc + 4, "n_ids that wraps");
+    CACHE_REJECTED(1, 0, 0, sizeof cc, "op 0");
+    CACHE_REJECTED(1, 4, 0, sizeof cc, "op 4");
+    CACHE_REJECTED(0, BN_CACHE_ADD, 1, sizeof cc + 4, "ADD of entry 0");
+    CACHE_REJECTED(0, BN_CACHE_DROP, 0, sizeof cc, "DROP of entry 0");
+    CACHE_REJECTED(3, BN_CACHE_DROP, 1, sizeof cc + 4, "DROP with ids");
+    CACHE_REJECTED(0, BN_CACHE_CLEAR, 1, sizeof cc + 4, "CLEAR with ids");
+    memset(&cc, 0, sizeof cc);
+    cc.entry = 7;
+    cc.op = BN_CACHE_ADD;
+    cc.n_ids = 1;
+    memcpy(p, &cc, sizeof cc);
+    bn_frame fca = raw_frame(&b, BN_FR_CACHE, p, sizeof cc + 4);
+    ck_assert_msg(bn_frame_get_cache(&fca, &cav, &err) == 0, "%s", err.msg);   /* the control */
+    ck_assert(bn_frame_get_cache(&fd, &cav, &err) == -1);   /* a DONE is not a CACHE */
+    ck_assert(bn_frame_put_cache(&b, BN_CACHE_ADD, 1, (const int32_t *)(const void *)dummy, 1u << 22) == -1);
+#undef CACHE_REJECTED
+
     /* a view of the wrong type */
     ck_assert(bn_frame_get_chunk(&fd, &cv, &err) == -1 && bn_frame_get_generate(&fd, &v, &err) == -1);
     bn_buf_free(&b);
@@ -585,6 +641,7 @@ START_TEST(worker_says_hello)
     ck_assert_int_eq(wa.hello.n_ctx, 256);
     ck_assert_int_eq(wb.hello.n_ctx, 4096);
     ck_assert_int_eq(wa.hello.n_threads, 1);
+    ck_assert_int_eq(wa.hello.n_slots, 1);   /* n_slots 0 in the spec: one */
     ck_assert(wa.hello.kv_bytes > 0 && wa.hello.scratch_bytes > 0);
     ck_assert(wb.hello.kv_bytes > wa.hello.kv_bytes);   /* 16x the positions, 4x the layers */
 }

@@ -23,7 +23,7 @@ static const char *const contract_keys[] = {
     "max_body_size", "max_header_size", "client_timeout", "api_keys", "default_max_tokens",
     "max_max_tokens", "queue_size", "queue_timeout", "worker_timeout", "shutdown_timeout",
     "ping_interval", "pid_file", "user", "access_log", "access_log_format", "error_log",
-    "log_level", "daemon"};
+    "log_level", "daemon", "slots", "prompt_cache_mb", "reserved_slots", "key_class"};
 #define N_CONTRACT (sizeof contract_keys / sizeof contract_keys[0])
 
 static int load(bn_srv_config *c, const char *text, bn_error *err)
@@ -46,8 +46,15 @@ static int same_config(const bn_srv_config *a, const bn_srv_config *b)
     for (int i = 0; i < a->n_listen; i++)
         if (strcmp(a->listen[i], b->listen[i])) return 0;
     for (int i = 0; i < a->n_api_keys; i++)
-        if (strcmp(a->api_keys[i], b->api_keys[i])) return 0;
-    return a->weights == b->weights && a->mlock == b->mlock && a->huge_pages == b->huge_pages &&
+        if (strcmp(a->api_keys[i], b->api_keys[i]) ||
+            !streq0(a->api_key_class[i], b->api_key_class[i]))
+            return 0;
+    if (a->n_key_classes != b->n_key_classes ||
+        (a->n_key_classes &&
+         memcmp(a->key_classes, b->key_classes, (size_t)a->n_key_classes * sizeof *a->key_classes)))
+        return 0;
+    return a->slots == b->slots && a->prompt_cache_mb == b->prompt_cache_mb &&
+           a->reserved_slots == b->reserved_slots && a->weights == b->weights && a->mlock == b->mlock && a->huge_pages == b->huge_pages &&
            a->n_ctx == b->n_ctx && a->prefill_chunk == b->prefill_chunk &&
            a->workers == b->workers && a->threads == b->threads && a->smt == b->smt &&
            a->backlog == b->backlog && a->max_body_size == b->max_body_size &&
@@ -93,6 +100,11 @@ START_TEST(test_defaults)
     ck_assert_uint_eq(c.prefill_chunk, 64);
     ck_assert_int_eq(c.workers, 0);
     ck_assert_int_eq(c.threads, 0);
+    ck_assert_int_eq(c.slots, 0);
+    ck_assert_uint_eq(c.prompt_cache_mb, 1024);
+    ck_assert_int_eq(c.reserved_slots, 1);
+    ck_assert_int_eq(c.n_key_classes, 0);
+    ck_assert_ptr_null(c.key_classes);
     ck_assert_int_eq(c.smt, 0);
     ck_assert_int_eq(c.backlog, 511);
     ck_assert_uint_eq(c.max_body_size, 1 << 20);
@@ -159,7 +171,8 @@ START_TEST(test_every_type)
         "default_max_tokens = 16\nmax_max_tokens = 32\nqueue_size = 0\nqueue_timeout = 2m\n"
         "worker_timeout = 1h\nshutdown_timeout = 0\nping_interval = 0.25\npid_file = /run/b.pid\n"
         "user = nobody\naccess_log = off\naccess_log_format = combined\nerror_log = /var/log/e\n"
-        "log_level = debug\ndaemon = 1\n";
+        "log_level = debug\ndaemon = 1\nslots = 4\nprompt_cache_mb = 0\nreserved_slots = 2\n"
+        "key_class = batch priority=5 max_concurrent=2 tokens_per_minute=600\n";
     ck_assert_msg(load(&c, text, &err) == 0, "%s", err.msg);
     ck_assert_str_eq(c.model, "/m/x.bnpk");
     ck_assert_str_eq(c.cache_dir, "/cache");
@@ -198,6 +211,14 @@ START_TEST(test_every_type)
     ck_assert_str_eq(c.error_log, "/var/log/e");
     ck_assert_int_eq(c.log_level, BN_LOG_DEBUG);
     ck_assert_int_eq(c.daemon, 1);
+    ck_assert_int_eq(c.slots, 4);
+    ck_assert_uint_eq(c.prompt_cache_mb, 0);
+    ck_assert_int_eq(c.reserved_slots, 2);
+    ck_assert_int_eq(c.n_key_classes, 1);
+    ck_assert_str_eq(c.key_classes[0].name, "batch");
+    ck_assert_int_eq(c.key_classes[0].priority, 5);
+    ck_assert_int_eq(c.key_classes[0].max_concurrent, 2);
+    ck_assert_uint_eq(c.key_classes[0].tokens_per_minute, 600);
     ck_assert_msg(bn_srv_config_validate(&c, &err) == 0, "%s", err.msg);
 
     /* "auto" goes back to 0 / NULL, an empty value unsets an optional string */
@@ -242,6 +263,25 @@ START_TEST(test_bad_values)
         {"workers", "many", "not auto or a whole number 1..1024"},
         {"workers", "-2", "not auto or a whole number"},
         {"threads", "1025", "not auto or a whole number 1..1024"},
+        {"slots", "257", "not auto or a whole number 1..256"},
+        {"slots", "few", "not auto or a whole number"},
+        {"prompt_cache_mb", "-1", "out of range"},
+        {"prompt_cache_mb", "1g", "not a whole number"},
+        {"reserved_slots", "auto", "not a whole number"},
+        {"reserved_slots", "300", "out of range (expected 0..256)"},
+        {"key_class", "", "missing the class name"},
+        {"key_class", "b@d", "'b@d' is not a class name"},
+        {"key_class", "a23456789012345678901234567890123", "is not a class name"},
+        {"key_class", "batch speed=3", "class batch: unknown setting 'speed'"},
+        {"key_class", "batch priority", "class batch: priority needs a value"},
+        {"key_class", "batch priority=x", "class batch: priority: 'x' is not a whole number"},
+        {"key_class", "batch priority=1000001", "class batch: priority: '1000001' is out of range"},
+        {"key_class", "batch max_concurrent=-1", "class batch: max_concurrent: '-1' is out of"},
+        {"key_class", "batch tokens_per_minute=1.5", "tokens_per_minute: '1.5' is not a whole"},
+        {"key_class", "b priority=1 priority=2", "class b: priority is given twice"},
+        {"api_keys", "k:", "'' is not a class name"},
+        {"api_keys", ":batch", "empty API key before ':CLASS'"},
+        {"api_keys", "k:b!", "'b!' is not a class name"},
         {"smt", "2", "not on or off"},
         {"listen", "localhost", "has no port"},
         {"listen", "127.0.0.1:99999", "port must be a number 0..65535"},
@@ -280,7 +320,8 @@ START_TEST(test_bad_values)
         snprintf(want, sizeof want, "t.conf:3: %s: ", bad[i].key);
         ck_assert_msg(!strncmp(err.msg, want, strlen(want)), "'%s' does not start with '%s'", err.msg, want);
         ck_assert_msg(strstr(err.msg, bad[i].says), "'%s' does not say '%s'", err.msg, bad[i].says);
-        if (bad[i].value[0] && strcmp(bad[i].key, "api_keys")) {
+        /* keys are secrets; a key_class message names the faulty word instead */
+        if (bad[i].value[0] && strcmp(bad[i].key, "api_keys") && strcmp(bad[i].key, "key_class")) {
             char quoted[64];
             snprintf(quoted, sizeof quoted, "'%s'", bad[i].value);
             ck_assert_msg(strstr(err.msg, quoted) || strstr(err.msg, bad[i].value), "'%s' does not name the value", err.msg);
@@ -418,6 +459,37 @@ START_TEST(test_repeatable)
     ck_assert_int_eq(load(&c, "api_keys = z9\n", &err), 0);
     ck_assert_int_eq(c.n_api_keys, 1);
     ck_assert_str_eq(c.api_keys[0], "z9");
+    /* key_class: accumulate within a source, the next source's lines replace them */
+    ck_assert_int_eq(load(&c, "key_class = a priority=-3\nkey_class = b\tmax_concurrent=1  \n", &err), 0);
+    ck_assert_int_eq(c.n_key_classes, 2);
+    ck_assert_int_eq(bn_config_class(&c, "a")->priority, -3);
+    ck_assert_int_eq(bn_config_class(&c, "a")->max_concurrent, 0);
+    ck_assert_int_eq(bn_config_class(&c, "b")->max_concurrent, 1);
+    ck_assert_int_eq(bn_config_class(&c, "b")->priority, 0);
+    ck_assert_ptr_null(bn_config_class(&c, "c"));
+    ck_assert_str_eq(bn_config_class(&c, "default")->name, "default");   /* built in */
+    ck_assert_int_eq(load(&c, "key_class = default priority=2 tokens_per_minute=60\n", &err), 0);
+    ck_assert_int_eq(c.n_key_classes, 1);
+    ck_assert_ptr_null(bn_config_class(&c, "a"));
+    ck_assert_int_eq(bn_config_class(&c, "default")->priority, 2);     /* redefined */
+    ck_assert_uint_eq(bn_config_class(&c, "default")->tokens_per_minute, 60);
+    ck_assert_int_eq(load(&c, "\nkey_class = x\nkey_class = x priority=1\n", &err), -1);
+    ck_assert_str_eq(err.msg, "t.conf:3: key_class: class x is defined twice");
+    char many[4096] = "";
+    for (int i = 0; i <= BN_CONF_MAX_CLASSES; i++)
+        snprintf(many + strlen(many), sizeof many - strlen(many), "key_class = c%d\n", i);
+    ck_assert_int_eq(load(&c, many, &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "t.conf:65: key_class: too many classes (at most 64)"));
+    /* KEY:CLASS splits at the last ':' */
+    ck_assert_int_eq(load(&c, "api_keys = k1:gold, k:2:batch ,plain\n", &err), 0);
+    ck_assert_int_eq(c.n_api_keys, 3);
+    ck_assert_str_eq(c.api_keys[0], "k1");
+    ck_assert_str_eq(c.api_key_class[0], "gold");
+    ck_assert_str_eq(c.api_keys[1], "k:2");
+    ck_assert_str_eq(c.api_key_class[1], "batch");
+    ck_assert_str_eq(c.api_keys[2], "plain");
+    ck_assert_ptr_null(c.api_key_class[2]);
+    ck_assert_ptr_null(c.api_keys[3]);
     bn_config_free(&c);
 }
 END_TEST
@@ -434,6 +506,25 @@ START_TEST(test_validate)
     ck_assert_str_eq(err.msg, "default_max_tokens (5000) is larger than max_max_tokens (4096)");
     ck_assert_int_eq(load(&c, "max_max_tokens = 5000\n", &err), 0);
     ck_assert_int_eq(bn_srv_config_validate(&c, &err), 0);
+    /* a key's class must be defined, by a key_class line before or after it */
+    ck_assert_int_eq(load(&c, "# keys\napi_keys = s3cret:gold, other\n", &err), 0);
+    ck_assert_int_eq(bn_srv_config_validate(&c, &err), -1);
+    ck_assert_str_eq(err.msg, "t.conf:2: api_keys: key #1 names class 'gold', which no key_class "
+                              "line defines");
+    ck_assert_int_eq(load(&c, "api_keys = s3cret:gold, other:default\nkey_class = gold priority=-1\n",
+                          &err), 0);
+    ck_assert_msg(bn_srv_config_validate(&c, &err) == 0, "%s", err.msg);
+    /* the same key twice, whatever its classes: named by position, never by value */
+    ck_assert_int_eq(load(&c, "api_keys = s3cret:gold\napi_keys = x, s3cret\nkey_class = gold\n", &err), 0);
+    ck_assert_int_eq(bn_srv_config_validate(&c, &err), -1);
+    ck_assert_str_eq(err.msg, "t.conf:2: api_keys: keys #1 and #3 are the same key");
+    ck_assert_ptr_null(strstr(err.msg, "s3cret"));
+    /* reserved_slots never takes a worker's last slot */
+    ck_assert_int_eq(load(&c, "api_keys =\nreserved_slots = 3\n", &err), 0);
+    ck_assert_int_eq(bn_config_reserved(&c, 1), 0);
+    ck_assert_int_eq(bn_config_reserved(&c, 2), 1);
+    ck_assert_int_eq(bn_config_reserved(&c, 8), 3);
+    ck_assert_int_eq(bn_config_reserved(&c, 0), 0);
     bn_config_free(&c);
 }
 END_TEST
@@ -494,9 +585,11 @@ START_TEST(test_cmdline)
     bn_config_free(&c);
 
     /* two --listen accumulate; --daemon; the long forms */
-    ck_assert_int_eq(parse_argv(&cl, &err, 7, "--model=/m", "--listen", ":1", "--listen=:2",
-                                "--daemon", "--threads", "auto"), 0);
+    ck_assert_int_eq(parse_argv(&cl, &err, 9, "--model=/m", "--listen", ":1", "--listen=:2",
+                                "--daemon", "--threads", "auto", "--slots", "4"), 0);
     ck_assert_int_eq(bn_config_from_cmdline(&cl, &c, &err), 0);
+    ck_assert_int_eq(c.slots, 4);
+    ck_assert_str_eq(bn_config_where(&c, "slots"), "--slots");
     ck_assert_int_eq(c.n_listen, 2);
     ck_assert_int_eq(c.daemon, 1);
     ck_assert_ptr_null(c.config_file);
@@ -519,6 +612,10 @@ START_TEST(test_cmdline)
     ck_assert_int_eq(parse_argv(&cl, &err, 4, "-m", "x", "--workers", "lots"), 0);
     ck_assert_int_eq(bn_config_from_cmdline(&cl, &c, &err), -1);
     ck_assert_str_eq(err.msg, "--workers: 'lots' is not auto or a whole number 1..1024");
+    bn_config_free(&c);
+    ck_assert_int_eq(parse_argv(&cl, &err, 4, "-m", "x", "--slots", "0x8"), 0);
+    ck_assert_int_eq(bn_config_from_cmdline(&cl, &c, &err), -1);
+    ck_assert_str_eq(err.msg, "--slots: '0x8' is not auto or a whole number 1..256");
     bn_config_free(&c);
     ck_assert_int_eq(parse_argv(&cl, &err, 2, "--listen", "nowhere"), 0);
     ck_assert_int_eq(bn_config_from_cmdline(&cl, &c, &err), -1);
@@ -561,7 +658,7 @@ START_TEST(test_cmdline)
     FILE *uf = open_memstream(&u, &ulen);
     bn_cmdline_usage(uf);
     fclose(uf);
-    const char *flags[] = {"-c", "-t", "-m", "--listen", "--workers", "--threads", "--cpus",
+    const char *flags[] = {"-c", "-t", "-m", "--listen", "--workers", "--threads", "--slots", "--cpus",
                            "--foreground", "--daemon", "--pid-file", "--dump-config", "--help", "--version"};
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         ck_assert_msg(strstr(u, flags[i]), "usage lacks %s", flags[i]);

@@ -30,6 +30,7 @@
 #include "model/synth.h"
 #include "server/channel.h"
 #include "server/config.h"
+#include "server/limits.h"
 #include "server/openai.h"
 #include "text/tokenizer.h"
 #include "testutil.h"
@@ -643,8 +644,10 @@ static const char CONFIG_TEXT[] =
     "workers = 2\n"
     "threads = 4\n"
     "cpus = 0-3,8\n"
-    "api_keys = sk-one\n"
-    "api_keys = sk-two\n"
+    "api_keys = sk-one:batch\n"
+    "api_keys = sk-two, sk-three:staff\n"
+    "key_class = batch priority=10 max_concurrent=2 tokens_per_minute=6000\n"
+    "key_class = staff priority=-1\n"
     "default_max_tokens = 128\n"
     "pid_file = /run/bitnetd.pid\n"
     "access_log = off   # no access log\n"
@@ -669,6 +672,35 @@ static int op_config(void *ctx, char *msg, size_t n)
 START_TEST(config_load)
 {
     ck_assert_int_gt(run_faults("bn_config_load_string", op_config, NULL, NULL), 0);
+}
+END_TEST
+
+/* The key table built from CONFIG_TEXT's keys and classes. */
+static int op_limits(void *ctx, char *msg, size_t n)
+{
+    const bn_srv_config *c = ctx;
+    bn_error err = {{0}};
+    bn_limits *l = NULL;
+    if (bn_limits_new(c, &l, &err)) {
+        OK(l == NULL, "bn_limits_new failed but returned %p", (void *)l);
+        return fail_msg(msg, n, err.msg);
+    }
+    OK(bn_limits_auth(l, "Bearer sk-three") == 3, "sk-three is key %d", bn_limits_auth(l, "Bearer sk-three"));
+    OK(bn_limits_priority(l, 1, 0, 0) == 10, "batch priority %d", bn_limits_priority(l, 1, 0, 0));
+    bn_limits_unref(bn_limits_ref(l));
+    bn_limits_unref(l);
+    return 0;
+}
+
+START_TEST(limits_new)
+{
+    bn_srv_config c;
+    bn_error err = {{0}};
+    bn_config_defaults(&c);
+    ck_assert_msg(bn_config_load_string(&c, CONFIG_TEXT, sizeof CONFIG_TEXT - 1, "bitnetd.conf",
+                                        &err) == 0, "%s", err.msg);
+    ck_assert_int_gt(run_faults("bn_limits_new", op_limits, &c, NULL), 0);
+    bn_config_free(&c);
 }
 END_TEST
 
@@ -790,6 +822,7 @@ static Suite *faults_suite(void)
     tcase_add_loop_test(t, api_parse, 0, (int)(sizeof API_CASES / sizeof API_CASES[0]));
     tcase_add_test(t, api_builders);
     tcase_add_test(t, config_load);
+    tcase_add_test(t, limits_new);
     tcase_add_test(t, channel);
     suite_add_tcase(s, t);
     return s;

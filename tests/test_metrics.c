@@ -80,7 +80,7 @@ static char *render_sample(size_t *len)
     int statuses[] = {200, 201, 404, 503, 99, 600};
     for (int i = 0; i < 6; i++) bn_metrics_http(m, statuses[i]);
     bn_metrics_gauges g = {.running = 1, .waiting = 2, .workers = 4, .workers_busy = 1, .workers_live = 3,
-                           .kv_usage = 0.25};
+                           .kv_usage = 0.25, .slots = 16, .slots_busy = 5};
     char *text = bn_metrics_render(m, &g, len);
     bn_metrics_free(m);
     ck_assert_ptr_nonnull(text);
@@ -149,6 +149,8 @@ START_TEST(test_metrics_values)
     ASSERT_LINE(t, "bitnetd_workers" M ",state=\"idle\"} 2.0");
     ASSERT_LINE(t, "bitnetd_workers" M ",state=\"down\"} 1.0");
     ASSERT_LINE(t, "bitnetd_workers_total" M "} 4.0");
+    ASSERT_LINE(t, "bitnetd_slots" M ",state=\"busy\"} 5.0");
+    ASSERT_LINE(t, "bitnetd_slots" M ",state=\"free\"} 11.0");
     ASSERT_LINE(t, "bitnetd_worker_restarts_total" M "} 1.0");
     ASSERT_LINE(t, "bitnetd_requests_rejected_total" M ",reason=\"queue_full\"} 2.0");
     ASSERT_LINE(t, "bitnetd_requests_rejected_total" M ",reason=\"draining\"} 0.0");
@@ -232,6 +234,7 @@ START_TEST(test_metrics_structure)
         {"vllm:request_generation_tokens", "histogram"},
         {"bitnetd_workers", "gauge"},
         {"bitnetd_workers_total", "gauge"},
+        {"bitnetd_slots", "gauge"},
         {"bitnetd_worker_restarts_total", "counter"},
         {"bitnetd_requests_rejected_total", "counter"},
         {"bitnetd_http_responses_total", "counter"},
@@ -243,6 +246,31 @@ START_TEST(test_metrics_structure)
         ck_assert_msg(found, "family %s (%s) missing", want[i][0], want[i][1]);
     }
     free(t);
+}
+END_TEST
+
+/* The prefix cache counters are in tokens: every request's prompt is a query of that many
+ * tokens, its cached part the hits, aborted requests included. */
+START_TEST(test_metrics_prefix_cache)
+{
+    bn_metrics *m = bn_metrics_new("m");
+    ck_assert_ptr_nonnull(m);
+    bn_metrics_req turn1 = {"stop", 100, 8, 0, 0, 0.1, 0.2, 0.1, 0.1};
+    bn_metrics_req turn2 = {"stop", 150, 8, 108, 0, 0.1, 0.2, 0.1, 0.1};
+    bn_metrics_req lost = {"abort", 40, 0, 32, -1, -1, -1, -1, -1};
+    bn_metrics_request(m, &turn1);
+    bn_metrics_request(m, &turn2);
+    bn_metrics_request(m, &lost);
+    bn_metrics_gauges g = {.slots = 2, .slots_busy = 3};   /* a stale busy count: never negative */
+    size_t len;
+    char *t = bn_metrics_render(m, &g, &len);
+    ck_assert_ptr_nonnull(t);
+    ASSERT_LINE(t, "vllm:prefix_cache_queries_total{model_name=\"m\"} 290.0");
+    ASSERT_LINE(t, "vllm:prefix_cache_hits_total{model_name=\"m\"} 140.0");
+    ASSERT_LINE(t, "bitnetd_slots{model_name=\"m\",state=\"busy\"} 3.0");
+    ASSERT_LINE(t, "bitnetd_slots{model_name=\"m\",state=\"free\"} 0.0");
+    free(t);
+    bn_metrics_free(m);
 }
 END_TEST
 
@@ -549,6 +577,7 @@ int main(void)
     tcase_add_test(tc, test_metrics_values);
     tcase_add_test(tc, test_metrics_structure);
     tcase_add_test(tc, test_metrics_buckets_and_numbers);
+    tcase_add_test(tc, test_metrics_prefix_cache);
     suite_add_tcase(s, tc);
     tc = tcase_create("logs");
     tcase_add_test(tc, test_access_json);

@@ -115,6 +115,13 @@ static const struct bad_case {
     {C, CHAT(",\"seed\":\"x\""), "seed", "'seed' must be an integer, got string"},
     {C, CHAT(",\"seed\":1.5"), "seed", "must be an integer"},
     {C, CHAT(",\"seed\":1e30"), "seed", "64-bit integer"},
+    /* scheduling */
+    {C, CHAT(",\"priority\":\"high\""), "priority", "'priority' must be an integer, got string"},
+    {P, "{\"prompt\":\"x\",\"priority\":1.5}", "priority", "'priority' must be an integer, got number"},
+    {C, CHAT(",\"priority\":true"), "priority", "must be an integer, got boolean"},
+    {C, CHAT(",\"priority\":[1]"), "priority", "must be an integer, got array"},
+    {C, CHAT(",\"priority\":1000001"), "priority", "'priority' must be -1000000..1000000, got 1000001"},
+    {C, CHAT(",\"priority\":-1e300"), "priority", "must be -1000000..1000000, got -1e+300"},
     /* stop */
     {C, CHAT(",\"stop\":[\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\",\"9\",\"10\",\"11\","
              "\"12\",\"13\",\"14\",\"15\",\"16\",\"17\"]"), "stop", "at most 16 entries, got 17"},
@@ -217,6 +224,8 @@ START_TEST(chat_defaults)
     ck_assert(r.sampling.repeat_penalty == 1.0f);
     ck_assert(r.sampling.presence_penalty == 0.0f && r.sampling.frequency_penalty == 0.0f);
     ck_assert_int_eq(r.has_seed, 0);
+    ck_assert_int_eq(r.has_priority, 0);
+    ck_assert_int_eq(r.priority, 0);
     ck_assert_int_eq(r.stream, 0);
     ck_assert_int_eq(r.include_usage, 0);
     ck_assert_int_eq(r.ignore_eos, 0);
@@ -360,6 +369,29 @@ START_TEST(seed_handling)
         parse_ok_s(C, T[i].body, &r);
         ck_assert_msg(r.has_seed == T[i].has, "%s", T[i].body);
         ck_assert_msg(r.sampling.seed == T[i].seed, "%s", T[i].body);
+        bn_api_request_free(&r);
+    }
+}
+END_TEST
+
+/* vLLM's priority: an integer (integral reals too, as for every integer field), null = absent. */
+START_TEST(priority_handling)
+{
+    static const struct { enum bn_api_kind kind; const char *body; int has, priority; } T[] = {
+        {C, CHAT(""), 0, 0},
+        {C, CHAT(",\"priority\":null"), 0, 0},
+        {C, CHAT(",\"priority\":0"), 1, 0},
+        {C, CHAT(",\"priority\":-3"), 1, -3},
+        {C, CHAT(",\"priority\":10"), 1, 10},
+        {C, CHAT(",\"priority\":2.0"), 1, 2},
+        {C, CHAT(",\"priority\":-1000000"), 1, -1000000},
+        {P, "{\"prompt\":\"x\",\"priority\":1000000}", 1, 1000000},
+    };
+    for (size_t i = 0; i < sizeof T / sizeof T[0]; i++) {
+        bn_api_request r;
+        parse_ok_s(T[i].kind, T[i].body, &r);
+        ck_assert_msg(r.has_priority == T[i].has, "%s", T[i].body);
+        ck_assert_msg(r.priority == T[i].priority, "%s: %d", T[i].body, r.priority);
         bn_api_request_free(&r);
     }
 }
@@ -774,6 +806,7 @@ int main(void)
     tcase_add_test(tp, max_completion_tokens_alias);
     tcase_add_test(tp, limits_defaults);
     tcase_add_test(tp, seed_handling);
+    tcase_add_test(tp, priority_handling);
     tcase_add_test(tp, stream_options);
     tcase_add_test(tp, stop_strings);
     tcase_add_test(tp, duplicate_keys_last_wins);

@@ -197,11 +197,11 @@ END_TEST
 
 /* ---- the queue ------------------------------------------------------------------------ */
 
-/* workers = 1, queue_size = 2: one running + two queued, the next is refused with 503; the
+/* workers = 1, slots = 1, queue_size = 2: one running + two queued, the next is refused with 503; the
  * queued stream gets ": ping" comments; once the running one is cancelled the queued finish. */
 START_TEST(queue_full)
 {
-    bn_srv *s = start("queue_size = 2\nping_interval = 200ms\nqueue_timeout = 60s\n");
+    bn_srv *s = start("slots = 1\nqueue_size = 2\nping_interval = 200ms\nqueue_timeout = 60s\n");
     bn_sse run, q1;
     open_running_stream(s, &run, LONG_STREAM);
 
@@ -261,7 +261,7 @@ END_TEST
  * then [DONE] when its head was already sent for pings). */
 START_TEST(queue_timeout)
 {
-    bn_srv *s = start("queue_size = 4\nqueue_timeout = 500ms\nping_interval = 200ms\n");
+    bn_srv *s = start("slots = 1\nqueue_size = 4\nqueue_timeout = 500ms\nping_interval = 200ms\n");
     bn_sse run;
     open_running_stream(s, &run, LONG_STREAM);
     bn_http_resp r;
@@ -393,6 +393,9 @@ static long wait_respawn(bn_srv *s, pid_t old)
 START_TEST(kill_worker_streaming)
 {
     bn_srv *s = start("workers = 2\n");
+    /* both workers up first: with slots, a worker that is not ready yet would leave both
+     * streams to the other one (the picker spreads by busy slots among ready workers) */
+    ck_assert_int_eq(bn_srv_wait_workers(s->port, "idle", 30000), 0);
     const char *body = "{\"prompt\":\"a\",\"max_tokens\":1500,\"ignore_eos\":true,\"stream\":true,"
                        "\"stream_options\":{\"include_usage\":true}}";
     bn_sse a, b;

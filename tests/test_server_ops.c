@@ -434,8 +434,10 @@ static long shared_pss(const char *mode, int workers, long file_size)
     const char *model = bn_srv_model("small");
     ck_assert_ptr_nonnull(model);
     char conf[1024];
-    /* share_cores: 4 workers even on a 2-core machine (they then share cores) */
-    snprintf(conf, sizeof conf, "model = %s\nweights = %s\nworkers = %d\nthreads = 1\nshare_cores = on\n",
+    /* share_cores: 4 workers even on a 2-core machine (they then share cores); one slot each,
+     * so that one request per worker really reaches every worker */
+    snprintf(conf, sizeof conf,
+             "model = %s\nweights = %s\nworkers = %d\nthreads = 1\nshare_cores = on\nslots = 1\n",
              model, mode, workers);
     bn_srv *s = start(conf);
     bn_conn c[8];   /* one request per worker: all sent, then all read */

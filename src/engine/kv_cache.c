@@ -96,3 +96,55 @@ uint32_t bn_engine_seq_keep_prefix(bn_engine *e, uint32_t seq, const int32_t *id
 {
     return seq < e->n_seq ? kv_keep_prefix(bn_eng_kv(e, seq), ids, n) : 0;
 }
+
+/* ---- a sequence's state as bytes (the server's prompt cache) ---------------------------- */
+
+/* Layout of a state of n positions: for each layer, n rows of K then n rows of V (kv_dim f16
+ * each), i.e. the cache's own rows, so a save or a load is 2 * n_layer memcpys. */
+size_t bn_engine_seq_state_bytes(const bn_engine *e, uint32_t n)
+{
+    return 2 * (size_t)e->cfg.n_layer * n * e->kv.kv_dim * sizeof(uint16_t);
+}
+
+int bn_engine_seq_save(const bn_engine *e, uint32_t seq, uint32_t n, void *buf, bn_error *err)
+{
+    if (seq >= e->n_seq) return bn_err(err, "save: sequence %u out of range (n_seq %u)", seq, e->n_seq);
+    const bn_kv_cache *kv = bn_eng_kv(e, seq);
+    if (n > kv->n_past)
+        return bn_err(err, "save: %u positions asked, sequence %u holds %u", n, seq, kv->n_past);
+    size_t rows = (size_t)n * kv->kv_dim;
+    uint16_t *p = buf;
+    if (n == 0) return 0;
+    for (uint32_t l = 0; l < e->cfg.n_layer; l++) {
+        memcpy(p, bn_kv_k(kv, l, 0), rows * sizeof *p);
+        memcpy(p + rows, bn_kv_v(kv, l, 0), rows * sizeof *p);
+        p += 2 * rows;
+    }
+    return 0;
+}
+
+int bn_engine_seq_load(bn_engine *e, uint32_t seq, const int32_t *ids, uint32_t n, const void *buf,
+                       uint32_t n_buf, bn_error *err)
+{
+    if (seq >= e->n_seq) return bn_err(err, "load: sequence %u out of range (n_seq %u)", seq, e->n_seq);
+    bn_kv_cache *kv = bn_eng_kv(e, seq);
+    if (n > n_buf || n_buf > kv->n_ctx)
+        return bn_err(err, "load: %u of %u saved positions into a %u-position context", n, n_buf,
+                      kv->n_ctx);
+    for (uint32_t i = 0; i < n; i++)
+        if (ids[i] < 0 || (uint32_t)ids[i] >= e->cfg.n_vocab)
+            return bn_err(err, "load: token %u: id %d out of range (n_vocab %u)", i, ids[i],
+                          e->cfg.n_vocab);
+    size_t rows = (size_t)n * kv->kv_dim, stride = (size_t)n_buf * kv->kv_dim;
+    const uint16_t *p = buf;
+    kv->n_past = 0;
+    if (n == 0) return 0;
+    for (uint32_t l = 0; l < e->cfg.n_layer; l++) {
+        memcpy(bn_kv_k(kv, l, 0), p, rows * sizeof *p);
+        memcpy(bn_kv_v(kv, l, 0), p + stride, rows * sizeof *p);
+        p += 2 * stride;
+    }
+    memcpy(kv->ids, ids, (size_t)n * sizeof *ids);
+    kv->n_past = n;
+    return 0;
+}

@@ -52,7 +52,7 @@ void bn_buf_free(bn_buf *b)
 
 static int type_known(uint16_t t)
 {
-    return (t >= BN_FR_HELLO && t <= BN_FR_ERROR) || (t >= BN_FR_GENERATE && t <= BN_FR_RESET);
+    return (t >= BN_FR_HELLO && t <= BN_FR_CACHE) || (t >= BN_FR_GENERATE && t <= BN_FR_RESET);
 }
 
 /* Appends a header for a payload of len bytes and returns where the payload goes, or NULL. */
@@ -171,11 +171,28 @@ int bn_frame_put_error(bn_buf *b, uint64_t id, uint32_t code, const char *msg)
     return 0;
 }
 
+int bn_frame_put_cache(bn_buf *b, uint32_t op, uint64_t entry, const int32_t *ids, uint32_t n_ids)
+{
+    if (op != BN_CACHE_ADD) n_ids = 0;   /* only ADD carries ids */
+    uint64_t len = sizeof(bn_fr_cache) + (uint64_t)n_ids * sizeof(int32_t);
+    if (len > BN_FRAME_MAX_PAYLOAD) return -1;
+    uint8_t *p = put_header(b, BN_FR_CACHE, 0, (size_t)len);
+    if (!p) return -1;
+    bn_fr_cache c;
+    memset(&c, 0, sizeof c);   /* no padding bytes from the stack */
+    c.entry = entry;
+    c.op = op;
+    c.n_ids = n_ids;
+    memcpy(p, &c, sizeof c);
+    if (n_ids) memcpy(p + sizeof c, ids, (size_t)n_ids * sizeof(int32_t));
+    return 0;
+}
+
 /* ---- payload views --------------------------------------------------------------------- */
 
 static const char *type_name(uint16_t t)
 {
-    static const char *names[] = {"?", "HELLO", "PROGRESS", "CHUNK", "DONE", "ERROR"};
+    static const char *names[] = {"?", "HELLO", "PROGRESS", "CHUNK", "DONE", "ERROR", "CACHE"};
     static const char *mnames[] = {"GENERATE", "CANCEL", "RESET"};
     if (t < sizeof names / sizeof *names) return names[t];
     if (t >= BN_FR_GENERATE && t <= BN_FR_RESET) return mnames[t - BN_FR_GENERATE];
@@ -231,6 +248,26 @@ int bn_frame_get_chunk(const bn_frame *f, bn_chunk_view *v, bn_error *err)
     v->ids = f->payload + sizeof c;
     v->text = (const char *)v->ids + (size_t)c.n_ids * sizeof(int32_t);
     v->text_len = c.text_len;
+    return 0;
+}
+
+int bn_frame_get_cache(const bn_frame *f, bn_cache_view *v, bn_error *err)
+{
+    if (f->type != BN_FR_CACHE) return bn_err(err, "channel: %s frame, expected CACHE", type_name(f->type));
+    if (f->len < sizeof v->c)
+        return bn_err(err, "channel: CACHE payload of %u bytes is shorter than its header", f->len);
+    memcpy(&v->c, f->payload, sizeof v->c);
+    if (v->c.op < BN_CACHE_ADD || v->c.op > BN_CACHE_CLEAR)
+        return bn_err(err, "channel: CACHE op %u is unknown", v->c.op);
+    if (v->c.op != BN_CACHE_CLEAR && v->c.entry == 0)
+        return bn_err(err, "channel: CACHE %s of entry 0", v->c.op == BN_CACHE_ADD ? "ADD" : "DROP");
+    if (v->c.op != BN_CACHE_ADD && v->c.n_ids != 0)
+        return bn_err(err, "channel: CACHE DROP/CLEAR carries %u ids", v->c.n_ids);
+    uint64_t need = sizeof v->c + (uint64_t)v->c.n_ids * sizeof(int32_t);
+    if (need != f->len)
+        return bn_err(err, "channel: CACHE of %u ids needs %llu payload bytes, has %u", v->c.n_ids,
+                      (unsigned long long)need, f->len);
+    v->ids = f->payload + sizeof v->c;
     return 0;
 }
 

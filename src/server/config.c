@@ -3,7 +3,7 @@
  * bn_config_write_defaults() prints the table as conf/bitnetd.conf, so the struct, the
  * parser, the shipped file and --dump-config cannot disagree.
  *
- * Repeatable keys (listen, api_keys): lines accumulate within one source (a file, or the
+ * Repeatable keys (listen, api_keys, key_class): lines accumulate within one source (a file, or the
  * command line); the first such line of a source replaces what earlier sources set, so a
  * file's `listen` replaces the default address and `--listen` replaces the file's.
  * A failed load leaves the struct partly updated: a reload builds a fresh one
@@ -30,6 +30,7 @@ enum key_type {
     K_CPUS,       /* char *: a CPU list "0-7,16"; empty = unset */
     K_LISTEN,     /* listen[] / n_listen, repeatable */
     K_KEYS,       /* api_keys / n_api_keys, repeatable, comma-separated */
+    K_CLASS,      /* key_classes / n_key_classes, repeatable */
 };
 
 #define F_AUTO 1      /* K_INT: "auto" = 0 */
@@ -86,10 +87,16 @@ static const conf_key keys[] = {
      "CPUs the workers may run on, OS numbering (0-7,16-23). Unset: every CPU this\n"
      "process may use."},
     {NULL, "workers", K_INT, OFF(workers), "auto", 0, 1024, NULL, F_AUTO,
-     "Worker processes, one engine and one request at a time each. auto: fill the CPUs with\n"
-     "workers of `threads` threads."},
+     "Worker processes, one engine each (up to `slots` requests at a time). auto: fill the\n"
+     "CPUs with workers of `threads` threads."},
     {NULL, "threads", K_INT, OFF(threads), "auto", 0, 1024, NULL, F_AUTO,
      "Threads per worker. auto: one per physical core, split across the workers."},
+    {NULL, "slots", K_INT, OFF(slots), "auto", 0, 256, NULL, F_AUTO,
+     "Requests each worker decodes together (one batched pass per token). auto: 8 when the KV\n"
+     "cache of 8 x n_ctx fits in a quarter of the RAM per worker, else fewer (at least 1)."},
+    {NULL, "prompt_cache_mb", K_U32, OFF(prompt_cache_mb), "1024", 0, 1048576, NULL, 0,
+     "RAM per worker (MiB) keeping the KV of finished requests, so a conversation's next turn\n"
+     "skips the prompt it shares with them. 0 = off."},
     {NULL, "smt", K_BOOL, OFF(smt), "off", 0, 0, NULL, 0,
      "Run threads on both SMT siblings of a core (off: one thread per physical core)."},
     {NULL, "share_cores", K_BOOL, OFF(share_cores), "off", 0, 0, NULL, 0,
@@ -109,7 +116,14 @@ static const conf_key keys[] = {
      "Idle keep-alive connections, and requests read slower than this, are closed."},
     {NULL, "api_keys", K_KEYS, 0, NULL, 0, 0, NULL, 0,
      "Keys a client must send as \"Authorization: Bearer KEY\" (401 otherwise); comma-separated,\n"
-     "repeatable. Unset: no authentication. /health and /ready never need a key."},
+     "repeatable. KEY:CLASS puts a key in a key_class (else: default). Unset: no\n"
+     "authentication. /health and /ready never need a key."},
+    {NULL, "key_class", K_CLASS, 0, NULL, 0, 0, NULL, 0,
+     "A class of API keys: NAME [priority=N] [max_concurrent=N] [tokens_per_minute=N],\n"
+     "repeatable. priority (-1000000..1000000, default 0; lower runs first, <= 0 is\n"
+     "interactive) is the keys' default and the best a request may ask for; the limits hold\n"
+     "per key (0 = none; over one: 429 with Retry-After). Built in: default, priority 0, no\n"
+     "limits (a key_class line may redefine it). E.g. batch priority=10 max_concurrent=4."},
 
     {"generation limits", "default_max_tokens", K_U32, OFF(default_max_tokens), "256", 1, 1048576,
      NULL, 0, "Completion tokens when a request gives no max_tokens."},
@@ -118,6 +132,9 @@ static const conf_key keys[] = {
 
     {"queue and supervision", "queue_size", K_INT, OFF(queue_size), "64", 0, 1000000, NULL, 0,
      "Requests that may wait while every worker is busy; one more gets 503 (0: no waiting)."},
+    {NULL, "reserved_slots", K_INT, OFF(reserved_slots), "1", 0, 256, NULL, 0,
+     "Slots per worker that only interactive requests (priority <= 0) may take, so batch\n"
+     "traffic never fills a worker; at most slots - 1 apply."},
     {NULL, "queue_timeout", K_DUR, OFF(queue_timeout), "60s", 0.001, 86400, NULL, 0,
      "A request that waited this long for a worker gets 503."},
     {NULL, "worker_timeout", K_DUR, OFF(worker_timeout), "60s", 0.001, 86400, NULL, 0,
@@ -153,7 +170,10 @@ static const conf_key *find_key(const char *name)
     return NULL;
 }
 
-static int repeatable(const conf_key *k) { return k->type == K_LISTEN || k->type == K_KEYS; }
+static int repeatable(const conf_key *k)
+{
+    return k->type == K_LISTEN || k->type == K_KEYS || k->type == K_CLASS;
+}
 
 /* ---- setting one key ----------------------------------------------------------------- */
 
@@ -223,19 +243,50 @@ static int add_listen(bn_srv_config *c, const char *v, bn_error *err)
     return 0;
 }
 
-/* One key (no spaces or control characters: it travels in an HTTP header). Never echoed back:
- * keys are secrets and messages go to logs. */
+/* key_class names: 1..BN_CLASS_NAME_MAX letters, digits, '_' or '-' (n bytes at s). */
+static int check_class_name(const char *s, size_t n, bn_error *err)
+{
+    int ok = n >= 1 && n <= BN_CLASS_NAME_MAX;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = s[i] == '_' || s[i] == '-' || (s[i] >= '0' && s[i] <= '9') ||
+             ((s[i] | 0x20) >= 'a' && (s[i] | 0x20) <= 'z');
+    if (!ok)
+        return bn_err(err, "'%.*s' is not a class name (1..%d letters, digits, '_' or '-')",
+                      (int)(n < 64 ? n : 64), s, BN_CLASS_NAME_MAX);
+    return 0;
+}
+
+/* One key, "KEY" or "KEY:CLASS" (the last ':' splits: a key holding ':' must name its class).
+ * No spaces or control characters: it travels in an HTTP header. Never echoed back: keys are
+ * secrets and messages go to logs. The class is checked against key_class lines once
+ * everything is loaded (they may come later). */
 static int add_api_key(bn_srv_config *c, const char *v, size_t len, bn_error *err)
 {
     if (!len) return bn_err(err, "empty API key in the list");
     for (size_t i = 0; i < len; i++)
         if ((unsigned char)v[i] <= ' ' || v[i] == 0x7f)
             return bn_err(err, "an API key cannot contain spaces or control characters");
+    const char *colon = NULL;
+    for (size_t i = len; i-- > 0 && !colon;)
+        if (v[i] == ':') colon = v + i;
+    size_t klen = colon ? (size_t)(colon - v) : len;
+    if (!klen) return bn_err(err, "empty API key before ':CLASS'");
+    if (colon && check_class_name(colon + 1, len - klen - 1, err)) return -1;
     char **p = realloc(c->api_keys, ((size_t)c->n_api_keys + 2) * sizeof *p);
     if (!p) return bn_err(err, "out of memory");
     c->api_keys = p;
-    if (!(p[c->n_api_keys] = strndup(v, len))) return bn_err(err, "out of memory");
-    p[++c->n_api_keys] = NULL;
+    p = realloc(c->api_key_class, ((size_t)c->n_api_keys + 1) * sizeof *p);
+    if (!p) return bn_err(err, "out of memory");
+    c->api_key_class = p;
+    char *key = strndup(v, klen), *cls = colon ? strndup(colon + 1, len - klen - 1) : NULL;
+    if (!key || (colon && !cls)) {
+        free(key);
+        free(cls);
+        return bn_err(err, "out of memory");
+    }
+    c->api_key_class[c->n_api_keys] = cls;
+    c->api_keys[c->n_api_keys] = key;
+    c->api_keys[++c->n_api_keys] = NULL;
     return 0;
 }
 
@@ -256,17 +307,100 @@ static int add_api_keys(bn_srv_config *c, const char *v, bn_error *err)
     return 0;
 }
 
+/* ---- key_class lines ---------------------------------------------------------------- */
+
+/* The settings of a key_class line, one row each. */
+static const struct class_field {
+    const char *name;
+    size_t off;
+    long lo, hi;
+} CLASS_FIELDS[] = {
+    {"priority", offsetof(bn_key_class, priority), -BN_PRIORITY_LIMIT, BN_PRIORITY_LIMIT},
+    {"max_concurrent", offsetof(bn_key_class, max_concurrent), 0, 1000000},
+    {"tokens_per_minute", offsetof(bn_key_class, tokens_per_minute), 0, 1000000000},
+};
+#define N_CLASS_FIELDS (sizeof CLASS_FIELDS / sizeof CLASS_FIELDS[0])
+
+static const bn_key_class default_class = {"default", 0, 0, 0};
+
+const bn_key_class *bn_config_class(const bn_srv_config *c, const char *name)
+{
+    for (int i = 0; i < c->n_key_classes; i++)
+        if (!strcmp(c->key_classes[i].name, name)) return &c->key_classes[i];
+    return strcmp(name, "default") ? NULL : &default_class;
+}
+
+/* One "NAME=VALUE" word of a key_class line (n bytes at w) into kc; seen has a bit per field. */
+static int class_setting(bn_key_class *kc, const char *w, size_t n, unsigned *seen, bn_error *err)
+{
+    const char *eq = memchr(w, '=', n);
+    size_t nl = eq ? (size_t)(eq - w) : n;
+    for (size_t i = 0; i < N_CLASS_FIELDS; i++) {
+        const struct class_field *f = &CLASS_FIELDS[i];
+        if (strlen(f->name) != nl || memcmp(f->name, w, nl)) continue;
+        if (!eq) return bn_err(err, "%s needs a value (%s=N)", f->name, f->name);
+        if (*seen & (1u << i)) return bn_err(err, "%s is given twice", f->name);
+        *seen |= 1u << i;
+        char val[32];
+        long x;
+        snprintf(val, sizeof val, "%.*s", (int)(n - nl - 1 < 31 ? n - nl - 1 : 31), eq + 1);
+        if (bn_parse_long(val, f->lo, f->hi, &x, err)) return bn_err_prefix(err, "%s", f->name);
+        if (f->off == offsetof(bn_key_class, tokens_per_minute))
+            kc->tokens_per_minute = (uint32_t)x;
+        else *(int *)((char *)kc + f->off) = (int)x;
+        return 0;
+    }
+    return bn_err(err, "unknown setting '%.*s' (expected priority, max_concurrent or "
+                  "tokens_per_minute)", (int)(nl < 64 ? nl : 64), w);
+}
+
+/* "NAME [priority=N] [max_concurrent=N] [tokens_per_minute=N]", words split by spaces. */
+static int add_class(bn_srv_config *c, const char *v, bn_error *err)
+{
+    bn_key_class kc = default_class;
+    unsigned seen = 0;
+    const char *p = v;
+    size_t n = strcspn(p, " \t");
+    if (!n) return bn_err(err, "missing the class name (expected NAME [priority=N] ...)");
+    if (check_class_name(p, n, err)) return -1;
+    memset(kc.name, 0, sizeof kc.name);   /* whole: configs compare classes with memcmp */
+    memcpy(kc.name, p, n);
+    for (p += n;; p += n) {
+        p += strspn(p, " \t");
+        if (!(n = strcspn(p, " \t"))) break;
+        if (class_setting(&kc, p, n, &seen, err)) return bn_err_prefix(err, "class %s", kc.name);
+    }
+    for (int i = 0; i < c->n_key_classes; i++)
+        if (!strcmp(c->key_classes[i].name, kc.name))
+            return bn_err(err, "class %s is defined twice", kc.name);
+    if (c->n_key_classes == BN_CONF_MAX_CLASSES)
+        return bn_err(err, "too many classes (at most %d)", BN_CONF_MAX_CLASSES);
+    bn_key_class *a = realloc(c->key_classes, ((size_t)c->n_key_classes + 1) * sizeof *a);
+    if (!a) return bn_err(err, "out of memory");
+    c->key_classes = a;
+    a[c->n_key_classes++] = kc;
+    return 0;
+}
+
 static void clear_list(bn_srv_config *c, const conf_key *k)
 {
     if (k->type == K_LISTEN) {
         for (int i = 0; i < c->n_listen; i++) free(c->listen[i]);
         memset(c->listen, 0, sizeof c->listen);
         c->n_listen = 0;
-    } else {
-        for (int i = 0; i < c->n_api_keys; i++) free(c->api_keys[i]);
+    } else if (k->type == K_KEYS) {
+        for (int i = 0; i < c->n_api_keys; i++) {
+            free(c->api_keys[i]);
+            free(c->api_key_class[i]);
+        }
         free(c->api_keys);
-        c->api_keys = NULL;
+        free(c->api_key_class);
+        c->api_keys = c->api_key_class = NULL;
         c->n_api_keys = 0;
+    } else {
+        free(c->key_classes);
+        c->key_classes = NULL;
+        c->n_key_classes = 0;
     }
 }
 
@@ -321,6 +455,7 @@ static int apply(bn_srv_config *c, const conf_key *k, const char *v, bn_error *e
         return set_str(f, v, err);
     case K_LISTEN: return add_listen(c, v, err);
     case K_KEYS: return add_api_keys(c, v, err);
+    case K_CLASS: return add_class(c, v, err);
     }
     return bn_err(err, "internal: key type %d", k->type);
 }
@@ -509,6 +644,31 @@ int bn_config_load_file(bn_srv_config *c, const char *path, bn_error *err)
 
 /* ---- checks -------------------------------------------------------------------------- */
 
+/* Every key's class exists and no key is given twice (named by position: keys are secret). */
+static int check_keys(const bn_srv_config *c, bn_error *err)
+{
+    for (int i = 0; i < c->n_api_keys; i++) {
+        const char *cls = c->api_key_class[i];
+        if (cls && !bn_config_class(c, cls)) {
+            bn_err(err, "key #%d names class '%s', which no key_class line defines", i + 1, cls);
+            return bn_config_err_at(c, "api_keys", err);
+        }
+        for (int j = 0; j < i; j++)
+            if (!strcmp(c->api_keys[i], c->api_keys[j])) {
+                bn_err(err, "keys #%d and #%d are the same key", j + 1, i + 1);
+                return bn_config_err_at(c, "api_keys", err);
+            }
+    }
+    return 0;
+}
+
+int bn_config_reserved(const bn_srv_config *c, int n_slots)
+{
+    int r = c->reserved_slots;
+    if (r > n_slots - 1) r = n_slots - 1;
+    return r < 0 ? 0 : r;
+}
+
 static int validate(const bn_srv_config *c, int need_model, bn_error *err)
 {
     if (c->n_listen < 1) return bn_err(err, "no listen address");
@@ -519,6 +679,7 @@ static int validate(const bn_srv_config *c, int need_model, bn_error *err)
     if (c->default_max_tokens > c->max_max_tokens)
         return bn_err(err, "default_max_tokens (%u) is larger than max_max_tokens (%u)",
                       c->default_max_tokens, c->max_max_tokens);
+    if (check_keys(c, err)) return -1;
     if (need_model && !c->model)
         return bn_err(err, "no model: set 'model' in the configuration file or pass -m MODEL");
     return 0;
@@ -588,12 +749,13 @@ void bn_config_write_defaults(FILE *f)
 
 /* ---- the command line ---------------------------------------------------------------- */
 
-enum { O_LISTEN = 256, O_WORKERS, O_THREADS, O_CPUS, O_FG, O_DAEMON, O_PID, O_DUMP };
+enum { O_LISTEN = 256, O_WORKERS, O_THREADS, O_SLOTS, O_CPUS, O_FG, O_DAEMON, O_PID, O_DUMP };
 
 /* Flags that set a key: value NULL = the flag's argument. */
 static const struct { int opt; const char *key, *value, *flag; } flag_keys[] = {
     {'m', "model", NULL, "-m"},          {O_LISTEN, "listen", NULL, "--listen"},
     {O_WORKERS, "workers", NULL, "--workers"}, {O_THREADS, "threads", NULL, "--threads"},
+    {O_SLOTS, "slots", NULL, "--slots"},
     {O_CPUS, "cpus", NULL, "--cpus"},    {O_FG, "daemon", "off", "--foreground"},
     {O_DAEMON, "daemon", "on", "--daemon"}, {O_PID, "pid_file", NULL, "--pid-file"},
 };
@@ -634,6 +796,7 @@ int bn_cmdline_parse(int argc, char **argv, bn_cmdline *cl, bn_error *err)
         {"config", required_argument, 0, 'c'}, {"test", no_argument, 0, 't'},
         {"model", required_argument, 0, 'm'},  {"listen", required_argument, 0, O_LISTEN},
         {"workers", required_argument, 0, O_WORKERS}, {"threads", required_argument, 0, O_THREADS},
+        {"slots", required_argument, 0, O_SLOTS},
         {"cpus", required_argument, 0, O_CPUS}, {"foreground", no_argument, 0, O_FG},
         {"daemon", no_argument, 0, O_DAEMON},  {"pid-file", required_argument, 0, O_PID},
         {"dump-config", no_argument, 0, O_DUMP}, {"help", no_argument, 0, 'h'},
@@ -677,13 +840,15 @@ void bn_cmdline_usage(FILE *f)
 {
     fprintf(f,
             "usage: bitnetd [-c FILE] [-t] [-m MODEL] [--listen ADDR:PORT] [--workers N]\n"
-            "               [--threads N] [--cpus LIST] [--foreground | --daemon] [--pid-file FILE]\n"
+            "               [--threads N] [--slots N] [--cpus LIST] [--foreground | --daemon]\n"
+            "               [--pid-file FILE]\n"
             "  -c, --config FILE     configuration file (default: none, every key at its default)\n"
             "  -t, --test            check the configuration and that the model opens, then exit\n"
             "  -m, --model MODEL     model file or directory (key: model)\n"
             "      --listen ADDR:PORT  listen address, repeatable; replaces the file's (key: listen)\n"
             "      --workers N|auto  worker processes (key: workers)\n"
             "      --threads N|auto  threads per worker (key: threads)\n"
+            "      --slots N|auto    requests each worker decodes together (key: slots)\n"
             "      --cpus LIST       CPUs to use, e.g. 0-7,16 (key: cpus)\n"
             "      --foreground      stay in the foreground (the default; key: daemon = off)\n"
             "      --daemon          detach (key: daemon = on)\n"

@@ -14,10 +14,21 @@
 
 #define BN_CONF_MAX_LISTEN 8
 #define BN_CONF_MAX_KEYS 64
+#define BN_CONF_MAX_CLASSES 64
+#define BN_CLASS_NAME_MAX 31       /* key_class names: letters, digits, '_' and '-' */
+#define BN_PRIORITY_LIMIT 1000000  /* priorities (key_class, the request's) lie in +-this */
 
 enum bn_weights_mode { BN_WEIGHTS_MMAP = 0, BN_WEIGHTS_SHM = 1 };
 enum bn_log_level { BN_LOG_ERROR = 0, BN_LOG_WARN = 1, BN_LOG_INFO = 2, BN_LOG_DEBUG = 3 };
 enum bn_log_format { BN_LOGFMT_JSON = 0, BN_LOGFMT_COMBINED = 1 };
+
+/* A key_class line: settings shared by the keys of a class (each key has its own budget). */
+typedef struct bn_key_class {
+    char name[BN_CLASS_NAME_MAX + 1];
+    int priority;              /* the default, and the best (lowest) a request may ask for */
+    int max_concurrent;        /* admitted, not finished requests per key; 0 = unlimited */
+    uint32_t tokens_per_minute;   /* per key, prompt + completion; 0 = unlimited */
+} bn_key_class;
 
 typedef struct bn_srv_config {
     /* model and engine */
@@ -37,6 +48,8 @@ typedef struct bn_srv_config {
     int threads;               /* per worker; 0 = auto (one per physical core) */
     int smt;                   /* allow two threads on SMT siblings */
     int share_cores;           /* allow workers to share cores (more workers than cores) */
+    int slots;                 /* requests decoded together per worker; 0 = auto (the master's) */
+    uint32_t prompt_cache_mb;  /* per worker RAM for saved prompt prefixes; 0 = off */
 
     /* HTTP */
     char *listen[BN_CONF_MAX_LISTEN];   /* "ADDR:PORT" ("[::1]:30000"); default 127.0.0.1:30000 */
@@ -45,8 +58,11 @@ typedef struct bn_srv_config {
     size_t max_body_size;      /* bytes; larger bodies get 413 */
     size_t max_header_size;    /* bytes */
     double client_timeout;     /* seconds: idle keep-alive and slow request read */
-    char **api_keys;           /* NULL-terminated; NULL or empty = no auth */
+    char **api_keys;           /* NULL-terminated; NULL or empty = no auth (the KEY part only) */
+    char **api_key_class;      /* n_api_keys entries: the CLASS of "KEY:CLASS", NULL = default */
     int n_api_keys;
+    bn_key_class *key_classes; /* key_class lines, n_key_classes; "default" only if redefined */
+    int n_key_classes;
 
     /* generation limits */
     uint32_t default_max_tokens;   /* when the request has none */
@@ -54,6 +70,7 @@ typedef struct bn_srv_config {
 
     /* queue and supervision */
     int queue_size;            /* waiting requests when every worker is busy */
+    int reserved_slots;        /* per worker: slots only interactive (priority <= 0) may take */
     double queue_timeout;      /* seconds a request may wait for a worker */
     double worker_timeout;     /* seconds without progress before a busy worker is killed */
     double shutdown_timeout;   /* seconds to finish in-flight requests on SIGTERM */
@@ -84,7 +101,8 @@ int bn_config_load_file(bn_srv_config *c, const char *path, bn_error *err);
 int bn_config_load_string(bn_srv_config *c, const char *text, size_t len, const char *name,
                           bn_error *err);
 /* Sets one key from a string, as a file line would ("workers", "4"); where names the source in
- * errors ("--workers", "bitnetd.conf:12"). Repeatable keys (listen, api_keys) append. */
+ * errors ("--workers", "bitnetd.conf:12"). Repeatable keys (listen, api_keys,
+ * key_class) append. */
 int bn_config_set(bn_srv_config *c, const char *key, const char *value, const char *where,
                   bn_error *err);
 /* Where key was set ("bitnetd.conf:3", "--model") or NULL when it has its default. */
@@ -94,11 +112,17 @@ const char *bn_config_where(const bn_srv_config *c, const char *key);
 int bn_config_err_at(const bn_srv_config *c, const char *key, bn_error *err);
 /* Cross-key checks after everything is loaded (e.g. default_max_tokens <= max_max_tokens). */
 int bn_srv_config_validate(const bn_srv_config *c, bn_error *err);
+/* The class a key_class line or api_keys entry names, or NULL. "default" is built in
+ * (priority 0, no limits) unless a key_class line redefines it. */
+const bn_key_class *bn_config_class(const bn_srv_config *c, const char *name);
+/* reserved_slots as it applies to a worker of n_slots slots: at most n_slots - 1, so batch
+ * requests always have a slot to run in. */
+int bn_config_reserved(const bn_srv_config *c, int n_slots);
 /* Writes every key with its default and its help comment: the shipped conf/bitnetd.conf. */
 void bn_config_write_defaults(FILE *f);
 
 /* The command line: bitnetd [-c FILE] [-t] [-m MODEL] [--listen ADDR:PORT] [--workers N]
- * [--threads N] [--cpus LIST] [--foreground | --daemon] [--pid-file FILE]. */
+ * [--threads N] [--slots N] [--cpus LIST] [--foreground | --daemon] [--pid-file FILE]. */
 typedef struct bn_cmdline {
     const char *config_file;   /* -c */
     int test_only;             /* -t: check config and model, exit 0/1 */

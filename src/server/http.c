@@ -23,6 +23,7 @@
 #include <jansson.h>
 
 #include "server/chat_page.h"
+#include "server/limits.h"
 #include "server/master.h"
 
 /* Per-request state of a generation request (job->http). */
@@ -102,6 +103,7 @@ typedef struct reqinfo {
     char rid[72];
     char method[8], path[128], remote[64], ua[160];
     double t0;
+    int key;               /* bn_limits key of the request (0 = anonymous) */
 } reqinfo;
 
 static void reqinfo_fill(struct evhttp_request *req, reqinfo *ri)
@@ -172,19 +174,22 @@ static uint64_t send_body(struct evhttp_request *req, const char *rid, int statu
 
 static int retry_after_s(const bn_server *s)
 {
-    int idle, busy, starting, down;
-    bn_master_counts(s, &idle, &busy, &starting, &down);
-    return bn_queue_retry_after(&s->queue, idle + busy, s->mean_service_s);
+    int busy, total;   /* requests run side by side: one per slot */
+    bn_master_slot_counts(s, &busy, &total);
+    return bn_queue_retry_after(&s->queue, total, s->mean_service_s);
+}
+
+static void retry_header(struct evhttp_request *req, int seconds)
+{
+    char ra[16];
+    snprintf(ra, sizeof ra, "%d", seconds > 0 ? seconds : 1);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", ra);
 }
 
 static uint64_t send_error(bn_server *s, struct evhttp_request *req, const char *rid, const bn_api_error *e)
 {
     char *body = bn_api_error_json(e);
-    if (e->status == 503) {
-        char ra[16];
-        snprintf(ra, sizeof ra, "%d", retry_after_s(s));
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", ra);
-    }
+    if (e->status == 503) retry_header(req, retry_after_s(s));
     if (e->status == 401)
         evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
     uint64_t n = send_body(req, rid, e->status, "application/json", body ? body : "{}", body ? strlen(body) : 2);
@@ -231,16 +236,32 @@ static json_t *json_text(const char *p, size_t n)
 
 /* ---- authentication and limits ------------------------------------------------------------- */
 
+/* The request's key index (limits.h), or -1 when keys are configured and it has none of them. */
 static int authorized(const bn_server *s, struct evhttp_request *req)
 {
-    const bn_srv_config *c = s->cfg;
-    if (!c->api_keys || c->n_api_keys == 0) return 1;
     const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
-    if (!h || strncasecmp(h, "Bearer ", 7) != 0) return 0;
-    h += 7;
-    while (*h == ' ') h++;
-    for (int i = 0; i < c->n_api_keys; i++)
-        if (c->api_keys[i] && !strcmp(c->api_keys[i], h)) return 1;
+    if (!s->limits) return s->cfg->n_api_keys > 0 ? -1 : 0;   /* never open by accident */
+    return bn_limits_auth(s->limits, h);
+}
+
+/* Per-key admission (after parsing, so the prompt's tokens are known): 0, or -1 with a 429 in
+ * e and *retry its Retry-After. The job holds a reference to the limits it was admitted under
+ * (a reload may replace s->limits while it runs). */
+static int admit(bn_server *s, bn_job *j, int key, bn_api_error *e, int *retry)
+{
+    bn_limits *l = s->limits;
+    const char *why = "";
+    if (!l) return 0;
+    j->key = key;
+    j->priority = bn_limits_priority(l, key, j->api.priority, j->api.has_priority);
+    j->qn.priority = j->priority;
+    j->qn.key = key;
+    if (bn_limits_admit(l, key, (uint32_t)j->n_ids, bn_mono(), retry, &why) != 0) {
+        bn_metrics_rejected(s->metrics, "rate_limited");
+        return bn_api_fail(e, 429, "rate_limit_error", "", "rate_limit_exceeded",
+                           "rate limit reached for this API key (%s): retry after %d s", why, *retry);
+    }
+    j->limits = bn_limits_ref(l);
     return 0;
 }
 
@@ -278,6 +299,10 @@ static void job_free(bn_job *j)
         bn_buf_free(&h->text);
         free(h->model_id);
         free(h);
+    }
+    if (j->limits) {
+        bn_limits_done(j->limits, j->key, j->started, j->n_completion, bn_mono());
+        bn_limits_unref(j->limits);
     }
     bn_api_request_free(&j->api);
     free(j->ids);
@@ -597,9 +622,12 @@ static void handle_generation(bn_server *s, struct evhttp_request *req, const re
     h->req = req;
     h->evcon = evhttp_request_get_connection(req);
     s->n_open_http++;
+    int retry = 0;
+    if (rc == 0) rc = admit(s, j, ri->key, &e, &retry);
     if (rc == 0) rc = bn_master_submit(s, j, &e);
     if (rc != 0) {
         j->worker_done = 1;
+        if (e.status == 429) retry_header(req, retry);
         h->bytes = send_error(s, req, h->rid, &e);
         h->req = NULL;
         http_finish(j, e.status);
@@ -627,10 +655,13 @@ static uint64_t h_health(bn_server *s, struct evhttp_request *req, const reqinfo
 {
     int idle, busy, starting, down;
     bn_master_counts(s, &idle, &busy, &starting, &down);
-    json_t *o = json_pack("{s:s, s:b, s:s?, s:b, s:{s:i, s:i, s:i, s:i}, s:{s:i, s:i}}",
+    int slots_busy, slots_total;
+    bn_master_slot_counts(s, &slots_busy, &slots_total);
+    json_t *o = json_pack("{s:s, s:b, s:s?, s:b, s:{s:i, s:i, s:i, s:i}, s:{s:i, s:i}, s:{s:i, s:i}}",
                           "status", "healthy", "native_kernel", 1, "model", s->gen ? s->gen->model_id : NULL,
                           "ready", s->gen && !s->draining && idle + busy > 0,
                           "workers", "total", s->n_slots, "idle", idle, "busy", busy, "starting", starting,
+                          "slots", "total", slots_total, "busy", slots_busy,
                           "queue", "length", s->queue.len, "capacity", s->queue.cap);
     return send_json_obj(req, ri->rid, 200, o);
 }
@@ -662,14 +693,9 @@ static uint64_t h_metrics(bn_server *s, struct evhttp_request *req, const reqinf
 {
     int idle, busy, starting, down;
     bn_master_counts(s, &idle, &busy, &starting, &down);
-    bn_metrics_gauges g = {s->n_running, s->queue.len, s->n_slots, busy, idle + busy, 0};
-    uint64_t kv_used = 0, kv_cap = 0;
-    for (int i = 0; i < s->n_slots; i++)
-        if (s->slots[i].state == BN_W_IDLE || s->slots[i].state == BN_W_BUSY) {
-            kv_used += s->slots[i].n_cached;
-            kv_cap += s->slots[i].hello.n_ctx;
-        }
-    g.kv_usage = kv_cap ? (double)kv_used / (double)kv_cap : 0;
+    bn_metrics_gauges g = {.running = s->n_running, .waiting = s->queue.len, .workers = s->n_slots,
+                           .workers_busy = busy, .workers_live = idle + busy, .kv_usage = bn_master_kv_usage(s)};
+    bn_master_slot_counts(s, &g.slots_busy, &g.slots);
     size_t n = 0;
     char *text = bn_metrics_render(s->metrics, &g, &n);
     uint64_t sent = send_body(req, ri->rid, 200, "text/plain; version=0.0.4; charset=utf-8", text ? text : "", text ? n : 0);
@@ -682,11 +708,12 @@ static uint64_t h_status(bn_server *s, struct evhttp_request *req, const reqinfo
     json_t *ws = json_array();
     for (int i = 0; i < s->n_slots; i++) {
         const bn_slot *sl = &s->slots[i];
-        json_array_append_new(ws, json_pack("{s:i, s:I, s:s, s:I, s:i, s:I, s:i, s:b}", "index", i,
+        json_array_append_new(ws, json_pack("{s:i, s:I, s:s, s:{s:i, s:i}, s:I, s:i, s:I, s:i, s:i, s:b}", "index", i,
                                             "pid", (json_int_t)sl->pid, "state", bn_wstate_name(sl->state),
+                                            "slots", "busy", sl->n_jobs, "total", bn_slot_capacity(sl),
                                             "requests", (json_int_t)sl->requests, "restarts", sl->restarts,
-                                            "cached_tokens", (json_int_t)sl->n_cached, "threads", sl->hello.n_threads,
-                                            "retiring", sl->retire));
+                                            "cached_tokens", (json_int_t)sl->n_cached, "cache_entries", sl->n_cache,
+                                            "threads", sl->hello.n_threads, "retiring", sl->retire));
     }
     json_t *plan = s->gen ? json_loads(s->gen->plan_json, 0, NULL) : json_null();
     json_t *o = json_pack("{s:o, s:o, s:{s:i, s:i}, s:f, s:s?, s:b, s:b, s:I}", "placement", plan ? plan : json_null(),
@@ -869,7 +896,8 @@ static void on_request(struct evhttp_request *req, void *arg)
         access_log(s, &ri, 405, send_error(s, req, ri.rid, &e), NULL, NULL);
         return;
     }
-    if (rt->auth && !authorized(s, req)) {
+    ri.key = rt->auth ? authorized(s, req) : 0;
+    if (ri.key < 0) {
         bn_metrics_rejected(s->metrics, "unauthorized");
         bn_api_fail(&e, 401, "authentication_error", "", "invalid_api_key",
                     "missing or invalid API key: send 'Authorization: Bearer KEY'");
@@ -1009,6 +1037,15 @@ void bn_http_apply_limits(bn_server *s)
     evhttp_set_max_body_size(s->http, (ev_ssize_t)(c->max_body_size + (1u << 20)));
     struct timeval tv = {(long)c->client_timeout, (long)((c->client_timeout - (long)c->client_timeout) * 1e6)};
     evhttp_set_timeout_tv(s->http, &tv);
+    /* The key table follows the config; requests already admitted keep the old one. */
+    bn_limits *l = NULL;
+    bn_error err;
+    if (bn_limits_new(c, &l, &err) != 0) {
+        bn_log_error("api keys: %s (keeping the previous key table)", err.msg);
+        return;
+    }
+    if (s->limits) bn_limits_unref(s->limits);
+    s->limits = l;
 }
 
 int bn_http_start(bn_server *s, bn_error *err)
@@ -1062,6 +1099,8 @@ void bn_http_free(bn_server *s)
     watch_clear();
     if (s->http) evhttp_free(s->http);
     s->http = NULL;
+    if (s->limits) bn_limits_unref(s->limits);
+    s->limits = NULL;
 }
 
 void bn_http_stop_listening(bn_server *s)

@@ -7,12 +7,14 @@ libbnserver_a_SOURCES = \
 	src/server/placement.c src/server/placement.h \
 	src/server/channel.c src/server/channel.h \
 	src/server/worker.c src/server/worker.h \
+	src/server/prompt_cache.c src/server/prompt_cache.h \
 	src/server/openai.c src/server/openai.h \
 	src/server/metrics.c src/server/metrics.h \
 	src/server/log.c src/server/log.h \
 	src/server/weights.c src/server/weights.h \
 	src/server/scheduler.c src/server/scheduler.h \
-	src/server/queue.c src/server/queue.h
+	src/server/queue.c src/server/queue.h \
+	src/server/limits.c src/server/limits.h
 
 # A daemon: installed to sbin (/usr/sbin/bitnetd from the Debian package), beside nginx and sshd.
 sbin_PROGRAMS = bitnetd

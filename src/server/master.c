@@ -1,5 +1,11 @@
-/* The master: start-up, the worker slots (fork, channel, supervise, respawn), dispatch from the
+/* The master: start-up, the workers (fork, channel, supervise, respawn), dispatch from the
  * queue, signals (graceful stop, reload, log reopen) and the daemon's process chores.
+ *
+ * Each worker holds up to hello.n_slots requests (continuous batching). A queued request goes
+ * to a worker with a free slot, the one whose mirrored cache entries hold the longest prefix
+ * of its prompt (scheduler.h); batch requests leave reserved_slots per worker to interactive
+ * ones. A worker that dies fails exactly the requests it held; one is retired (reload) only
+ * once it holds none.
  *
  * Life of the process (nginx's shape):
  *   config -> logs -> [daemon] -> pid file -> bind listeners -> drop privileges -> event loop;
@@ -10,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <limits.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -28,6 +35,7 @@
 
 #include "model/convert_cache.h"
 #include "model/model_format.h"
+#include "server/limits.h"
 #include "server/master.h"
 #include "server/worker.h"
 
@@ -69,6 +77,42 @@ static char *base_name_of(const char *path)
 }
 
 /* ---- generations: what workers fork from ------------------------------------------------ */
+
+/* Physical RAM, or the cgroup's memory limit when it is lower (0 when unknown). */
+static uint64_t ram_bytes(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    uint64_t ram = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 0;
+    FILE *f = fopen("/sys/fs/cgroup/memory.max", "r");   /* "max" when unlimited */
+    unsigned long long lim;
+    if (f && fscanf(f, "%llu", &lim) == 1 && lim > 0 && (ram == 0 || lim < ram)) ram = lim;
+    if (f) fclose(f);
+    return ram;
+}
+
+/* Requests per worker: cfg->slots, or for auto (0) bn_sched_auto_slots of this model's KV per
+ * sequence at n_ctx. how[] says which, for the start-up line. */
+static uint32_t resolve_slots(const bn_srv_config *cfg, const bn_model *m, uint32_t n_ctx, int n_workers,
+                              char *how, size_t len)
+{
+    if (cfg->slots > 0) {
+        uint32_t n = cfg->slots < BN_MAX_SEQ ? (uint32_t)cfg->slots : BN_MAX_SEQ;
+        snprintf(how, len, "slots = %u", n);
+        return n;
+    }
+    bn_engine_opts o;
+    bn_engine_opts_default(&o);
+    o.n_ctx = n_ctx;
+    o.n_threads = 1;   /* only the KV size matters here */
+    bn_engine_mem mem;
+    bn_error err;
+    uint64_t per_seq = bn_engine_plan(m, &o, &mem, &err) == 0 ? mem.kv_per_seq : 0, ram = ram_bytes();
+    uint32_t n = bn_sched_auto_slots(per_seq, ram, n_workers);
+    snprintf(how, len, "slots = auto: %u x %.1f MiB of KV per worker, %s a quarter of RAM (%.0f MiB) over %d worker%s",
+             n, per_seq / 1048576.0, n == BN_SCHED_AUTO_SLOTS ? "within" : "as many as fit in",
+             ram / 4 / 1048576.0, n_workers, n_workers == 1 ? "" : "s");
+    return n;
+}
 
 static void generation_unref(bn_generation *g)
 {
@@ -128,6 +172,7 @@ static bn_generation *generation_load(bn_server *s, bn_srv_config *cfg, const ch
         bn_config_err_at(cfg, key, err);
         goto fail;
     }
+    g->n_slots = resolve_slots(cfg, m, g->n_ctx, g->plan.n_workers, g->slots_how, sizeof g->slots_how);
     g->plan_json = bn_plan_json(&g->plan);
     g->model_id = cfg->model_name ? strdup(cfg->model_name) : base_name_of(cfg->model);
     if (!g->plan_json || !g->model_id) goto oom;
@@ -146,6 +191,7 @@ static void slot_event_cb(struct bufferevent *bev, short what, void *arg);
 static void dispatch(bn_server *s);
 static void replace_next(bn_server *s);
 static void maybe_finish_drain(bn_server *s);
+static void mirror_clear(bn_slot *sl);
 
 /* Everything a forked worker must not inherit from the master's event loop. */
 static void child_after_fork(bn_server *s, int keep_fd)
@@ -199,6 +245,8 @@ static int slot_spawn(bn_server *s, bn_slot *sl)
         spec.place = &g->plan.w[sl->index];
         spec.topo = s->topo;
         spec.prefill_chunk = g->cfg->prefill_chunk;
+        spec.n_slots = g->n_slots;
+        spec.prompt_cache_bytes = (size_t)g->cfg->prompt_cache_mb << 20;
         _exit(bn_worker_main(&spec));
     }
     close(sv[1]);
@@ -217,7 +265,7 @@ static int slot_spawn(bn_server *s, bn_slot *sl)
     sl->gen = g;
     g->refs++;
     sl->retire = 0;
-    sl->n_cached = 0;
+    mirror_clear(sl);
     sl->spawned_at = sl->last_progress = bn_mono();
     bn_log_info("worker %d: started (pid %ld), cpus %d..., generation %d", sl->index, (long)pid,
                 g->plan.w[sl->index].cpus[0], g->id);
@@ -240,19 +288,24 @@ static void job_fail(bn_job *j, int status, const char *type, const char *code, 
     bn_http_on_error(j, &e);
 }
 
-/* The worker is gone or must go (EOF, protocol error, timeout): its client gets an error, the
- * process is killed if still there, and SIGCHLD's reaper respawns the slot. */
+/* The worker is gone or must go (EOF, protocol error, timeout): exactly the requests it held
+ * fail, each with its error; the process is killed if still there, and SIGCHLD's reaper
+ * respawns the slot. */
 static void slot_lost(bn_server *s, bn_slot *sl, const char *why)
 {
     if (sl->state == BN_W_DOWN && !sl->bev) return;
-    bn_log_error("worker %d (pid %ld): %s", sl->index, (long)sl->pid, why);
+    bn_log_error("worker %d (pid %ld): %s%s", sl->index, (long)sl->pid, why,
+                 sl->n_jobs ? " (its requests fail)" : "");
     slot_close_channel(sl);
-    if (sl->state == BN_W_BUSY) s->n_running--;
     sl->state = BN_W_DOWN;
-    sl->n_cached = 0;
-    bn_job *j = sl->job;
-    sl->job = NULL;
-    if (j) {
+    mirror_clear(sl);
+    bn_job *lost[BN_MAX_SEQ];
+    int n = sl->n_jobs;
+    memcpy(lost, sl->jobs, (size_t)n * sizeof *lost);   /* the callbacks below may re-enter */
+    sl->n_jobs = 0;
+    s->n_running -= n;
+    for (int k = 0; k < n; k++) {
+        bn_job *j = lost[k];
         j->worker = -1;
         job_fail(j, 500, "server_error", "worker_died", "the worker running this request died; please retry");
         j->worker_done = 1;
@@ -261,46 +314,213 @@ static void slot_lost(bn_server *s, bn_slot *sl, const char *why)
     if (sl->pid > 0) kill(sl->pid, SIGKILL);
 }
 
-/* ---- frames from a worker -------------------------------------------------------------------- */
+/* ---- the mirror of a worker's caches (routing hints) ----------------------------------------- */
 
-static void cache_append(bn_slot *sl, const int32_t *ids, size_t n)
+#define MIRROR_MAX 1024     /* entries per worker; beyond it the oldest are forgotten */
+
+static void mirror_drop_at(bn_slot *sl, int i)
 {
-    if (sl->n_cached + n > sl->cap_cached) {
-        size_t cap = (sl->n_cached + n) * 2 + 64;
-        int32_t *p = realloc(sl->cached, cap * sizeof *p);
-        if (!p) {
-            sl->n_cached = 0;   /* the mirror is only a routing hint: forgetting it is safe */
+    sl->n_cached -= sl->cache[i].n;
+    free((void *)sl->cache[i].ids);
+    memmove(&sl->cache[i], &sl->cache[i + 1], (size_t)(sl->n_cache - i - 1) * sizeof *sl->cache);
+    sl->n_cache--;
+}
+
+static void mirror_clear(bn_slot *sl)
+{
+    while (sl->n_cache > 0) mirror_drop_at(sl, sl->n_cache - 1);
+}
+
+static void mirror_drop(bn_slot *sl, uint64_t entry)
+{
+    for (int i = 0; i < sl->n_cache; i++)
+        if (sl->cache[i].entry == entry) {
+            mirror_drop_at(sl, i);
             return;
         }
-        sl->cached = p;
-        sl->cap_cached = cap;
+}
+
+/* Appends ids[0..n) (malloc'd, taken over) as the newest entry; a worker entry id replaces its
+ * older version (entry 0, an idle sequence, never does). */
+static void mirror_put(bn_slot *sl, uint64_t entry, int32_t *ids, size_t n)
+{
+    if (entry) mirror_drop(sl, entry);
+    if (sl->n_cache >= MIRROR_MAX) mirror_drop_at(sl, 0);
+    if (sl->n_cache == sl->cap_cache) {
+        int cap = sl->cap_cache ? 2 * sl->cap_cache : 16;
+        bn_sched_prefix *p = realloc(sl->cache, (size_t)cap * sizeof *p);
+        if (!p) {
+            free(ids);
+            return;
+        }
+        sl->cache = p;
+        sl->cap_cache = cap;
     }
-    memcpy(sl->cached + sl->n_cached, ids, n * sizeof *ids);
+    sl->cache[sl->n_cache++] = (bn_sched_prefix){ids, n, entry};
     sl->n_cached += n;
 }
 
-static void slot_finish_job(bn_server *s, bn_slot *sl)
+/* Without a prompt cache the only reusable KV is in the worker's idle engine sequences: the
+ * master mirrors those itself (from DONE), at most one per slot not running a request. */
+static int mirrors_sequences(const bn_slot *sl)
 {
-    bn_job *j = sl->job;
-    sl->job = NULL;
-    sl->state = BN_W_IDLE;
-    s->n_running--;
-    if (j) {
-        j->worker = -1;
-        j->worker_done = 1;
-        double svc = bn_mono() - j->t_dispatch;
-        s->mean_service_s = s->mean_service_s > 0 ? 0.8 * s->mean_service_s + 0.2 * svc : svc;
-        bn_job_release_worker_side(j);
+    return sl->gen && sl->gen->cfg->prompt_cache_mb == 0;
+}
+
+static void mirror_fit_sequences(bn_slot *sl, int idle_seqs)
+{
+    while (sl->n_cache > (idle_seqs > 0 ? idle_seqs : 0)) mirror_drop_at(sl, 0);
+}
+
+/* j finished: its sequence holds (prompt ++ generated)[0..n_past). */
+static void mirror_done(bn_slot *sl, const bn_job *j, uint32_t n_past)
+{
+    size_t np = n_past < j->n_ids ? n_past : j->n_ids;
+    size_t ng = n_past > j->n_ids ? n_past - j->n_ids : 0;
+    if (ng > j->n_out) ng = j->n_out;
+    int32_t *ids = malloc((np + ng + 1) * sizeof *ids);
+    if (!ids) return;
+    memcpy(ids, j->ids, np * sizeof *ids);
+    memcpy(ids + np, j->out_ids, ng * sizeof *ids);
+    mirror_put(sl, 0, ids, np + ng);
+    mirror_fit_sequences(sl, (int)sl->hello.n_slots - (sl->n_jobs - 1));
+}
+
+/* j starts on sl: it takes over the idle sequence holding its prefix, or the oldest one. */
+static void mirror_take_sequence(bn_slot *sl, const bn_job *j)
+{
+    bn_sched_worker w = {1, sl->n_jobs, (int)sl->hello.n_slots, sl->cache, sl->n_cache, 0};
+    int which;
+    bn_sched_match(&w, j->ids, j->n_ids, &which);
+    if (which >= 0) mirror_drop_at(sl, which);
+    mirror_fit_sequences(sl, (int)sl->hello.n_slots - (sl->n_jobs + 1));
+}
+
+static int on_cache(bn_slot *sl, const bn_frame *f)
+{
+    bn_cache_view v;
+    bn_error err;
+    /* a routing hint: a bad one is skipped, not worth the worker's requests */
+    if (bn_frame_get_cache(f, &v, &err) != 0) {
+        bn_log_warn("worker %d: bad CACHE frame skipped: %s", sl->index, err.msg);
+        return 0;
     }
+    switch (v.c.op) {
+    case BN_CACHE_ADD: {
+        int32_t *ids = malloc(((size_t)v.c.n_ids + 1) * sizeof *ids);
+        if (!ids) {
+            mirror_drop(sl, v.c.entry);
+            return 0;
+        }
+        memcpy(ids, v.ids, (size_t)v.c.n_ids * sizeof *ids);
+        mirror_put(sl, v.c.entry, ids, v.c.n_ids);
+        return 0;
+    }
+    case BN_CACHE_DROP:
+        mirror_drop(sl, v.c.entry);
+        return 0;
+    case BN_CACHE_CLEAR:
+        mirror_clear(sl);
+        return 0;
+    }
+    return 0;   /* (the view refuses unknown ops) */
+}
+
+/* ---- frames from a worker -------------------------------------------------------------------- */
+
+/* BUSY while it holds a job, IDLE otherwise (once up). */
+static void slot_update_state(bn_slot *sl)
+{
+    if (sl->state == BN_W_IDLE || sl->state == BN_W_BUSY) sl->state = sl->n_jobs ? BN_W_BUSY : BN_W_IDLE;
+}
+
+static int slot_job_index(const bn_slot *sl, uint64_t id)
+{
+    for (int k = 0; k < sl->n_jobs; k++)
+        if (sl->jobs[k]->id == id) return k;
+    return -1;
+}
+
+/* j (on sl) ended with DONE or ERROR: its slot is free for the next request. */
+static void slot_finish_job(bn_server *s, bn_slot *sl, bn_job *j)
+{
+    int k = slot_job_index(sl, j->id);
+    if (k >= 0) sl->jobs[k] = sl->jobs[--sl->n_jobs];
+    slot_update_state(sl);
+    s->n_running--;
+    j->worker = -1;
+    j->worker_done = 1;
+    double svc = bn_mono() - j->t_dispatch;
+    s->mean_service_s = s->mean_service_s > 0 ? 0.8 * s->mean_service_s + 0.2 * svc : svc;
+    bn_job_release_worker_side(j);
     if (sl->retire) replace_next(s);
     dispatch(s);
     maybe_finish_drain(s);
 }
 
+static int on_hello(bn_server *s, bn_slot *sl, const bn_frame *f)
+{
+    bn_error err;
+    if (bn_frame_get_fixed(f, &sl->hello, sizeof sl->hello, &err) != 0 || sl->state != BN_W_STARTING)
+        return -1;
+    if (sl->hello.n_slots == 0) sl->hello.n_slots = 1;
+    if (sl->hello.n_slots > BN_MAX_SEQ) sl->hello.n_slots = BN_MAX_SEQ;
+    sl->state = BN_W_IDLE;
+    sl->quick_deaths = 0;
+    bn_log_info("worker %d ready (pid %ld): %d threads, %u slots, n_ctx %u, KV %.1f MiB", sl->index,
+                (long)sl->pid, sl->hello.n_threads, sl->hello.n_slots, sl->hello.n_ctx,
+                sl->hello.kv_bytes / 1048576.0);
+    replace_next(s);
+    dispatch(s);
+    return 0;
+}
+
+static int on_chunk(bn_job *j, const bn_frame *f)
+{
+    bn_chunk_view v;
+    bn_error err;
+    if (bn_frame_get_chunk(f, &v, &err) != 0) return -1;
+    for (uint32_t i = 0; i < v.n_ids; i++) {
+        int32_t id;
+        memcpy(&id, v.ids + 4 * (size_t)i, 4);
+        if (j->n_out == j->cap_out) {
+            size_t cap = j->cap_out * 2 + 64;
+            int32_t *p = realloc(j->out_ids, cap * sizeof *p);
+            if (!p) break;
+            j->out_ids = p;
+            j->cap_out = cap;
+        }
+        j->out_ids[j->n_out++] = id;
+    }
+    bn_http_on_chunk(j, v.text, v.text_len, v.n_ids);
+    return 0;
+}
+
+static int on_job_error(bn_server *s, bn_slot *sl, bn_job *j, const bn_frame *f)
+{
+    bn_fr_error fe;
+    bn_error err;
+    const char *msg;
+    if (bn_frame_get_error(f, &fe, &msg, &err) != 0) return -1;
+    char text[600];
+    snprintf(text, sizeof text, "%.*s", (int)fe.msg_len, msg);
+    bn_log_error("worker %d: request %llu failed: %s", sl->index, (unsigned long long)j->id, text);
+    if (mirrors_sequences(sl)) mirror_clear(sl);   /* the worker may have reset its sequences */
+    if (fe.code == BN_FRERR_CONTEXT)
+        job_fail(j, 400, "invalid_request_error", "context_length_exceeded", text);
+    else
+        job_fail(j, 500, "server_error", fe.code == BN_FRERR_NAN ? "numerical_error" : "internal_error", text);
+    slot_finish_job(s, sl, j);
+    return 0;
+}
+
+/* One frame from sl's worker: 0, or -1 when the channel must be dropped (protocol error). */
 static int on_frame(bn_server *s, bn_slot *sl, const bn_frame *f)
 {
     bn_error err;
-    bn_job *j = sl->job;
+    sl->last_progress = bn_mono();   /* any frame: it is alive (worker_timeout) */
+    if (f->type == BN_FR_HELLO) return on_hello(s, sl, f);
+    if (f->type == BN_FR_CACHE) return on_cache(sl, f);
     if (f->type == BN_FR_ERROR && f->id == 0) {
         /* worker-level failure (it could not bind or create its engine): it exits next */
         bn_fr_error fe;
@@ -309,72 +529,26 @@ static int on_frame(bn_server *s, bn_slot *sl, const bn_frame *f)
             bn_log_error("worker %d: %.*s", sl->index, (int)fe.msg_len, msg);
         return -1;
     }
-    if (f->type != BN_FR_HELLO && (!j || f->id != j->id))
-        return 0;   /* a frame of a request that already ended on our side (e.g. cancelled) */
-    sl->last_progress = bn_mono();
+    int k = slot_job_index(sl, f->id);
+    if (k < 0) return 0;   /* a frame of a request that already ended on our side */
+    bn_job *j = sl->jobs[k];
     switch (f->type) {
-    case BN_FR_HELLO:
-        if (bn_frame_get_fixed(f, &sl->hello, sizeof sl->hello, &err) != 0 || sl->state != BN_W_STARTING)
-            return -1;
-        sl->state = BN_W_IDLE;
-        sl->quick_deaths = 0;
-        bn_log_info("worker %d ready (pid %ld): %d threads, n_ctx %u, KV %.1f MiB", sl->index,
-                    (long)sl->pid, sl->hello.n_threads, sl->hello.n_ctx, sl->hello.kv_bytes / 1048576.0);
-        replace_next(s);
-        dispatch(s);
-        return 0;
     case BN_FR_PROGRESS:
         bn_http_on_progress(j);
         return 0;
-    case BN_FR_CHUNK: {
-        bn_chunk_view v;
-        if (bn_frame_get_chunk(f, &v, &err) != 0) return -1;
-        for (uint32_t i = 0; i < v.n_ids; i++) {
-            int32_t id;
-            memcpy(&id, v.ids + 4 * (size_t)i, 4);
-            if (j->n_out == j->cap_out) {
-                size_t cap = j->cap_out * 2 + 64;
-                int32_t *p = realloc(j->out_ids, cap * sizeof *p);
-                if (!p) break;
-                j->out_ids = p;
-                j->cap_out = cap;
-            }
-            j->out_ids[j->n_out++] = id;
-        }
-        bn_http_on_chunk(j, v.text, v.text_len, v.n_ids);
-        return 0;
-    }
+    case BN_FR_CHUNK:
+        return on_chunk(j, f);
     case BN_FR_DONE: {
         bn_fr_done d;
         if (bn_frame_get_fixed(f, &d, sizeof d, &err) != 0) return -1;
-        /* The worker's cache now holds (prompt ++ generated)[0..n_past). */
-        sl->n_cached = 0;
-        size_t keep_prompt = d.n_past < j->n_ids ? d.n_past : j->n_ids;
-        cache_append(sl, j->ids, keep_prompt);
-        if (d.n_past > j->n_ids) {
-            size_t extra = d.n_past - j->n_ids;
-            cache_append(sl, j->out_ids, extra < j->n_out ? extra : j->n_out);
-        }
+        if (mirrors_sequences(sl)) mirror_done(sl, j, d.n_past);
         j->n_cached = d.n_cached;
         bn_http_on_done(j, &d);
-        slot_finish_job(s, sl);
+        slot_finish_job(s, sl, j);
         return 0;
     }
-    case BN_FR_ERROR: {
-        bn_fr_error fe;
-        const char *msg;
-        if (bn_frame_get_error(f, &fe, &msg, &err) != 0) return -1;
-        char text[600];
-        snprintf(text, sizeof text, "%.*s", (int)fe.msg_len, msg);
-        bn_log_error("worker %d: request %llu failed: %s", sl->index, (unsigned long long)j->id, text);
-        sl->n_cached = 0;   /* the worker resets its cache after a failed request */
-        if (fe.code == BN_FRERR_CONTEXT)
-            job_fail(j, 400, "invalid_request_error", "context_length_exceeded", text);
-        else
-            job_fail(j, 500, "server_error", fe.code == BN_FRERR_NAN ? "numerical_error" : "internal_error", text);
-        slot_finish_job(s, sl);
-        return 0;
-    }
+    case BN_FR_ERROR:
+        return on_job_error(s, sl, j, f);
     }
     return -1;
 }
@@ -424,7 +598,7 @@ static void slot_event_cb(struct bufferevent *bev, short what, void *arg)
 
 /* ---- dispatch ---------------------------------------------------------------------------- */
 
-static int send_generate(bn_server *s, bn_slot *sl, bn_job *j)
+static int send_generate(bn_slot *sl, const bn_job *j)
 {
     bn_fr_generate g = {0};
     g.sampling = j->api.sampling;
@@ -436,42 +610,87 @@ static int send_generate(bn_server *s, bn_slot *sl, bn_job *j)
     int rc = bn_frame_put_generate(&b, j->id, &g, j->ids, (const char *const *)j->api.stop);
     if (rc == 0) rc = bufferevent_write(sl->bev, b.p, b.len);
     bn_buf_free(&b);
-    (void)s;
     return rc;
 }
 
+static bn_job *job_of(bn_qnode *n)
+{
+    return n ? (bn_job *)((char *)n - offsetof(bn_job, qn)) : NULL;
+}
+
+/* The picker's view of every worker (the mirrors are borrowed). */
+static void sched_view(const bn_server *s, bn_sched_worker *ws)
+{
+    for (int i = 0; i < s->n_slots; i++) {
+        const bn_slot *sl = &s->slots[i];
+        ws[i].ready = (sl->state == BN_W_IDLE || sl->state == BN_W_BUSY) && !sl->retire && sl->bev;
+        ws[i].busy = sl->n_jobs;
+        ws[i].total = bn_slot_capacity(sl);
+        ws[i].prefixes = sl->cache;
+        ws[i].n_prefixes = sl->n_cache;
+        ws[i].last_used = sl->last_used;
+    }
+}
+
+/* The queued job to run next and its worker (*w), or NULL: the best job of the queue (priority,
+ * then fair share between keys, then age) if some worker has a slot it may take; batch jobs
+ * leave each worker's reserved slots free, so when only those are left the best interactive
+ * job goes (bn_queue_best ranks interactive first, so this second look is a safeguard). */
+static bn_job *next_job(bn_server *s, const bn_sched_worker *ws, int *w, size_t *matched)
+{
+    const bn_limits *l = s->limits;
+    const int *running = l ? bn_limits_running(l) : NULL;
+    int n_keys = l ? bn_limits_n_keys(l) : 0;
+    for (int pass = 0; pass < 2; pass++) {
+        bn_job *j = job_of(bn_queue_best(&s->queue, running, n_keys, pass ? 0 : INT_MAX));
+        if (!j) return NULL;
+        int interactive = j->priority <= 0;
+        *w = bn_sched_pick(ws, s->n_slots, j->ids, j->n_ids, interactive ? 0 : (int)s->cfg->reserved_slots, matched);
+        if (*w >= 0) return j;
+        if (interactive) return NULL;   /* not one free slot anywhere */
+    }
+    return NULL;
+}
+
+static void start_job(bn_server *s, bn_slot *sl, bn_job *j)
+{
+    if (send_generate(sl, j) != 0) {
+        job_fail(j, 500, "server_error", "internal_error", "could not send the request to a worker");
+        j->worker_done = 1;
+        bn_job_release_worker_side(j);
+        return;
+    }
+    if (mirrors_sequences(sl)) mirror_take_sequence(sl, j);
+    double now = bn_mono();
+    if (sl->n_jobs == 0) sl->last_progress = now;   /* worker_timeout runs while it holds jobs */
+    sl->jobs[sl->n_jobs++] = j;
+    slot_update_state(sl);
+    sl->requests++;
+    sl->last_used = now;
+    j->worker = j->ran_on = sl->index;
+    j->t_dispatch = now;
+    if (j->limits && !j->started) {
+        bn_limits_start(j->limits, j->key);
+        j->started = 1;
+    }
+    s->n_running++;
+    bn_http_on_start(j);
+}
+
+/* Whenever a slot frees or a job arrives: fill free slots from the queue. */
 static void dispatch(bn_server *s)
 {
-    while (bn_queue_peek(&s->queue)) {
-        bn_job *j = (bn_job *)((char *)bn_queue_peek(&s->queue) - offsetof(bn_job, qn));
-        bn_sched_worker ws[BN_MAX_WORKERS];
-        int n = s->n_slots;
-        for (int i = 0; i < n; i++) {
-            bn_slot *sl = &s->slots[i];
-            ws[i].free = sl->state == BN_W_IDLE && !sl->retire && sl->bev;
-            ws[i].cached = sl->cached;
-            ws[i].n_cached = sl->n_cached;
-            ws[i].last_used = sl->last_used;
-        }
+    bn_sched_worker ws[BN_MAX_WORKERS];
+    for (;;) {
+        sched_view(s, ws);
+        int w = -1;
         size_t matched = 0;
-        int w = bn_sched_pick(ws, n, j->ids, j->n_ids, &matched);
-        if (w < 0) return;
-        bn_queue_pop(&s->queue);
-        bn_slot *sl = &s->slots[w];
-        if (send_generate(s, sl, j) != 0) {
-            job_fail(j, 500, "server_error", "internal_error", "could not send the request to a worker");
-            j->worker_done = 1;
-            bn_job_release_worker_side(j);
-            continue;
-        }
-        sl->state = BN_W_BUSY;
-        sl->job = j;
-        sl->requests++;
-        sl->last_used = sl->last_progress = bn_mono();
-        j->worker = j->ran_on = w;
-        j->t_dispatch = bn_mono();
-        s->n_running++;
-        bn_http_on_start(j);
+        bn_job *j = next_job(s, ws, &w, &matched);
+        if (!j) return;
+        bn_queue_remove(&s->queue, &j->qn);
+        bn_log_debug("request %llu (priority %d) -> worker %d: %d of %d slots busy, %zu of %zu prompt tokens mirrored",
+                     (unsigned long long)j->id, j->priority, w, ws[w].busy, ws[w].total, matched, j->n_ids);
+        start_job(s, &s->slots[w], j);
     }
 }
 
@@ -518,6 +737,37 @@ void bn_master_counts(const bn_server *s, int *idle, int *busy, int *starting, i
         case BN_W_STARTING: ++*starting; break;
         default: ++*down; break;
         }
+}
+
+int bn_slot_capacity(const bn_slot *sl)
+{
+    return sl->state == BN_W_IDLE || sl->state == BN_W_BUSY ? (int)sl->hello.n_slots : 0;
+}
+
+void bn_master_slot_counts(const bn_server *s, int *busy, int *total)
+{
+    *busy = *total = 0;
+    for (int i = 0; i < s->n_slots; i++) {
+        int cap = bn_slot_capacity(&s->slots[i]);
+        *total += cap;
+        *busy += cap ? s->slots[i].n_jobs : 0;
+    }
+}
+
+double bn_master_kv_usage(const bn_server *s)
+{
+    uint64_t used = 0, cap = 0;
+    for (int i = 0; i < s->n_slots; i++) {
+        const bn_slot *sl = &s->slots[i];
+        uint64_t n_ctx = sl->hello.n_ctx;
+        if (!bn_slot_capacity(sl)) continue;
+        cap += n_ctx * sl->hello.n_slots;
+        for (int k = 0; k < sl->n_jobs; k++) {
+            uint64_t n = sl->jobs[k]->n_ids + sl->jobs[k]->n_out;
+            used += n < n_ctx ? n : n_ctx;
+        }
+    }
+    return cap ? (double)used / (double)cap : 0;
 }
 
 /* ---- supervision: reaping, respawn with back-off, timeouts --------------------------------- */
@@ -594,8 +844,8 @@ static void reap_children(bn_server *s)
     maybe_finish_drain(s);
 }
 
-/* Once a second: busy workers that made no progress for worker_timeout are killed (SIGCHLD then
- * fails their request and respawns them); queued requests past queue_timeout get 503. */
+/* Once a second: a worker holding jobs that sent no frame for worker_timeout is killed (its
+ * requests fail, SIGCHLD respawns it); queued requests past queue_timeout get 503. */
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -607,7 +857,8 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         if ((sl->state == BN_W_BUSY || sl->state == BN_W_STARTING) && sl->pid &&
             now - sl->last_progress > s->cfg->worker_timeout + (sl->state == BN_W_STARTING ? 60 : 0)) {
             char why[96];
-            snprintf(why, sizeof why, "no progress for %.0f s: killed", now - sl->last_progress);
+            snprintf(why, sizeof why, "no frame for %.0f s with %d requests: killed", now - sl->last_progress,
+                     sl->n_jobs);
             slot_lost(s, sl, why);
         }
     }
@@ -737,7 +988,9 @@ static void install_generation(bn_server *s, bn_generation *g)
     bn_metrics_set_max_model_len(s->metrics, g->n_ctx);
     if (s->http) bn_http_apply_limits(s);
     bn_log_set_level(g->cfg->log_level);
-    bn_log_info("model %s: n_ctx %u per worker, chat format %s", g->model_path, g->n_ctx, bn_chat_kind_name(g->chat));
+    bn_log_info("model %s: n_ctx %u per worker, %u slots per worker (%s; reserved_slots %d, prompt_cache_mb %lu), "
+                "chat format %s", g->model_path, g->n_ctx, g->n_slots, g->slots_how, (int)g->cfg->reserved_slots,
+                (unsigned long)g->cfg->prompt_cache_mb, bn_chat_kind_name(g->chat));
     log_plan(&g->plan);
     int want = g->plan.n_workers < BN_MAX_WORKERS ? g->plan.n_workers : BN_MAX_WORKERS;
     if (g->plan.n_workers > BN_MAX_WORKERS)
@@ -761,7 +1014,7 @@ static void install_generation(bn_server *s, bn_generation *g)
 }
 
 /* Replaces one retiring worker at a time (reload): only when no slot is starting, so capacity
- * drops by at most one worker, and only idle ones, so no request fails. */
+ * drops by at most one worker, and only one that holds no job, so no request fails. */
 static void replace_next(bn_server *s)
 {
     for (int i = 0; i < s->n_slots; i++) {
@@ -770,11 +1023,11 @@ static void replace_next(bn_server *s)
     }
     for (int i = 0; i < s->n_slots; i++) {
         bn_slot *sl = &s->slots[i];
-        if (!sl->retire || sl->state != BN_W_IDLE) continue;
+        if (!sl->retire || sl->state != BN_W_IDLE || sl->n_jobs) continue;
         bn_log_info("worker %d (pid %ld): replacing it (new configuration)", sl->index, (long)sl->pid);
         slot_close_channel(sl);     /* it exits on EOF; the reaper spawns the new one */
         sl->state = BN_W_DOWN;
-        sl->n_cached = 0;
+        mirror_clear(sl);
         return;
     }
 }
@@ -785,7 +1038,7 @@ static void stop_now(bn_server *s)
 {
     for (int i = 0; i < s->n_slots; i++) {
         bn_slot *sl = &s->slots[i];
-        if (sl->job) slot_lost(s, sl, "shutting down");
+        if (sl->n_jobs) slot_lost(s, sl, "shutting down");
         slot_close_channel(sl);
     }
     event_base_loopexit(s->base, NULL);
@@ -816,7 +1069,7 @@ static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
     }
     for (int i = 0; i < s->n_slots; i++) {
         if (s->slots[i].pid) kill(s->slots[i].pid, SIGKILL);
-        if (s->slots[i].job) slot_lost(s, &s->slots[i], "shutdown_timeout");
+        if (s->slots[i].n_jobs) slot_lost(s, &s->slots[i], "shutdown_timeout");
     }
     event_base_loopexit(s->base, NULL);
 }
@@ -1009,7 +1262,8 @@ static void server_free(bn_server *s)
         slot_close_channel(sl);
         if (sl->respawn) event_free(sl->respawn);
         generation_unref(sl->gen);
-        free(sl->cached);
+        mirror_clear(sl);
+        free(sl->cache);
     }
     free(s->slots);
     for (size_t i = 0; i < sizeof s->ev_sig / sizeof s->ev_sig[0]; i++)

@@ -1,6 +1,6 @@
 /* The master process (nginx's master + its event loop in one): it owns the configuration, the
  * shared weights, the placement plan, the listening sockets and libevent's HTTP server, and
- * supervises one slot per prefork worker. It never runs OpenMP and never blocks on a worker:
+ * supervises one bn_slot per prefork worker (each runs up to hello.n_slots requests). It never runs OpenMP and never blocks on a worker:
  * workers talk to it only through their channel (channel.h), read by libevent.
  *
  * This header is shared by master.c (processes, slots, dispatch, signals) and http.c (routes,
@@ -34,6 +34,8 @@ typedef struct bn_generation {
     enum bn_chat_kind chat;
     bn_plan plan;
     uint32_t n_ctx;            /* per worker, resolved */
+    uint32_t n_slots;          /* requests per worker, resolved (slots = auto) */
+    char slots_how[160];       /* how n_slots was chosen, for the start-up log line */
     char *model_path;          /* the packed file actually served */
     char *model_id;            /* /v1/models id */
     char *plan_json;
@@ -42,6 +44,7 @@ typedef struct bn_generation {
 
 #define BN_MAX_WORKERS 256
 
+/* IDLE: up, no job; BUSY: up, at least one job (it may still have free slots). */
 enum bn_wstate { BN_W_DOWN = 0, BN_W_STARTING, BN_W_IDLE, BN_W_BUSY };
 
 struct bn_job;
@@ -54,11 +57,15 @@ typedef struct bn_slot {
     int fd;                    /* master end of the channel, -1 when closed */
     struct bufferevent *bev;
     bn_generation *gen;        /* what the process was forked from */
-    int retire;                /* replace it once idle (reload, shrink) */
-    struct bn_job *job;        /* the request it runs (one at a time for now) */
-    bn_fr_hello hello;
-    int32_t *cached;           /* mirror of the worker's KV cache ids */
-    size_t n_cached, cap_cached;
+    int retire;                /* replace it once it holds no job (reload, shrink) */
+    struct bn_job *jobs[BN_MAX_SEQ];   /* the requests it runs, jobs[0..n_jobs): one per slot */
+    int n_jobs;
+    bn_fr_hello hello;         /* n_slots clamped to 1..BN_MAX_SEQ */
+    bn_sched_prefix *cache;    /* mirror of its prompt cache (CACHE frames; without a prompt
+                                * cache, of its idle sequences from DONE), oldest first, ids
+                                * owned: a routing hint, so forgetting entries is always safe */
+    int n_cache, cap_cache;
+    size_t n_cached;           /* tokens in the mirror */
     double spawned_at, last_progress, last_used;
     int restarts, quick_deaths;
     uint64_t requests;
@@ -98,6 +105,7 @@ typedef struct bn_server {
     bn_slot *slots;            /* BN_MAX_WORKERS entries (fixed: callbacks hold slot pointers) */
     int n_slots;               /* in use */
     bn_queue queue;
+    struct bn_limits *limits;  /* API keys and per-key limits of cfg (http.c rebuilds it on reload) */
     bn_metrics *metrics;
     bn_access_log *alog;
     int loading, draining;
@@ -123,6 +131,13 @@ int bn_master_submit(bn_server *s, bn_job *j, bn_api_error *e);
 void bn_master_cancel(bn_server *s, bn_job *j);
 /* Counts for /health, /ready and /v1/status. */
 void bn_master_counts(const bn_server *s, int *idle, int *busy, int *starting, int *down);
+/* Slots (one request each) of the workers that are up (past HELLO): in use and in all. */
+void bn_master_slot_counts(const bn_server *s, int *busy, int *total);
+/* A worker's slots: 0 until its HELLO (and once it is gone). */
+int bn_slot_capacity(const bn_slot *sl);
+/* KV positions the running requests hold over those of every slot of the workers that are up
+ * (vllm:kv_cache_usage_perc: cached prefixes are reusable space, as in vLLM). */
+double bn_master_kv_usage(const bn_server *s);
 const char *bn_wstate_name(enum bn_wstate st);
 
 /* http.c, for master.c */

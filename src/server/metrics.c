@@ -312,6 +312,15 @@ static void render_bitnetd(FILE *f, const bn_metrics *m, const bn_metrics_gauges
         sample(f, m, "bitnetd_workers", extra, n[i]);
     }
     scalar(f, m, "bitnetd_workers_total", "gauge", "Worker processes configured.", g->workers);
+    static const char *const slot_states[] = {"busy", "free"};
+    int free_slots = g->slots - g->slots_busy;
+    const double sl[2] = {g->slots_busy, free_slots > 0 ? free_slots : 0};
+    family(f, "bitnetd_slots", "gauge", "Request slots of live workers by state (continuous batching).");
+    for (int i = 0; i < 2; i++) {
+        char extra[32];
+        snprintf(extra, sizeof extra, "state=\"%s\"", slot_states[i]);
+        sample(f, m, "bitnetd_slots", extra, sl[i]);
+    }
     scalar(f, m, "bitnetd_worker_restarts_total", "counter", "Worker processes respawned after dying.",
            (double)m->restarts);
     labelled(f, m, "bitnetd_requests_rejected_total", "Generation requests refused before reaching a worker.",

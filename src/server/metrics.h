@@ -15,7 +15,9 @@ void bn_metrics_free(bn_metrics *m);
  * context; call once before the first request (it clears them). Default: 1 << 20. */
 void bn_metrics_set_max_model_len(bn_metrics *m, uint32_t max_model_len);
 
-/* A finished generation request (success = it produced a response, even a stopped one). */
+/* A finished generation request (success = it produced a response, even a stopped one). Its
+ * prompt_tokens are the prefix cache's queries, its cached_tokens the hits (vLLM's
+ * vllm:prefix_cache_queries_total / vllm:prefix_cache_hits_total, counted in tokens). */
 typedef struct bn_metrics_req {
     const char *finished_reason;    /* "stop", "length", "abort" */
     uint32_t prompt_tokens, generation_tokens;
@@ -37,6 +39,7 @@ typedef struct bn_metrics_gauges {
     int running, waiting;           /* requests on a worker / in the queue */
     int workers, workers_busy, workers_live;
     double kv_usage;                /* 0..1 over live workers */
+    int slots, slots_busy;          /* request slots of live workers: in all / running a request */
 } bn_metrics_gauges;
 /* The whole exposition, malloc'd, NUL-terminated (*len set). */
 char *bn_metrics_render(const bn_metrics *m, const bn_metrics_gauges *g, size_t *len);

@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/config.h"   /* BN_PRIORITY_LIMIT */
+
 #define INVALID "invalid_request_error"
 #define PARAM_LEN 96  /* > gcc's worst case; real params ("messages[4095].content[j].type") fit 64 */
 
@@ -584,6 +586,22 @@ static int parse_unsupported(enum bn_api_kind kind, const json_t *root, bn_api_e
     return 0;
 }
 
+/* vLLM's scheduling priority: an integer, lower first. */
+static int parse_priority(const json_t *root, bn_api_request *r, bn_api_error *e)
+{
+    long long p;
+    const json_t *v;
+    char buf[32];
+    int rc = get_int(root, "priority", 1, &p, &v, e);
+    if (rc <= 0) return rc;
+    if (p < -BN_PRIORITY_LIMIT || p > BN_PRIORITY_LIMIT)
+        return bad(e, "priority", "'priority' must be %d..%d, got %s", -BN_PRIORITY_LIMIT,
+                   BN_PRIORITY_LIMIT, num_text(v, buf));
+    r->priority = (int)p;
+    r->has_priority = 1;
+    return 0;
+}
+
 static int parse_options(const json_t *root, bn_api_request *r, bn_api_error *e)
 {
     json_t *v;
@@ -607,7 +625,7 @@ static int parse_options(const json_t *root, bn_api_request *r, bn_api_error *e)
         r->has_seed = 1;
         r->sampling.seed = (uint64_t)seed;
     }
-    return 0;
+    return parse_priority(root, r, e);
 }
 
 static int parse_root(enum bn_api_kind kind, const json_t *root, const bn_api_limits *lim,

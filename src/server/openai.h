@@ -63,6 +63,10 @@ typedef struct bn_api_request {
     char *stop[BN_STOP_MAX];       /* owned, NUL-terminated */
     size_t n_stop;
     int has_seed;
+    /* scheduling: vLLM's `priority`, lower runs first (bn_limits_priority clamps it to the
+     * key's class); an integer within +-BN_PRIORITY_LIMIT */
+    int priority;
+    int has_priority;
 } bn_api_request;
 
 /* Parses and validates a request body for kind. n_vocab bounds prompt token ids. On failure

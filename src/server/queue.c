@@ -45,6 +45,29 @@ bn_qnode *bn_queue_pop(bn_queue *q)
     return n;
 }
 
+static int running_of(const int *running, int n_keys, int key)
+{
+    return running && key >= 0 && key < n_keys ? running[key] : 0;
+}
+
+/* One pass from the oldest: a later node wins only when strictly better, so ties go to the
+ * oldest. O(len): the queue is bounded (queue_size) and a dispatch is rarer than a token. */
+bn_qnode *bn_queue_best(const bn_queue *q, const int *running, int n_keys, int max_priority)
+{
+    bn_qnode *best = NULL;
+    int best_run = 0;
+    for (bn_qnode *n = q->head.next; n != &q->head; n = n->next) {
+        if (n->priority > max_priority) continue;
+        int run = running_of(running, n_keys, n->key);
+        if (!best || n->priority < best->priority ||
+            (n->priority == best->priority && run < best_run)) {
+            best = n;
+            best_run = run;
+        }
+    }
+    return best;
+}
+
 int bn_queue_retry_after(const bn_queue *q, int workers, double mean_service_s)
 {
     if (workers < 1) workers = 1;

@@ -1,15 +1,20 @@
-/* A worker process: one engine (KV cache, sampler, scratch allocated once), one request at a
- * time, driven by frames from the master over its channel fd (channel.h).
+/* A worker process: one engine (n_slots KV sequences, samplers, scratch allocated once) running
+ * up to n_slots requests together, driven by frames from the master over its channel fd
+ * (channel.h).
  *
- * For each GENERATE frame the worker keeps the longest cached prefix of the prompt, prefills the
- * rest in chunks of prefill_chunk tokens (a PROGRESS frame after each; a CANCEL between chunks
- * ends it), then decodes: each token goes through the streaming UTF-8 decoder and the stop
- * matcher, and the text released is sent as a CHUNK frame with the token ids it accounts for.
- * It ends with DONE (finish, counts, the positions left cached) or ERROR (NaN logits, engine
- * failure). The channel is checked for CANCEL between tokens without blocking.
+ * For each GENERATE frame the worker takes a free slot (none free: ERROR BAD_REQUEST for that
+ * id), keeps the longest prefix of the prompt found in an idle sequence or the RAM prompt cache,
+ * and prefills the rest, at most prefill_chunk tokens per step across joining requests (a
+ * PROGRESS frame after each), while the other slots keep decoding in the same batched pass.
+ * Each token goes through the slot's streaming UTF-8 decoder and stop matcher, and the text
+ * released is sent as a CHUNK frame with the token ids it accounts for. A request ends with DONE
+ * (finish, counts, the positions left cached) or ERROR (NaN logits, engine failure); its tokens
+ * then go into the prompt cache, announced with CACHE frames before the DONE. The channel is
+ * checked for CANCEL between steps without blocking. One slot and no prompt cache is the
+ * single-request worker of before, frame for frame.
  *
  * The worker runs OpenMP; it is forked by the master before any OpenMP region exists. It exits
- * when the channel reaches EOF (master gone or shutting it down) once its request is finished. */
+ * when the channel reaches EOF (master gone or shutting it down), abandoning any request. */
 #ifndef BN_SERVER_WORKER_H
 #define BN_SERVER_WORKER_H
 
