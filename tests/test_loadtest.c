@@ -470,10 +470,30 @@ START_TEST(bad_arguments)
         {"--url 'http://'", "--url"},
         {"--bogus", "usage"},
         {"--html /nonexistent/dir/r.html", "--html /nonexistent/dir/r.html: No such file"},
+        {"--priority 1.5", "--priority: expected an integer"},
+        {"--priority high", "--priority"},
+        {"--group ''", "--group '': empty"},
+        {"--group users=0", "--group users: expected an integer from 1"},
+        {"--group users=2,users=3", "'users' given twice"},
+        {"--group users=1,colour=red", "unknown key 'colour'"},
+        {"--group users", "'users' is not KEY=VALUE"},
+        {"--group users=1,,priority=2", "'' is not KEY=VALUE"},
+        {"--group priority=x", "--group priority"},
+        {"--group max_tokens=0", "--group max_tokens"},
+        {"--group requests=-1", "--group requests"},
+        {"--group api_key=", "api_key: empty"},
+        {"--group name=a/b", "name 'a/b'"},
+        {"--group users=1 --users 2", "--group and --users/--rate are exclusive"},
+        {"--group users=1 --rate 1", "--group and --users/--rate are exclusive"},
+        {"--group name=a --group name=a", "same name"},
+        {"--group name=x --group 2 --group users=1", "'2' is not KEY=VALUE"},
+        {"--group users=1 --group users=1 --group users=1 --group users=1 --group users=1 --group users=1 "
+         "--group users=1 --group users=1 --group users=1 --group users=1 --group users=1 --group users=1 "
+         "--group users=1 --group users=1 --group users=1 --group users=1 --group users=1", "at most 16"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         json_t *j;
-        char args[256];
+        char args[1024];
         snprintf(args, sizeof args, "--requests 1 %s", cases[i][0]);
         ck_assert_msg(loadtest(&j, args) == 2, "'%s' did not exit 2", cases[i][0]);
         ck_assert_msg(strstr(last_err, cases[i][1]), "'%s': stderr lacks '%s': %s", cases[i][0], cases[i][1], last_err);
@@ -698,6 +718,157 @@ START_TEST(html_report_open_loop)
 }
 END_TEST
 
+
+/* ---- client groups and priorities ---- */
+
+/* Lines of the fake's log containing both needles. */
+static long log_count2(const char *a, const char *b)
+{
+    FILE *f = fopen(fake_log, "r");
+    char *line = NULL;
+    size_t cap = 0;
+    long n = 0;
+    while (f && getline(&line, &cap, f) >= 0) n += strstr(line, a) && strstr(line, b);
+    free(line);
+    if (f) fclose(f);
+    return n;
+}
+
+static json_t *group_at(json_t *j, size_t i)
+{
+    json_t *g = json_array_get(json_object_get(j, "groups"), i);
+    ck_assert_msg(json_is_object(g), "no groups[%zu]", i);
+    return g;
+}
+
+START_TEST(priority_sent)
+{
+    ck_assert_int_eq(fake_start("ok"), 0);
+    json_t *j;
+    int rc = loadtest(&j, "--json --users 2 --requests 4 --priority -3");
+    ck_assert_msg(rc == 0 && j, "rc %d, stderr: %s", rc, last_err);
+    ck_assert_int_eq(jint(j, "priority"), -3);
+    ck_assert_int_eq(json_array_size(json_object_get(j, "groups")), 0);   /* no --group: no groups */
+    json_decref(j);
+    ck_assert_int_eq(log_count("\"priority\":-3"), 4);
+    /* without --priority, no priority field at all */
+    fake_stop();
+    ck_assert_int_eq(fake_start("ok"), 0);
+    ck_assert_int_eq(loadtest(&j, "--json --requests 2"), 0);
+    ck_assert(json_is_null(json_object_get(j, "priority")));
+    json_decref(j);
+    ck_assert_int_eq(log_count(NULL), 2);
+    ck_assert_int_eq(log_count("\"priority\""), 0);
+}
+END_TEST
+
+/* An interactive group with its own request count, and a batch group as background load: the
+ * run ends when the interactive one is done; each group's requests carry its own settings and
+ * its stats count only its own requests; the run's add them up. */
+START_TEST(groups_per_group_stats)
+{
+    ck_assert_int_eq(fake_start("ok"), 0);
+    json_t *j;
+    int rc = loadtest(&j, "--json --max-tokens 16 --api-key kdefault "
+                          "--group name=inter,users=1,priority=0,api_key=ki,max_tokens=8,requests=3 "
+                          "--group name=batch,users=2,priority=10");
+    ck_assert_msg(rc == 0 && j, "rc %d, stderr: %s", rc, last_err);
+    ck_assert_int_eq(jint(j, "users"), 3);
+    ck_assert(json_is_null(json_object_get(j, "priority")));
+    ck_assert_int_eq(json_array_size(json_object_get(j, "groups")), 2);
+    json_t *gi = group_at(j, 0), *gb = group_at(j, 1);
+    ck_assert_str_eq(json_string_value(json_object_get(gi, "name")), "inter");
+    ck_assert_str_eq(json_string_value(json_object_get(gb, "name")), "batch");
+    ck_assert_int_eq(jint(gi, "users"), 1);
+    ck_assert_int_eq(jint(gb, "users"), 2);
+    ck_assert_int_eq(jint(gi, "priority"), 0);
+    ck_assert_int_eq(jint(gb, "priority"), 10);
+    ck_assert_int_eq(jint(gi, "max_tokens"), 8);
+    ck_assert_int_eq(jint(gb, "max_tokens"), 16);   /* --max-tokens is the default */
+    ck_assert_int_eq(jint(gi, "requests_limit"), 3);
+    ck_assert(json_is_null(json_object_get(gb, "requests_limit")));
+    ck_assert(json_is_true(json_object_get(gi, "api_key")) && json_is_true(json_object_get(gb, "api_key")));
+    /* the interactive group did exactly its 3, all ok, and was never cut short */
+    ck_assert_int_eq(jint(gi, "requests_ok"), 3);
+    ck_assert_int_eq(jint(gi, "requests_failed"), 0);
+    ck_assert_int_eq(jint(gi, "requests_cancelled"), 0);
+    ck_assert_int_eq(jint(gi, "completion_tokens"), 3 * FAKE_USAGE_TOKENS);
+    ck_assert_int_eq(jint(gi, "ttft_ms.n"), 3);
+    ck_assert_int_eq(jint(gi, "itl_ms.n"), 3 * (FAKE_CHUNKS - 1));
+    ck_assert_int_eq(jint(gi, "errors.connect"), 0);
+    /* the run is the sum of its groups */
+    static const char *sums[] = {"requests_ok", "requests_failed", "requests_cancelled", "completion_tokens",
+                                 "prompt_tokens", "ttft_ms.n", "itl_ms.n", "e2e_ms.n", "decode_tok_s.n"};
+    for (size_t i = 0; i < sizeof sums / sizeof sums[0]; i++)
+        ck_assert_msg(jint(j, sums[i]) == jint(gi, sums[i]) + jint(gb, sums[i]), "%s is not the groups' sum", sums[i]);
+    json_int_t b_ok = jint(gb, "requests_ok"), b_cancelled = jint(gb, "requests_cancelled");
+    ck_assert_int_le(b_cancelled, 2);   /* at most one per batch user, cut at the end */
+    json_decref(j);
+    /* what the server received: each group's key, priority and max_tokens */
+    ck_assert_int_eq(log_count("\tBearer ki\t"), 3);
+    ck_assert_int_eq(log_count2("\tBearer ki\t", "\"max_tokens\":8,"), 3);
+    ck_assert_int_eq(log_count2("\tBearer ki\t", "\"priority\":0"), 3);
+    long nb = log_count("\tBearer kdefault\t");
+    ck_assert_int_ge(nb, b_ok);
+    ck_assert_int_le(nb, b_ok + b_cancelled);
+    ck_assert_int_eq(log_count2("\tBearer kdefault\t", "\"max_tokens\":16,"), nb);
+    ck_assert_int_eq(log_count2("\tBearer kdefault\t", "\"priority\":10"), nb);
+    ck_assert_int_eq(log_count(NULL), 3 + nb);
+}
+END_TEST
+
+/* Every group has its own count: each does exactly that, nothing is cancelled; the text and
+ * HTML reports have a section / row per group. */
+START_TEST(groups_all_limited_and_reports)
+{
+    ck_assert_int_eq(fake_start("ok"), 0);
+    json_t *j;
+    char hp[512], args[1024];
+    snprintf(hp, sizeof hp, "%s", bn_test_path("loadtest-groups.html"));
+    snprintf(args, sizeof args, "--json --html %s --group users=2,requests=5 --group name=b,requests=2,max_tokens=4",
+             hp);
+    int rc = loadtest(&j, args);
+    ck_assert_msg(rc == 0 && j, "rc %d, stderr: %s", rc, last_err);
+    ck_assert_int_eq(jint(j, "requests_ok"), 7);
+    ck_assert_int_eq(jint(j, "requests_cancelled"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(group_at(j, 0), "name")), "1");   /* its number */
+    ck_assert_int_eq(jint(group_at(j, 0), "requests_ok"), 5);
+    ck_assert_int_eq(jint(group_at(j, 1), "requests_ok"), 2);
+    ck_assert(json_is_null(json_object_get(group_at(j, 1), "priority")));
+    json_decref(j);
+    ck_assert_int_eq(log_count(NULL), 7);
+    ck_assert_int_eq(log_count("\"max_tokens\":4,"), 2);
+    ck_assert_int_eq(log_count("\"priority\""), 0);
+    char *html = slurp(hp);
+    ck_assert_ptr_nonnull(html);
+    ck_assert_msg(is_whole_page(html), "not a whole page");
+    ck_assert_int_eq(count_of(html, "<tr class=\"group\">"), 2);
+    ck_assert_ptr_nonnull(strstr(html, "<td id=\"groups.0.requests_ok\">5</td>"));
+    ck_assert_ptr_nonnull(strstr(html, "<td id=\"groups.1.requests_ok\">2</td>"));
+    ck_assert_ptr_nonnull(strstr(html, "<td>closed loop, 3 users in 2 groups</td>"));
+    ck_assert_ptr_nonnull(strstr(html, "<td>group b</td><td>1 user, max_tokens 4, 2 requests</td>"));
+    ck_assert_int_eq(count_of(html, "<table"), count_of(html, "</table>"));
+    assert_self_contained(html);
+    free(html);
+    unlink(hp);
+    /* the text report: the run, then one section per group */
+    char cmd[4096], out[16384];
+    snprintf(cmd, sizeof cmd, "timeout 120 %s loadtest --no-progress --url http://127.0.0.1:%d "
+             "--group name=inter,requests=2,priority=-1,api_key=x --group name=batch,users=2,max_tokens=9", bitnet,
+             fake_port);
+    FILE *p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = 0;
+    ck_assert_int_eq(WEXITSTATUS(pclose(p)), 0);
+    ck_assert_msg(strstr(out, "closed loop, 3 users in 2 groups\n") &&
+                  strstr(out, "\ngroup inter: 1 user, priority -1, max_tokens 64, 2 requests, API key sent\n"
+                              "requests   2 ok, 0 failed") &&
+                  strstr(out, "\ngroup batch: 2 users, max_tokens 9\n") && count_of(out, "TTFT (ms)") == 3,
+                  "text report: %s", out);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("loadtest");
@@ -715,6 +886,9 @@ static Suite *suite(void)
     tcase_add_test(tc, bad_prompt_files);
     tcase_add_test(tc, html_report);
     tcase_add_test(tc, html_report_open_loop);
+    tcase_add_test(tc, priority_sent);
+    tcase_add_test(tc, groups_per_group_stats);
+    tcase_add_test(tc, groups_all_limited_and_reports);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -5,6 +5,7 @@
  * and the text/JSON reports are in loadtest_stats.c, the HTML report in loadtest_html.c. */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stddef.h>
@@ -53,6 +54,15 @@ static void usage(FILE *f)
             "  --endpoint E       chat (/v1/chat/completions, default) or completions (/v1/completions)\n"
             "  --model NAME       the model field (default: the first id of GET /v1/models, else none)\n"
             "  --api-key KEY      sent as \"Authorization: Bearer KEY\"\n"
+            "  --priority N       sent as the request's \"priority\" (vLLM's field, bitnetd's: lower runs\n"
+            "                     first; <= 0 is interactive)\n"
+            "  --group SPEC       closed loop: a group of users with its own settings, repeatable, so one\n"
+            "                     run can mix traffic (interactive users while batch users saturate the\n"
+            "                     server); reported per group. SPEC is comma-separated KEY=VALUE:\n"
+            "                     users=N (default 1), priority=P, api_key=K, max_tokens=M (default: the\n"
+            "                     options above), requests=N (this group's own count; once every group\n"
+            "                     with one is done the run ends and other groups' requests in flight are\n"
+            "                     cancelled), name=NAME (default: its number). Exclusive with --users/--rate\n"
             "  --ignore-eos       send ignore_eos: true (bitnetd, vLLM, llama-server): fixed-length outputs\n"
             "  --temperature T    sampling temperature (default: the server's)\n"
             "  --seed N           seed sent to the server; also seeds generated prompts and arrivals\n"
@@ -67,16 +77,31 @@ static void usage(FILE *f)
             "to end of stream), completion tokens (the usage chunk, else the content chunks) and decode\n"
             "tok/s = (completion_tokens - 1) / (e2e - ttft). Output tok/s = all completion tokens /\n"
             "wall time. Latencies and tokens count successful requests only.\n"
+            "With --group, --requests bounds all groups together.\n"
             "Exit status: 0 if a request succeeded, 1 if none did, 2 for bad arguments or prompts.\n");
 }
 
 /* ---- options ---- */
+
+#define MAX_GROUPS 16
+#define GROUP_NAME_MAX 31
+
+/* One --group. Numbers are doubles, -1 when not given. */
+typedef struct {
+    char name[GROUP_NAME_MAX + 1];
+    char api_key[512];          /* "" when not given */
+    double users, max_tokens, requests;
+    int has_priority, priority;
+} group_opt;
 
 /* Numbers are doubles; -1 means "not given" (every valid value is >= 0). */
 typedef struct {
     const char *url, *prompts, *api_key, *model, *html;
     int chat, ignore_eos, json, progress;
     double users, rate, requests, duration, max_tokens, prompt_len, temperature, seed, timeout;
+    int has_priority, priority;
+    group_opt groups[MAX_GROUPS];
+    size_t ngroups;
 } options;
 
 static const struct {
@@ -97,33 +122,113 @@ static const struct {
 };
 #define N_NUM (sizeof num_opts / sizeof num_opts[0])
 
-static int set_num(options *o, size_t i, const char *s)
+/* s as a number in [lo, hi] (an integer if asked): 0, or -1 with the complaint printed. */
+static int parse_num(const char *what, const char *s, double lo, double hi, int integer, double *out)
 {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (end == s || *end || errno || !(v >= num_opts[i].lo && v <= num_opts[i].hi) ||
-        (num_opts[i].integer && v != floor(v))) {
-        fprintf(stderr, "bitnet loadtest: --%s: expected %s from %g to %g, got '%s'\n", num_opts[i].name,
-                num_opts[i].integer ? "an integer" : "a number", num_opts[i].lo, num_opts[i].hi, s);
+    if (end == s || *end || errno || !(v >= lo && v <= hi) || (integer && v != floor(v))) {
+        fprintf(stderr, "bitnet loadtest: %s: expected %s from %g to %g, got '%s'\n", what,
+                integer ? "an integer" : "a number", lo, hi, s);
         return -1;
     }
-    *(double *)((char *)o + num_opts[i].off) = v;
+    *out = v;
+    return 0;
+}
+
+static int set_num(options *o, size_t i, const char *s)
+{
+    char what[64];
+    snprintf(what, sizeof what, "--%s", num_opts[i].name);
+    return parse_num(what, s, num_opts[i].lo, num_opts[i].hi, num_opts[i].integer,
+                     (double *)((char *)o + num_opts[i].off));
+}
+
+/* Priorities: any int (the server says which it accepts). */
+static int parse_priority(const char *what, const char *s, int *out)
+{
+    double v;
+    if (parse_num(what, s, INT_MIN, INT_MAX, 1, &v)) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int group_fail(const char *spec, const char *fmt, const char *arg)
+{
+    fprintf(stderr, "bitnet loadtest: --group '%s': ", spec);
+    fprintf(stderr, fmt, arg);
+    fputc('\n', stderr);
+    return -1;
+}
+
+/* One KEY=VALUE field of a --group. */
+static int group_field(const char *spec, group_opt *g, char *key, const char *val, unsigned *seen)
+{
+    static const char *const keys[] = {"users", "priority", "api_key", "max_tokens", "requests", "name"};
+    size_t k = 0;
+    while (k < sizeof keys / sizeof keys[0] && strcmp(keys[k], key)) k++;
+    if (k == sizeof keys / sizeof keys[0])
+        return group_fail(spec, "unknown key '%s' (users, priority, api_key, max_tokens, requests, name)", key);
+    if (*seen & (1u << k)) return group_fail(spec, "'%s' given twice", key);
+    *seen |= 1u << k;
+    char what[64];
+    snprintf(what, sizeof what, "--group %s", keys[k]);
+    switch (k) {
+    case 0: return parse_num(what, val, 1, 100000, 1, &g->users);
+    case 1:
+        g->has_priority = 1;
+        return parse_priority(what, val, &g->priority);
+    case 2:
+        if (!*val || strlen(val) >= sizeof g->api_key) return group_fail(spec, "%s: empty or too long", key);
+        snprintf(g->api_key, sizeof g->api_key, "%s", val);
+        return 0;
+    case 3: return parse_num(what, val, 1, 1e9, 1, &g->max_tokens);
+    case 4: return parse_num(what, val, 1, 1e12, 1, &g->requests);
+    default:
+        if (!*val || strlen(val) > GROUP_NAME_MAX || strspn(val, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                            "0123456789_.-") != strlen(val))
+            return group_fail(spec, "name '%s': 1 to 31 letters, digits, '_', '.' or '-'", val);
+        snprintf(g->name, sizeof g->name, "%s", val);
+        return 0;
+    }
+}
+
+/* --group SPEC: "users=N,priority=P,api_key=K,max_tokens=M,requests=N,name=NAME", any order. */
+static int parse_group(const char *spec, size_t index, group_opt *g)
+{
+    char buf[2048];
+    *g = (group_opt){.users = 1, .max_tokens = -1, .requests = -1};
+    snprintf(g->name, sizeof g->name, "%zu", index + 1);
+    if (!*spec) return group_fail(spec, "%s", "empty (users=N,priority=P,...)");
+    if (strlen(spec) >= sizeof buf) return group_fail("...", "%s", "longer than 2047 bytes");
+    snprintf(buf, sizeof buf, "%s", spec);
+    unsigned seen = 0;
+    for (char *field = buf, *next; field; field = next) {
+        next = strchr(field, ',');
+        if (next) *next++ = 0;
+        char *eq = strchr(field, '=');
+        if (!eq) return group_fail(spec, "'%s' is not KEY=VALUE", field);
+        *eq = 0;
+        if (group_field(spec, g, field, eq + 1, &seen)) return -1;
+    }
     return 0;
 }
 
 /* 0: run; 1: help printed; 2: usage error (printed). */
 static int parse_args(int argc, char **argv, options *o)
 {
-    enum { O_URL = 256, O_PROMPTS, O_KEY, O_MODEL, O_ENDPOINT, O_EOS, O_JSON, O_NOPROG, O_HTML, O_NUM = 512 };
-    struct option longopts[N_NUM + 12] = {
+    enum { O_URL = 256, O_PROMPTS, O_KEY, O_MODEL, O_ENDPOINT, O_EOS, O_JSON, O_NOPROG, O_HTML, O_PRIO, O_GROUP,
+           O_NUM = 512 };
+    struct option longopts[N_NUM + 14] = {
         {"url", required_argument, 0, O_URL}, {"prompts", required_argument, 0, O_PROMPTS},
         {"api-key", required_argument, 0, O_KEY}, {"model", required_argument, 0, O_MODEL},
         {"endpoint", required_argument, 0, O_ENDPOINT}, {"ignore-eos", no_argument, 0, O_EOS},
         {"json", no_argument, 0, O_JSON}, {"no-progress", no_argument, 0, O_NOPROG},
-        {"html", required_argument, 0, O_HTML}, {"help", no_argument, 0, 'h'}};
+        {"html", required_argument, 0, O_HTML}, {"priority", required_argument, 0, O_PRIO},
+        {"group", required_argument, 0, O_GROUP}, {"help", no_argument, 0, 'h'}};
     for (size_t i = 0; i < N_NUM; i++)
-        longopts[10 + i] = (struct option){num_opts[i].name, required_argument, 0, O_NUM + (int)i};
+        longopts[12 + i] = (struct option){num_opts[i].name, required_argument, 0, O_NUM + (int)i};
     *o = (options){.url = "http://127.0.0.1:30000", .chat = 1, .progress = 1};
     for (size_t i = 0; i < N_NUM; i++) *(double *)((char *)o + num_opts[i].off) = -1;
     int c;
@@ -138,6 +243,18 @@ static int parse_args(int argc, char **argv, options *o)
         case O_JSON: o->json = 1; break;
         case O_HTML: o->html = optarg; break;
         case O_NOPROG: o->progress = 0; break;
+        case O_PRIO:
+            if (parse_priority("--priority", optarg, &o->priority)) return 2;
+            o->has_priority = 1;
+            break;
+        case O_GROUP:
+            if (o->ngroups == MAX_GROUPS) {
+                fprintf(stderr, "bitnet loadtest: at most %d --group options\n", MAX_GROUPS);
+                return 2;
+            }
+            if (parse_group(optarg, o->ngroups, &o->groups[o->ngroups])) return 2;
+            o->ngroups++;
+            break;
         case O_ENDPOINT:
             if (!strcmp(optarg, "chat") || !strcmp(optarg, "completions")) {
                 o->chat = !strcmp(optarg, "chat");
@@ -157,14 +274,24 @@ static int parse_args(int argc, char **argv, options *o)
     }
     const char *why = optind < argc ? "unexpected argument (see --help)"
                     : o->users >= 0 && o->rate >= 0 ? "--users and --rate are exclusive"
+                    : o->ngroups && (o->users >= 0 || o->rate >= 0) ? "--group and --users/--rate are exclusive"
                     : o->prompts && o->prompt_len >= 0 ? "--prompts and --prompt-len are exclusive"
                     : NULL;
+    for (size_t i = 0; i < o->ngroups && !why; i++)
+        for (size_t k = 0; k < i && !why; k++)
+            if (!strcmp(o->groups[i].name, o->groups[k].name)) why = "two --group options have the same name";
     if (why) {
         fprintf(stderr, "bitnet loadtest: %s\n", why);
         return 2;
     }
+    int own_limits = 0;
+    if (o->ngroups) o->users = 0;
+    for (size_t i = 0; i < o->ngroups; i++) {
+        o->users += o->groups[i].users;
+        own_limits |= o->groups[i].requests >= 0;
+    }
     if (o->rate < 0 && o->users < 0) o->users = 1;
-    if (o->requests < 0 && o->duration < 0) o->requests = 10 * (o->users > 0 ? o->users : 1);
+    if (o->requests < 0 && o->duration < 0 && !own_limits) o->requests = 10 * (o->users > 0 ? o->users : 1);
     if (o->max_tokens < 0) o->max_tokens = 64;
     if (o->prompt_len < 0) o->prompt_len = 32;
     if (o->timeout < 0) o->timeout = 60;
@@ -284,6 +411,16 @@ static int load_prompts(const char *path, int chat, prompt_set *ps, bn_error *er
 
 typedef struct lt_run lt_run;
 
+/* A set of closed-loop users sharing settings: a --group, or the one implicit group of a run
+ * without --group (then res is NULL: the run's results are the only ones). */
+typedef struct {
+    char auth[1024];                 /* the Authorization value, "" for none */
+    long max_tokens;
+    int has_priority, priority;
+    double limit, issued, finished;  /* limit: its own requests=, INFINITY if none */
+    bn_lt_results *res;
+} lt_group;
+
 /* One connection and the request in flight on it. Callbacks check req: a callback for a
  * request already finished (by our timer or the deadline) finds NULL and does nothing. */
 typedef struct {
@@ -299,6 +436,7 @@ typedef struct {
     char fail_msg[160];
     bn_lt_samples itl;
     size_t idx; /* closed loop: the user, and its series in the timeline */
+    lt_group *grp;
 } lt_slot;
 
 struct lt_run {
@@ -311,6 +449,8 @@ struct lt_run {
     struct event *arrival, *deadline, *progress, *sigint;
     lt_slot **slots;
     size_t nslots;
+    lt_group *groups;
+    size_t ngroups, n_limited; /* n_limited: groups with their own requests= */
     double limit, t0, t_end, next_arrival; /* limit: INFINITY with --duration only */
     long issued, inflight, live_chunks;
     struct timeval timeout_tv;
@@ -351,13 +491,14 @@ static json_t *generated_prompt(lt_run *r)
     return json_pack("[{s:s,s:o}]", "role", "user", "content", s);
 }
 
-static char *request_body(lt_run *r, size_t *len)
+static char *request_body(lt_run *r, const lt_group *g, size_t *len)
 {
     const options *o = r->o;
     json_t *p = r->ps->n ? json_incref(r->ps->v[(size_t)r->issued % r->ps->n]) : generated_prompt(r);
     json_t *b = json_pack("{s:o,s:I,s:b,s:{s:b}}", o->chat ? "messages" : "prompt", p, "max_tokens",
-                          (json_int_t)o->max_tokens, "stream", 1, "stream_options", "include_usage", 1);
+                          (json_int_t)g->max_tokens, "stream", 1, "stream_options", "include_usage", 1);
     int bad = !b;
+    if (!bad && g->has_priority) bad = json_object_set_new(b, "priority", json_integer(g->priority));
     if (!bad && r->model) bad = json_object_set_new(b, "model", json_string(r->model));
     if (!bad && o->temperature >= 0) bad = json_object_set_new(b, "temperature", json_real(o->temperature));
     if (!bad && o->seed >= 0) bad = json_object_set_new(b, "seed", json_integer((json_int_t)o->seed));
@@ -368,12 +509,12 @@ static char *request_body(lt_run *r, size_t *len)
     return s;
 }
 
-static void add_headers(lt_run *r, struct evhttp_request *req)
+static void add_headers(lt_run *r, struct evhttp_request *req, const char *auth)
 {
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "Host", r->t.hosthdr);
     evhttp_add_header(h, "User-Agent", "bitnet-loadtest");
-    if (r->auth[0]) evhttp_add_header(h, "Authorization", r->auth);
+    if (auth[0]) evhttp_add_header(h, "Authorization", auth);
 }
 
 static void check_done(lt_run *r)
@@ -381,9 +522,23 @@ static void check_done(lt_run *r)
     if (r->inflight == 0 && (r->stopping || r->issued >= r->limit)) event_base_loopexit(r->base, NULL);
 }
 
-static void record_ok(lt_slot *s, double now)
+/* May the slot's user send another request? */
+static int may_issue(const lt_slot *s)
 {
-    bn_lt_results *res = &s->run->res;
+    const lt_run *r = s->run;
+    return !r->stopping && r->issued < r->limit && s->grp->issued < s->grp->limit;
+}
+
+/* Every group with its own requests= has finished them (never true without such groups). */
+static int groups_done(const lt_run *r)
+{
+    for (size_t i = 0; i < r->ngroups; i++)
+        if (r->groups[i].limit < INFINITY && r->groups[i].finished < r->groups[i].limit) return 0;
+    return r->n_limited > 0;
+}
+
+static void record_ok(bn_lt_results *res, lt_slot *s, double now)
+{
     long toks = s->usage_completion >= 0 ? s->usage_completion : s->chunks;
     res->ok++;
     res->completion_tokens += toks;
@@ -400,7 +555,10 @@ static void record_ok(lt_slot *s, double now)
     s->run->oom |= bad;
 }
 
-/* Ends the slot's request: kind -1 is success, else a bn_lt_err. */
+static void stop_now(lt_run *r);
+
+/* Ends the slot's request: kind -1 is success, else a bn_lt_err. Counted in the run and in
+ * its group. */
 static void finish(lt_slot *s, int kind, int status, const char *msg)
 {
     lt_run *r = s->run;
@@ -409,9 +567,17 @@ static void finish(lt_slot *s, int kind, int status, const char *msg)
     evtimer_del(s->timer);
     r->inflight--;
     r->t_end = now;
-    if (kind < 0) record_ok(s, now);
-    else bn_lt_count_error(&r->res, (enum bn_lt_err)kind, status, msg);
-    if (r->o->users > 0 && !r->stopping && r->issued < r->limit) event_active(s->next, EV_TIMEOUT, 1);
+    s->grp->finished++;
+    bn_lt_results *res[2] = {&r->res, s->grp->res};
+    for (int i = 0; i < 2 && res[i]; i++) {
+        if (kind < 0) record_ok(res[i], s, now);
+        else bn_lt_count_error(res[i], (enum bn_lt_err)kind, status, msg);
+    }
+    if (!r->stopping && groups_done(r)) {
+        stop_now(r); /* the other groups' requests were background load */
+        return;
+    }
+    if (r->o->users > 0 && may_issue(s)) event_active(s->next, EV_TIMEOUT, 1);
     check_done(r);
 }
 
@@ -572,7 +738,7 @@ static void start_request(lt_slot *s)
 {
     lt_run *r = s->run;
     size_t len;
-    char *body = request_body(r, &len);
+    char *body = request_body(r, s->grp, &len);
     struct evhttp_request *req = body ? evhttp_request_new(on_done, s) : NULL;
     if (!req) {
         free(body);
@@ -583,7 +749,7 @@ static void start_request(lt_slot *s)
     evhttp_request_set_header_cb(req, on_headers);
     evhttp_request_set_chunked_cb(req, on_chunk);
     evhttp_request_set_error_cb(req, on_error);
-    add_headers(r, req);
+    add_headers(r, req, s->grp->auth);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
     evhttp_add_header(evhttp_request_get_output_headers(req), "Accept", "text/event-stream");
     evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
@@ -596,6 +762,7 @@ static void start_request(lt_slot *s)
     s->fail_msg[0] = 0;
     s->req = req;
     r->issued++;
+    s->grp->issued++;
     r->inflight++;
     evtimer_add(s->timer, &r->timeout_tv);
     s->t_start = bn_now();
@@ -606,7 +773,7 @@ static void start_request(lt_slot *s)
     }
 }
 
-static lt_slot *slot_new(lt_run *r)
+static lt_slot *slot_new(lt_run *r, lt_group *g)
 {
     lt_slot *s = calloc(1, sizeof *s), **v = realloc(r->slots, (r->nslots + 1) * sizeof *v);
     if (v) r->slots = v;
@@ -617,6 +784,7 @@ static lt_slot *slot_new(lt_run *r)
     s->idx = r->nslots;
     r->slots[r->nslots++] = s;
     s->run = r;
+    s->grp = g;
     s->conn = evhttp_connection_base_new(r->base, NULL, r->t.host, (unsigned short)r->t.port);
     s->timer = evtimer_new(r->base, on_timer, s);
     s->buf = evbuffer_new();
@@ -641,7 +809,7 @@ static void slot_free(lt_slot *s)
 static void on_next(evutil_socket_t fd, short what, void *arg)
 {
     lt_slot *s = arg;
-    if (!s->run->stopping && s->run->issued < s->run->limit) start_request(s);
+    if (may_issue(s)) start_request(s);
     else check_done(s->run);
 }
 
@@ -652,7 +820,7 @@ static void on_arrival(evutil_socket_t fd, short what, void *arg)
     lt_slot *s = NULL;
     for (size_t i = 0; i < r->nslots && !s; i++)
         if (!r->slots[i]->req) s = r->slots[i];
-    if (!s && !(s = slot_new(r))) {
+    if (!s && !(s = slot_new(r, &r->groups[0]))) {
         r->oom = 1;
         event_base_loopexit(r->base, NULL);
         return;
@@ -665,10 +833,10 @@ static void on_arrival(evutil_socket_t fd, short what, void *arg)
     }
 }
 
-/* --duration ran out (or SIGINT): what is in flight is cancelled and not counted. */
-static void on_deadline(evutil_socket_t fd, short what, void *arg)
+/* The end (--duration, SIGINT, or every limited group done): what is in flight is cancelled
+ * and not counted. */
+static void stop_now(lt_run *r)
 {
-    lt_run *r = arg;
     r->stopping = 1;
     r->t_end = bn_now();
     for (size_t i = 0; i < r->nslots; i++) {
@@ -680,9 +848,15 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
         evtimer_del(s->timer);
         r->inflight--;
         r->res.cancelled++;
+        if (s->grp->res) s->grp->res->cancelled++;
         evhttp_cancel_request(req);
     }
     event_base_loopexit(r->base, NULL);
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    stop_now(arg);
 }
 
 static void on_progress(evutil_socket_t fd, short what, void *arg)
@@ -730,7 +904,7 @@ static char *discover_model(lt_run *r)
         evhttp_connection_set_timeout_tv(c, &tv);
         evhttp_connection_set_max_body_size(c, 1 << 20);
         evtimer_add(timer, &tv);
-        add_headers(r, req);
+        add_headers(r, req, r->auth[0] ? r->auth : r->groups[0].auth);
         if (evhttp_make_request(c, req, EVHTTP_REQ_GET, r->t.models_path)) {
             if (!d.done) evhttp_request_free(req);
             d.done = 1;
@@ -759,10 +933,15 @@ static int run_load(lt_run *r, bn_error *err)
         if ((r->progress = event_new(r->base, -1, EV_PERSIST, on_progress, r))) event_add(r->progress, &tv);
     }
     if (o->users > 0) {
-        for (double i = 0; i < o->users && i < r->limit; i++) {
-            lt_slot *s = slot_new(r);
-            if (!s || !(s->next = evtimer_new(r->base, on_next, s))) goto oom;
-            event_active(s->next, EV_TIMEOUT, 1);
+        double started = 0; /* no more users start than requests */
+        for (size_t k = 0; k < r->ngroups; k++) {
+            lt_group *g = &r->groups[k];
+            double users = o->ngroups ? o->groups[k].users : o->users;
+            for (double i = 0; i < users && i < g->limit && started < r->limit; i++, started++) {
+                lt_slot *s = slot_new(r, g);
+                if (!s || !(s->next = evtimer_new(r->base, on_next, s))) goto oom;
+                event_active(s->next, EV_TIMEOUT, 1);
+            }
         }
     } else {
         if (!(r->arrival = evtimer_new(r->base, on_arrival, r))) goto oom;
@@ -771,6 +950,7 @@ static int run_load(lt_run *r, bn_error *err)
     event_base_dispatch(r->base);
     if (r->progress) fprintf(stderr, "\r\033[K");
     r->res.wall_s = r->t_end - r->t0;
+    for (size_t k = 0; k < r->res.ngroups; k++) r->res.groups[k].wall_s = r->res.wall_s;
     if (r->oom) goto oom;
     return 0;
 oom:
@@ -785,24 +965,76 @@ static void run_free(lt_run *r)
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
         if (evs[i]) event_free(evs[i]);
     bn_lt_results_free(&r->res);
+    free(r->groups);
     if (r->base) event_base_free(r->base);
 }
 
 static void quiet_log(int severity, const char *msg) {}
 
+/* The run's groups: the --group options, or one implicit group of the plain options. */
+static int groups_init(lt_run *r, bn_error *err)
+{
+    const options *o = r->o;
+    size_t n = o->ngroups ? o->ngroups : 1;
+    if (!(r->groups = calloc(n, sizeof *r->groups))) return bn_err(err, "out of memory");
+    r->ngroups = n;
+    for (size_t i = 0; i < n; i++) {
+        const group_opt *go = o->ngroups ? &o->groups[i] : NULL;
+        lt_group *g = &r->groups[i];
+        const char *key = go && go->api_key[0] ? go->api_key : o->api_key;
+        if (key) snprintf(g->auth, sizeof g->auth, "Bearer %s", key);
+        g->max_tokens = (long)(go && go->max_tokens >= 0 ? go->max_tokens : o->max_tokens);
+        g->has_priority = go && go->has_priority ? 1 : o->has_priority;
+        g->priority = go && go->has_priority ? go->priority : o->priority;
+        g->limit = go && go->requests >= 0 ? go->requests : INFINITY;
+        r->n_limited += go && go->requests >= 0;
+    }
+    return 0;
+}
+
+/* Per-group results (with --group only), after r->res is set up. */
+static int group_results(lt_run *r, bn_error *err)
+{
+    const options *o = r->o;
+    r->res.has_priority = o->has_priority;
+    r->res.priority = o->priority;
+    r->res.api_key = o->api_key != NULL;
+    r->res.requests_limit = -1;
+    if (!o->ngroups) return 0;
+    if (!(r->res.groups = calloc(o->ngroups, sizeof *r->res.groups))) return bn_err(err, "out of memory");
+    r->res.ngroups = o->ngroups;
+    for (size_t i = 0; i < o->ngroups; i++) {
+        const group_opt *go = &o->groups[i];
+        lt_group *g = &r->groups[i];
+        g->res = &r->res.groups[i];
+        *g->res = (bn_lt_results){.url = r->res.url, .endpoint = r->res.endpoint, .model = r->res.model,
+                                  .users = (int)go->users, .max_tokens = g->max_tokens, .name = go->name,
+                                  .has_priority = g->has_priority, .priority = g->priority,
+                                  .api_key = g->auth[0] != 0,
+                                  .requests_limit = go->requests >= 0 ? (long)go->requests : -1};
+    }
+    return 0;
+}
+
 /* ---- the HTML report ---- */
 
 /* The run's settings as the report shows them; text points into r, o or t. */
+#define MAX_PARAMS (16 + MAX_GROUPS)
 typedef struct {
     char load[96], requests[48], duration[48], max_tokens[32], prompts[48], temperature[32], seed[32],
-        timeout[32], started[64];
+        timeout[32], started[64], priority[32];
+    char group_name[MAX_GROUPS][48], group_words[MAX_GROUPS][160];
 } param_text;
 
-static size_t html_params(const lt_run *r, param_text *t, bn_lt_param p[16])
+static size_t html_params(const lt_run *r, param_text *t, bn_lt_param p[MAX_PARAMS])
 {
     const options *o = r->o;
     struct tm tm;
-    if (o->users > 0) snprintf(t->load, sizeof t->load, "closed loop, %.0f user%s", o->users, o->users == 1 ? "" : "s");
+    if (o->users > 0 && o->ngroups)
+        snprintf(t->load, sizeof t->load, "closed loop, %.0f user%s in %zu groups", o->users,
+                 o->users == 1 ? "" : "s", o->ngroups);
+    else if (o->users > 0)
+        snprintf(t->load, sizeof t->load, "closed loop, %.0f user%s", o->users, o->users == 1 ? "" : "s");
     else snprintf(t->load, sizeof t->load, "open loop, Poisson arrivals at %g requests/s", o->rate);
     snprintf(t->requests, sizeof t->requests, o->requests >= 0 ? "%.0f" : "no limit (--duration)", o->requests);
     snprintf(t->duration, sizeof t->duration, o->duration >= 0 ? "%g s" : "none", o->duration);
@@ -812,6 +1044,7 @@ static size_t html_params(const lt_run *r, param_text *t, bn_lt_param p[16])
              o->temperature);
     snprintf(t->seed, sizeof t->seed, o->seed >= 0 ? "%.0f" : "none", o->seed);
     snprintf(t->timeout, sizeof t->timeout, "%g s", o->timeout);
+    snprintf(t->priority, sizeof t->priority, o->has_priority ? "%d" : "none sent", o->priority);
     if (!localtime_r(&r->started, &tm) || !strftime(t->started, sizeof t->started, "%Y-%m-%d %H:%M:%S %z", &tm))
         snprintf(t->started, sizeof t->started, "%lld (Unix time)", (long long)r->started);
     size_t n = 0;
@@ -828,14 +1061,20 @@ static size_t html_params(const lt_run *r, param_text *t, bn_lt_param p[16])
     p[n++] = (bn_lt_param){"ignore_eos", o->ignore_eos ? "yes" : "no"};
     p[n++] = (bn_lt_param){"timeout per request", t->timeout};
     p[n++] = (bn_lt_param){"API key", o->api_key ? "sent (not shown)" : "none"};
+    p[n++] = (bn_lt_param){"priority", t->priority};
     p[n++] = (bn_lt_param){"started", t->started};
+    for (size_t i = 0; i < r->res.ngroups; i++) {
+        snprintf(t->group_name[i], sizeof t->group_name[i], "group %s", r->res.groups[i].name);
+        bn_lt_group_words(&r->res.groups[i], t->group_words[i], sizeof t->group_words[i]);
+        p[n++] = (bn_lt_param){t->group_name[i], t->group_words[i]};
+    }
     return n;
 }
 
 static int write_html(lt_run *r, FILE *f, bn_error *err)
 {
     param_text t;
-    bn_lt_param p[16];
+    bn_lt_param p[MAX_PARAMS];
     size_t n = html_params(r, &t, p);
     int rc = bn_lt_report_html(&r->res, p, n, f, err);
     if (fclose(f) && !rc) rc = bn_err(err, "%s: cannot write the HTML report: %s", r->o->html, strerror(errno));
@@ -867,10 +1106,12 @@ int cmd_loadtest(int argc, char **argv)
         bn_err(&err, "cannot create an event loop");
         goto out;
     }
+    if (groups_init(&r, &err)) goto out;
     r.model = o.model ? o.model : (found = discover_model(&r));
     r.res = (bn_lt_results){.url = r.url, .endpoint = o.chat ? "chat" : "completions", .model = r.model,
                             .users = o.users > 0 ? (int)o.users : 0, .rate = o.rate > 0 ? o.rate : 0,
                             .max_tokens = (long)o.max_tokens};
+    if (group_results(&r, &err)) goto out;
     /* closed loop: one series per user (no more users start than requests); open loop: one */
     size_t nseries = o.users > 0 ? (size_t)(o.requests >= 0 && o.requests < o.users ? o.requests : o.users) : 1;
     if (html && bn_lt_timeline_init(&r.res.timeline, nseries, BN_LT_MAX_ARRIVALS)) {

@@ -378,6 +378,43 @@ static void summary_section(FILE *f, bn_lt_results *r)
     histogram(f, &rows[2], "requests");
 }
 
+/* One row per --group: its settings and the figures that compare groups (TTFT above all: the
+ * interactive group's under batch load is what a priority run is for). Ids: "groups.I.KEY". */
+static void groups_section(FILE *f, bn_lt_results *r)
+{
+    if (!r->ngroups) return;
+    fputs("<h2>Groups</h2>\n<div class=\"scroll\"><table>\n<tr><th>group</th><th>settings</th><th>ok</th>"
+          "<th>failed</th><th>TTFT p50 (ms)</th><th>TTFT p99 (ms)</th><th>ITL p50 (ms)</th><th>E2E p50 (ms)</th>"
+          "<th>output tok/s</th></tr>\n", f);
+    for (size_t i = 0; i < r->ngroups; i++) {
+        bn_lt_results *g = &r->groups[i];
+        bn_lt_stat_row rows[BN_LT_NROWS];
+        bn_lt_stat_rows(g, rows);
+        char words[160];
+        bn_lt_group_words(g, words, sizeof words);
+        fputs("<tr class=\"group\">", f);
+        put_cell(f, g->name);
+        put_cell(f, words);
+        fprintf(f, "<td id=\"groups.%zu.requests_ok\">%ld</td><td id=\"groups.%zu.requests_failed\">%ld</td>", i,
+                g->ok, i, g->failed);
+        const struct { int row; double q; const char *col; } cells[] = {
+            {0, 0.50, "ttft_ms.p50"}, {0, 0.99, "ttft_ms.p99"}, {1, 0.50, "itl_ms.p50"}, {2, 0.50, "e2e_ms.p50"}};
+        for (size_t c = 0; c < sizeof cells / sizeof cells[0]; c++) {
+            const bn_lt_stat_row *row = &rows[cells[c].row];
+            if (!row->s.n) {
+                fputs("<td>-</td>", f);
+                continue;
+            }
+            double v = cells[c].q == 0.50 ? row->s.p50 : row->s.p99;
+            fprintf(f, "<td id=\"groups.%zu.%s\">%.2f</td>", i, cells[c].col, v * row->scale);
+        }
+        fprintf(f, "<td id=\"groups.%zu.output_tok_s\">%.1f</td></tr>\n", i,
+                bn_lt_per_s((double)g->completion_tokens, g->wall_s));
+    }
+    fputs("</table></div>\n<p class=\"note\">Each group's own requests, over the whole run's wall time; the "
+          "summary above adds every group up.</p>\n", f);
+}
+
 static void errors_section(FILE *f, const bn_lt_results *r)
 {
     fprintf(f, "<h2>Errors</h2>\n<p>%s</p>\n<div class=\"scroll\"><table>\n"
@@ -418,10 +455,13 @@ int bn_lt_report_html(bn_lt_results *r, const bn_lt_param *params, size_t nparam
     bn_lt_html_escape(f, model);
     fputs(" at ", f);
     bn_lt_html_escape(f, r->url);
-    if (r->users) fprintf(f, "<br>closed loop, %d user%s", r->users, r->users == 1 ? "" : "s");
+    if (r->users && r->ngroups)
+        fprintf(f, "<br>closed loop, %d user%s in %zu groups", r->users, r->users == 1 ? "" : "s", r->ngroups);
+    else if (r->users) fprintf(f, "<br>closed loop, %d user%s", r->users, r->users == 1 ? "" : "s");
     else fprintf(f, "<br>open loop, Poisson arrivals at %g requests/s", r->rate);
     fprintf(f, ", max_tokens %ld, %ld ok, %ld failed</p>\n", r->max_tokens, r->ok, r->failed);
     summary_section(f, r);
+    groups_section(f, r);
     timeline_section(f, r);
     errors_section(f, r);
     params_section(f, params, nparams);

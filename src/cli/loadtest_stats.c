@@ -130,21 +130,19 @@ const char *bn_lt_err_words(enum bn_lt_err kind) { return err_names[kind].words;
 
 double bn_lt_per_s(double x, double wall) { return wall > 0 ? x / wall : 0; }
 
-void bn_lt_report_text(bn_lt_results *r, FILE *f)
+/* The requests line, the four statistics rows and the errors: the body of a run's or a
+ * group's text report. */
+static void text_body(bn_lt_results *r, FILE *f, const char *cancelled_words)
 {
     bn_lt_stat_row rows[BN_LT_NROWS];
     bn_lt_stat_rows(r, rows);
-    fprintf(f, "bitnet loadtest: %s, model %s, ", r->url, r->model ? r->model : "(none sent)");
-    if (r->users) fprintf(f, "closed loop, %d user%s", r->users, r->users == 1 ? "" : "s");
-    else fprintf(f, "open loop, %g req/s Poisson arrivals", r->rate);
-    fprintf(f, ", max_tokens %ld\n", r->max_tokens);
     fprintf(f, "requests   %ld ok, %ld failed", r->ok, r->failed);
-    if (r->cancelled) fprintf(f, " (%ld in flight at the deadline, not counted)", r->cancelled);
+    if (r->cancelled) fprintf(f, " (%ld %s, not counted)", r->cancelled, cancelled_words);
     fprintf(f, " in %.2f s: %.2f req/s\n", r->wall_s, bn_lt_per_s((double)(r->ok + r->failed), r->wall_s));
     fprintf(f, "tokens     %lld prompt, %lld completion: %.1f output tok/s\n\n", r->prompt_tokens,
             r->completion_tokens, bn_lt_per_s((double)r->completion_tokens, r->wall_s));
     fprintf(f, "%-16s %7s %10s %10s %10s %10s %10s\n", "", "n", "mean", "p50", "p95", "p99", "max");
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < BN_LT_NROWS; i++) {
         const bn_lt_summary *s = &rows[i].s;
         double k = rows[i].scale;
         fprintf(f, "%-16s %7zu", rows[i].label, s->n);
@@ -152,7 +150,7 @@ void bn_lt_report_text(bn_lt_results *r, FILE *f)
                           s->p99 * k, s->max * k);
         else fprintf(f, " %10s %10s %10s %10s %10s\n", "-", "-", "-", "-", "-");
     }
-    fprintf(f, "(decode: per request, (completion_tokens - 1) / (e2e - ttft))\n\nerrors    ");
+    fprintf(f, "\nerrors    ");
     if (!r->failed) fprintf(f, " none");
     for (int k = 0; k < BN_LT_NERR; k++) {
         if (!r->err[k]) continue;
@@ -166,6 +164,34 @@ void bn_lt_report_text(bn_lt_results *r, FILE *f)
     fputc('\n', f);
     for (int k = 0; k < BN_LT_NERR; k++)
         if (r->err_sample[k][0]) fprintf(f, "  first %s: %s\n", err_names[k].words, r->err_sample[k]);
+}
+
+void bn_lt_group_words(const bn_lt_results *g, char *buf, size_t n)
+{
+    int k = snprintf(buf, n, "%d user%s", g->users, g->users == 1 ? "" : "s");
+    if (k >= 0 && (size_t)k < n && g->has_priority) k += snprintf(buf + k, n - (size_t)k, ", priority %d", g->priority);
+    if (k >= 0 && (size_t)k < n) k += snprintf(buf + k, n - (size_t)k, ", max_tokens %ld", g->max_tokens);
+    if (k >= 0 && (size_t)k < n && g->requests_limit >= 0)
+        k += snprintf(buf + k, n - (size_t)k, ", %ld requests", g->requests_limit);
+    if (k >= 0 && (size_t)k < n && g->api_key) snprintf(buf + k, n - (size_t)k, ", API key sent");
+}
+
+void bn_lt_report_text(bn_lt_results *r, FILE *f)
+{
+    fprintf(f, "bitnet loadtest: %s, model %s, ", r->url, r->model ? r->model : "(none sent)");
+    if (r->users) fprintf(f, "closed loop, %d user%s", r->users, r->users == 1 ? "" : "s");
+    else fprintf(f, "open loop, %g req/s Poisson arrivals", r->rate);
+    if (r->ngroups) fprintf(f, " in %zu groups\n", r->ngroups);
+    else fprintf(f, ", max_tokens %ld\n", r->max_tokens);
+    if (!r->ngroups && r->has_priority) fprintf(f, "priority   %d (sent in every request)\n", r->priority);
+    text_body(r, f, r->ngroups ? "in flight at the end" : "in flight at the deadline");
+    fprintf(f, "(decode: per request, (completion_tokens - 1) / (e2e - ttft))\n");
+    for (size_t i = 0; i < r->ngroups; i++) {
+        char words[160];
+        bn_lt_group_words(&r->groups[i], words, sizeof words);
+        fprintf(f, "\ngroup %s: %s\n", r->groups[i].name, words);
+        text_body(&r->groups[i], f, "in flight at the end");
+    }
 }
 
 static json_t *summary_json(const bn_lt_stat_row *row)
@@ -200,26 +226,53 @@ fail:
     return NULL;
 }
 
-int bn_lt_report_json(bn_lt_results *r, FILE *f, bn_error *err)
+/* The counts, statistics and errors of a run or a group (keys shared by both). */
+static int body_json(bn_lt_results *r, json_t *o)
 {
     bn_lt_stat_row rows[BN_LT_NROWS];
     bn_lt_stat_rows(r, rows);
-    json_t *o = json_pack("{s:s,s:s,s:o,s:s,s:o,s:o,s:I,s:f,s:I,s:I,s:I,s:f,s:I,s:I,s:f}",
-                          "url", r->url, "endpoint", r->endpoint,
-                          "model", r->model ? json_string(r->model) : json_null(),
-                          "mode", r->users ? "closed" : "open",
-                          "users", r->users ? json_integer(r->users) : json_null(),
-                          "rate", r->users ? json_null() : json_real(r->rate),
-                          "max_tokens", (json_int_t)r->max_tokens, "duration_s", r->wall_s,
-                          "requests_ok", (json_int_t)r->ok, "requests_failed", (json_int_t)r->failed,
-                          "requests_cancelled", (json_int_t)r->cancelled,
+    json_t *b = json_pack("{s:I,s:f,s:I,s:I,s:I,s:f,s:I,s:I,s:f}", "max_tokens", (json_int_t)r->max_tokens,
+                          "duration_s", r->wall_s, "requests_ok", (json_int_t)r->ok,
+                          "requests_failed", (json_int_t)r->failed, "requests_cancelled", (json_int_t)r->cancelled,
                           "requests_per_s", bn_lt_per_s((double)(r->ok + r->failed), r->wall_s),
                           "prompt_tokens", (json_int_t)r->prompt_tokens,
                           "completion_tokens", (json_int_t)r->completion_tokens,
                           "output_tok_s", bn_lt_per_s((double)r->completion_tokens, r->wall_s));
-    int bad = !o;
-    for (int i = 0; i < 4 && !bad; i++) bad = json_object_set_new(o, rows[i].key, summary_json(&rows[i]));
+    int bad = !b || json_object_update(o, b);
+    json_decref(b);
+    for (int i = 0; i < BN_LT_NROWS && !bad; i++) bad = json_object_set_new(o, rows[i].key, summary_json(&rows[i]));
     if (!bad) bad = json_object_set_new(o, "errors", errors_json(r));
+    return bad ? -1 : 0;
+}
+
+static json_t *group_json(bn_lt_results *g)
+{
+    json_t *o = json_pack("{s:s,s:i,s:o,s:b,s:o}", "name", g->name ? g->name : "", "users", g->users,
+                          "priority", g->has_priority ? json_integer(g->priority) : json_null(), "api_key", g->api_key,
+                          "requests_limit", g->requests_limit >= 0 ? json_integer(g->requests_limit) : json_null());
+    if (o && body_json(g, o)) {
+        json_decref(o);
+        o = NULL;
+    }
+    return o;
+}
+
+int bn_lt_report_json(bn_lt_results *r, FILE *f, bn_error *err)
+{
+    json_t *o = json_pack("{s:s,s:s,s:o,s:s,s:o,s:o,s:o}", "url", r->url, "endpoint", r->endpoint,
+                          "model", r->model ? json_string(r->model) : json_null(),
+                          "mode", r->users ? "closed" : "open",
+                          "users", r->users ? json_integer(r->users) : json_null(),
+                          "rate", r->users ? json_null() : json_real(r->rate),
+                          "priority", r->has_priority && !r->ngroups ? json_integer(r->priority) : json_null());
+    json_t *groups = json_array();
+    int bad = !o || !groups || body_json(r, o);
+    for (size_t i = 0; i < r->ngroups && !bad; i++) bad = json_array_append_new(groups, group_json(&r->groups[i]));
+    if (!bad) {
+        bad = json_object_set_new(o, "groups", groups);
+        groups = NULL;
+    }
+    json_decref(groups);
     if (bad || json_dumpf(o, f, JSON_INDENT(2) | JSON_REAL_PRECISION(6)) || fputc('\n', f) == EOF) {
         json_decref(o);
         return bn_err(err, "cannot write the JSON report");
@@ -230,6 +283,10 @@ int bn_lt_report_json(bn_lt_results *r, FILE *f, bn_error *err)
 
 void bn_lt_results_free(bn_lt_results *r)
 {
+    for (size_t i = 0; i < r->ngroups; i++) bn_lt_results_free(&r->groups[i]);
+    free(r->groups);
+    r->groups = NULL;
+    r->ngroups = 0;
     bn_lt_timeline_free(&r->timeline);
     bn_lt_samples_free(&r->ttft);
     bn_lt_samples_free(&r->itl);

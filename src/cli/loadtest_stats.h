@@ -56,7 +56,9 @@ void bn_lt_timeline_free(bn_lt_timeline *tl);
 enum bn_lt_err { BN_LT_CONNECT, BN_LT_HTTP, BN_LT_STREAM, BN_LT_TIMEOUT, BN_LT_MALFORMED, BN_LT_NERR };
 #define BN_LT_MAX_STATUS 600
 
-typedef struct {
+/* The results of a run, and (the same structure) of each of its --group client groups. */
+typedef struct bn_lt_results bn_lt_results;
+struct bn_lt_results {
     /* what was run, for the report's header */
     const char *url, *endpoint, *model; /* model may be NULL: none sent */
     int users;                          /* closed loop; 0 in open loop */
@@ -71,7 +73,14 @@ typedef struct {
     double wall_s;                      /* first request sent to last one finished */
     bn_lt_samples ttft, itl, e2e, decode; /* seconds, except decode in tokens/s */
     bn_lt_timeline timeline;              /* empty unless the driver was asked for it */
-} bn_lt_results;
+    /* client groups (--group): each has its own results; the run's own fields add them up */
+    const char *name;                     /* a group's name (NULL for the whole run) */
+    int has_priority, priority;           /* the body's "priority", when one was sent */
+    int api_key;                          /* a key was sent (never shown) */
+    long requests_limit;                  /* a group's own requests=, -1 if none */
+    bn_lt_results *groups;                /* ngroups entries, owned; NULL without --group */
+    size_t ngroups;
+};
 
 /* The four latency/rate rows of every report, in order; scale turns samples into the unit
  * shown (key: the JSON report's). Summarizing sorts the samples in place. */
@@ -92,7 +101,10 @@ double bn_lt_per_s(double x, double wall);
 
 /* Counts one failure of the given kind (status: the HTTP status for BN_LT_HTTP). */
 void bn_lt_count_error(bn_lt_results *r, enum bn_lt_err kind, int status, const char *msg);
+/* The run, then one section per group. */
 void bn_lt_report_text(bn_lt_results *r, FILE *f);
+/* A group's settings in words ("8 users, priority 10, max_tokens 256"). */
+void bn_lt_group_words(const bn_lt_results *g, char *buf, size_t n);
 int bn_lt_report_json(bn_lt_results *r, FILE *f, bn_error *err);
 void bn_lt_results_free(bn_lt_results *r);
 

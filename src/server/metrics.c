@@ -52,7 +52,7 @@ static const struct hist_def {
 /* Label values of the labelled counters, each pre-declared at 0 as vLLM does. */
 static const char *const finish_reasons[] = {"stop", "length", "abort"};
 static const char *const reject_reasons[] = {"queue_full", "queue_timeout", "context_length", "invalid",
-                                             "unauthorized", "draining", "loading", "other"};
+                                             "unauthorized", "rate_limited", "draining", "loading", "other"};
 #define N_FINISH N_OF(finish_reasons)
 #define N_REJECT N_OF(reject_reasons)
 
