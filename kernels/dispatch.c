@@ -21,6 +21,7 @@ const bn_ktab bn_ktab_scalar = {
     .attn_group = bn_attn_group_scalar,
     .gemv_f16 = bn_gemv_f16_scalar,
     .gemv_i8row = bn_gemv_i8row_scalar,
+    .gemm_i8row = bn_gemm_i8row_scalar,
     .f16_to_f32 = bn_f16_to_f32_scalar,
     .f32_to_f16 = bn_f32_to_f16_scalar,
 };
@@ -183,6 +184,13 @@ void bn_gemv_i8row(const int8_t *w, const float *row_scale, size_t cols, size_t 
                    const int8_t *qx, float x_scale, float *y, size_t r0, size_t r1)
 {
     tab()->gemv_i8row(w, row_scale, cols, cols_padded, qx, x_scale, y, r0, r1);
+}
+
+void bn_gemm_i8row(const int8_t *w, const float *row_scale, size_t cols, size_t cols_padded,
+                   const int8_t *qx, size_t ldq, const float *x_scale, size_t m, float *y, size_t ldy,
+                   size_t r0, size_t r1)
+{
+    tab()->gemm_i8row(w, row_scale, cols, cols_padded, qx, ldq, x_scale, m, y, ldy, r0, r1);
 }
 
 void bn_f16_to_f32_row(const uint16_t *in, float *out, size_t n) { tab()->f16_to_f32(in, out, n); }

@@ -214,6 +214,77 @@ void bn_gemv_i8row_avx2(const int8_t *w, const float *row_scale, size_t cols, si
     if (r < r1) bn_gemv_i8row_scalar(w, row_scale, cols, cols_padded, qx, x_scale, y, r, r1);
 }
 
+/* The batched int8 lm_head: blocks of R rows x NT tokens with every accumulator in a register
+ * (R, NT are constants in each instance below). |q| is per token and sign(w, q) per (row,
+ * token), so this kernel stays ALU-bound; what it saves is the weight traffic (each 32-byte
+ * chunk is loaded once for NT tokens). Columns past the last 32 are summed in scalar. */
+static inline __attribute__((always_inline)) void i8mm_avx2(const int8_t *w0, size_t cp, const int8_t *q,
+                                                            size_t ldq, int R, int NT, int32_t *out)
+{
+    const size_t cv = cp / 32 * 32;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[2][4];
+    _Pragma("GCC unroll 4") for (int i = 0; i < R; i++)
+        _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) acc[i][t] = _mm256_setzero_si256();
+    for (size_t c = 0; c < cv; c += 32) {
+        __m256i wv[2];
+        _Pragma("GCC unroll 4") for (int i = 0; i < R; i++) wv[i] = _mm256_loadu_si256((const __m256i *)(w0 + i * cp + c));
+        _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) {
+            const __m256i qv = _mm256_loadu_si256((const __m256i *)(q + t * ldq + c)), aq = _mm256_abs_epi8(qv);
+            _Pragma("GCC unroll 4") for (int i = 0; i < R; i++) {
+                const __m256i p = _mm256_maddubs_epi16(aq, _mm256_sign_epi8(wv[i], qv));
+                acc[i][t] = _mm256_add_epi32(acc[i][t], _mm256_madd_epi16(p, ones));
+            }
+        }
+    }
+    _Pragma("GCC unroll 4") for (int i = 0; i < R; i++)
+        _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) {
+            int32_t s = hsum256_epi32(acc[i][t]);
+            for (size_t c = cv; c < cp; c++) s += w0[i * cp + c] * q[t * ldq + c];
+            out[i * NT + t] = s;
+        }
+}
+
+typedef void (*i8mm_fn)(const int8_t *w0, size_t cp, const int8_t *q, size_t ldq, int32_t *out);
+#define I8MM_AVX2(R, NT)                                                                       \
+    static void i8mm_avx2_##R##x##NT(const int8_t *w0, size_t cp, const int8_t *q, size_t ldq,  \
+                                     int32_t *out)                                             \
+    {                                                                                          \
+        i8mm_avx2(w0, cp, q, ldq, R, NT, out);                                                 \
+    }
+I8MM_AVX2(1, 1) I8MM_AVX2(1, 2) I8MM_AVX2(1, 3) I8MM_AVX2(1, 4)
+I8MM_AVX2(2, 1) I8MM_AVX2(2, 2) I8MM_AVX2(2, 3) I8MM_AVX2(2, 4)
+static const i8mm_fn i8mm_avx2_tab[2][4] = {
+    {i8mm_avx2_1x1, i8mm_avx2_1x2, i8mm_avx2_1x3, i8mm_avx2_1x4},
+    {i8mm_avx2_2x1, i8mm_avx2_2x2, i8mm_avx2_2x3, i8mm_avx2_2x4},
+};
+
+void bn_gemm_i8row_avx2(const int8_t *w, const float *row_scale, size_t cols, size_t cols_padded,
+                        const int8_t *qx, size_t ldq, const float *x_scale, size_t m,
+                        float *y, size_t ldy, size_t r0, size_t r1)
+{
+    if (m == 1) {
+        bn_gemv_i8row_avx2(w, row_scale, cols, cols_padded, qx, x_scale[0], y, r0, r1);
+        return;
+    }
+    /* Token blocks of at most 4, as even as possible (5 = 3+2, 8 = 4+4), inside row pairs. */
+    const size_t nb = (m + 3) / 4;
+    for (size_t r = r0; r < r1;) {
+        const int R = r1 - r >= 2 ? 2 : 1;
+        const int8_t *w0 = w + r * cols_padded;
+        for (size_t b = 0, t0 = 0; b < nb; b++) {
+            const size_t nt = m / nb + (b < m % nb);
+            int32_t acc[8];
+            i8mm_avx2_tab[R - 1][nt - 1](w0, cols_padded, qx + t0 * ldq, ldq, acc);
+            for (int i = 0; i < R; i++)
+                for (size_t t = 0; t < nt; t++)
+                    y[(t0 + t) * ldy + r + i] = bn_tern_out(acc[i * nt + t], x_scale[t0 + t], row_scale[r + i]);
+            t0 += nt;
+        }
+        r += (size_t)R;
+    }
+}
+
 void bn_f16_to_f32_avx2(const uint16_t *in, float *out, size_t n)
 {
     size_t i = 0;
@@ -243,6 +314,7 @@ const bn_ktab bn_ktab_avx2 = {
     .attn_group = bn_attn_group_avx2,
     .gemv_f16 = bn_gemv_f16_avx2,
     .gemv_i8row = bn_gemv_i8row_avx2,
+    .gemm_i8row = bn_gemm_i8row_avx2,
     .f16_to_f32 = bn_f16_to_f32_avx2,
     .f32_to_f16 = bn_f32_to_f16_avx2,
 };

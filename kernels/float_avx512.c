@@ -374,6 +374,94 @@ static void gemv_i8row_vnni1(const int8_t *w, const float *row_scale, size_t col
     }
 }
 
+/* The batched int8 lm_head: blocks of R rows x NT tokens, every accumulator in a register.
+ * Here the weights take the unsigned side: w ^ 0x80 = w + 128, flipped once per chunk and
+ * shared by all NT tokens, so sum(w*q) = sum((w+128)*q) - 128*sum(q), the last term once per
+ * token per call. Exact for any int8 weights; masked-off tail bytes are q = 0. */
+static inline __attribute__((always_inline)) void i8mm_vnni(const int8_t *w0, size_t cp, const int8_t *q,
+                                                            size_t ldq, int R, int NT, int32_t *out)
+{
+    const __m512i x80 = _mm512_set1_epi8((char)0x80);
+    const size_t cv = cp / 64 * 64, tail = cp - cv;
+    __m512i acc[4][4];
+    _Pragma("GCC unroll 4") for (int i = 0; i < R; i++)
+        _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) acc[i][t] = _mm512_setzero_si512();
+    for (size_t c = 0; c < cv; c += 64) {
+        __m512i wv[4];
+        _Pragma("GCC unroll 4") for (int i = 0; i < R; i++) {
+            _mm_prefetch((const char *)(w0 + i * cp + c + BN_PF_DIST), _MM_HINT_T0);
+            wv[i] = _mm512_xor_si512(_mm512_loadu_si512(w0 + i * cp + c), x80);
+        }
+        _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) {
+            const __m512i qv = _mm512_loadu_si512(q + t * ldq + c);
+            _Pragma("GCC unroll 4") for (int i = 0; i < R; i++) acc[i][t] = dpbusd(acc[i][t], wv[i], qv);
+        }
+    }
+    if (tail) {
+        __m512i wv[4];
+        _Pragma("GCC unroll 4") for (int i = 0; i < R; i++) wv[i] = _mm512_xor_si512(i8row_tail_load(w0 + i * cp + cv, tail), x80);
+        _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) {
+            const __m512i qv = i8row_tail_load(q + t * ldq + cv, tail);
+            _Pragma("GCC unroll 4") for (int i = 0; i < R; i++) acc[i][t] = dpbusd(acc[i][t], wv[i], qv);
+        }
+    }
+    _Pragma("GCC unroll 4") for (int i = 0; i < R; i++)
+        _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) out[i * NT + t] = _mm512_reduce_add_epi32(acc[i][t]);
+}
+
+typedef void (*i8mm_fn)(const int8_t *w0, size_t cp, const int8_t *q, size_t ldq, int32_t *out);
+#define I8MM_VNNI(R, NT)                                                                       \
+    static void i8mm_vnni_##R##x##NT(const int8_t *w0, size_t cp, const int8_t *q, size_t ldq,  \
+                                     int32_t *out)                                             \
+    {                                                                                          \
+        i8mm_vnni(w0, cp, q, ldq, R, NT, out);                                                 \
+    }
+I8MM_VNNI(1, 1) I8MM_VNNI(1, 2) I8MM_VNNI(1, 3) I8MM_VNNI(1, 4)
+I8MM_VNNI(4, 1) I8MM_VNNI(4, 2) I8MM_VNNI(4, 3) I8MM_VNNI(4, 4)
+static const i8mm_fn i8mm_vnni_tab[2][4] = {
+    {i8mm_vnni_1x1, i8mm_vnni_1x2, i8mm_vnni_1x3, i8mm_vnni_1x4},
+    {i8mm_vnni_4x1, i8mm_vnni_4x2, i8mm_vnni_4x3, i8mm_vnni_4x4},
+};
+
+/* Tokens are taken I8_TOK_CHUNK at a time (their sum(q) on the stack); inside, row quads
+ * (single rows at the end) and token blocks of at most 4, as even as possible (8 = 4+4). */
+#define I8_TOK_CHUNK 64
+static void gemm_i8row_vnni(const int8_t *w, const float *row_scale, size_t cols, size_t cols_padded,
+                            const int8_t *qx, size_t ldq, const float *x_scale, size_t m,
+                            float *y, size_t ldy, size_t r0, size_t r1)
+{
+    if (m == 1) {   /* the decode kernel, so a batch of one costs what one token costs */
+        gemv_i8row_vnni1(w, row_scale, cols, cols_padded, qx, x_scale[0], y, r0, r1);
+        return;
+    }
+    for (size_t tc = 0; tc < m; tc += I8_TOK_CHUNK) {
+        const size_t mc = m - tc < I8_TOK_CHUNK ? m - tc : I8_TOK_CHUNK, nb = (mc + 3) / 4;
+        const int8_t *qc = qx + tc * ldq;
+        uint32_t qsum128[I8_TOK_CHUNK];
+        for (size_t t = 0; t < mc; t++) {
+            int32_t s = 0;
+            for (size_t c = 0; c < cols_padded; c++) s += qc[t * ldq + c];
+            qsum128[t] = (uint32_t)s * 128u;
+        }
+        for (size_t r = r0; r < r1;) {
+            const int R = r1 - r >= 4 ? 4 : 1;
+            const int8_t *w0 = w + r * cols_padded;
+            for (size_t b = 0, t0 = 0; b < nb; b++) {
+                const size_t nt = mc / nb + (b < mc % nb);
+                int32_t acc[16];
+                i8mm_vnni_tab[R == 4][nt - 1](w0, cols_padded, qc + t0 * ldq, ldq, acc);
+                for (int i = 0; i < R; i++)
+                    for (size_t t = 0; t < nt; t++) {
+                        /* the true sum fits in int32; the lanes wrap, so subtract unsigned */
+                        const int32_t a = (int32_t)((uint32_t)acc[i * nt + t] - qsum128[t0 + t]);
+                        y[(tc + t0 + t) * ldy + r + i] = bn_tern_out(a, x_scale[tc + t0 + t], row_scale[r + i]);
+                    }
+                t0 += nt;
+            }
+            r += (size_t)R;
+        }
+    }
+}
 
 const bn_ktab bn_ktab_avx512 = {
     .quant_act = bn_quant_act_avx512,
@@ -388,6 +476,7 @@ const bn_ktab bn_ktab_avx512 = {
     .attn_group = attn_group_avx512,
     .gemv_f16 = gemv_f16_avx512,
     .gemv_i8row = bn_gemv_i8row_avx2,
+    .gemm_i8row = bn_gemm_i8row_avx2,
     .f16_to_f32 = f16_to_f32_avx512,
     .f32_to_f16 = f32_to_f16_avx512,
 };
@@ -405,6 +494,7 @@ const bn_ktab bn_ktab_avx512vnni = {
     .attn_group = attn_group_avx512,
     .gemv_f16 = gemv_f16_avx512,
     .gemv_i8row = gemv_i8row_vnni1,
+    .gemm_i8row = gemm_i8row_vnni,
     .f16_to_f32 = f16_to_f32_avx512,
     .f32_to_f16 = f32_to_f16_avx512,
 };

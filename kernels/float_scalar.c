@@ -118,6 +118,23 @@ void bn_gemv_i8row_scalar(const int8_t *w, const float *row_scale, size_t cols, 
     }
 }
 
+/* Row-major over tokens: each weight row is read once (from cache) for all m tokens. */
+void bn_gemm_i8row_scalar(const int8_t *w, const float *row_scale, size_t cols, size_t cols_padded,
+                          const int8_t *qx, size_t ldq, const float *x_scale, size_t m,
+                          float *y, size_t ldy, size_t r0, size_t r1)
+{
+    (void)cols;
+    for (size_t r = r0; r < r1; r++) {
+        const int8_t *wr = w + r * cols_padded;
+        for (size_t t = 0; t < m; t++) {
+            const int8_t *q = qx + t * ldq;
+            int32_t acc = 0;
+            for (size_t c = 0; c < cols_padded; c++) acc += wr[c] * q[c];
+            y[t * ldy + r] = bn_tern_out(acc, x_scale[t], row_scale[r]);
+        }
+    }
+}
+
 void bn_quant_rows_i8(const float *row, size_t cols, size_t cols_padded, int8_t *out, float *scale)
 {
     float amax = 0.0f;

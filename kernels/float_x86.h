@@ -15,6 +15,9 @@ void bn_attn_group_avx2(float *out, const float *q, int n_q, const uint16_t *k, 
 void bn_gemv_f16_avx2(const uint16_t *w, size_t cols, const float *x, float *y, size_t r0, size_t r1);
 void bn_gemv_i8row_avx2(const int8_t *w, const float *row_scale, size_t cols, size_t cols_padded,
                         const int8_t *qx, float x_scale, float *y, size_t r0, size_t r1);
+void bn_gemm_i8row_avx2(const int8_t *w, const float *row_scale, size_t cols, size_t cols_padded,
+                        const int8_t *qx, size_t ldq, const float *x_scale, size_t m,
+                        float *y, size_t ldy, size_t r0, size_t r1);
 void bn_f16_to_f32_avx2(const uint16_t *in, float *out, size_t n);
 void bn_f32_to_f16_avx2(const float *in, uint16_t *out, size_t n);
 

@@ -117,6 +117,12 @@ void bn_gemv_f16(const uint16_t *w, size_t cols, const float *x, float *y, size_
  * negates weights with vpsignb, which cannot represent -(-128)). */
 void bn_gemv_i8row(const int8_t *w, const float *row_scale, size_t cols, size_t cols_padded,
                    const int8_t *qx, float x_scale, float *y, size_t r0, size_t r1);
+/* The same for m tokens at once: qx holds m activation rows of stride ldq (each as above),
+ * x_scale[m], y holds m rows of logits of stride ldy. Each weight chunk is loaded once for
+ * all m tokens. Bit-identical to m calls of bn_gemv_i8row (the integer sums are exact). */
+void bn_gemm_i8row(const int8_t *w, const float *row_scale, size_t cols, size_t cols_padded,
+                   const int8_t *qx, size_t ldq, const float *x_scale, size_t m,
+                   float *y, size_t ldy, size_t r0, size_t r1);
 /* Quantizes one f32 row to int8: q = round_half_even(row[c] * (127 / max|row|)) clamped to
  * [-127, 127], *scale = max|row| / 127 (0 for an all-zero row); zeros in [cols, cols_padded).
  * Called per row at convert time. */

@@ -34,6 +34,20 @@ int bn_parse_lm_head(const char *s, int *i8)
     return 0;
 }
 
+int bn_parse_head_kind(const char *s, enum bn_lm_head_kind *out)
+{
+    if (!strcmp(s, "f16")) *out = BN_LM_HEAD_F16;
+    else if (!strcmp(s, "i8")) *out = BN_LM_HEAD_I8;
+    else if (!strcmp(s, "screen")) *out = BN_LM_HEAD_SCREEN;
+    else return -1;
+    return 0;
+}
+
+const char *bn_head_kind_name(enum bn_lm_head_kind k)
+{
+    return k == BN_LM_HEAD_I8 ? "i8" : k == BN_LM_HEAD_SCREEN ? "screen" : k == BN_LM_HEAD_F16 ? "f16" : "auto";
+}
+
 int bn_pack_opt(int c, const char *arg, bn_pack_opts *po)
 {
     if (c == 'T') return bn_parse_ternary(arg, &po->tern) == 0 ? 1 : -1;

@@ -10,9 +10,11 @@
 #include <string.h>
 
 #include "base/parse.h"
+#include "cli/bench_draft.h"
 #include "cli/cli_common.h"
 #include "cli/commands.h"
 #include "model/convert_cache.h"
+#include "engine/draft.h"
 #include "engine/engine.h"
 
 #define MAX_THREAD_LIST 16
@@ -27,13 +29,15 @@ static void usage(FILE *f)
             "  -t, --threads LIST    thread counts, comma-separated (default: physical cores available)\n"
             "  -r, --reps N          repetitions per test, after one warm-up (default 5)\n"
             "  -b, --batch N         prefill chunk (default 64)\n"
-            "      --lm-head f16|i8  lm_head to use (default: i8 if the file has it)\n"
+            "      --lm-head f16|i8|screen  lm_head to use (default: screen if the file has it, else i8)\n"
             "      --isa NAME        force a kernel variant (scalar, avx2, avx512, avx512vnni)\n"
             "      --pin             pin threads to CPUs\n"
             "      --roofline        memory bandwidth, decode as a fraction of it, time split\n"
-            "      --agreement       top-1 agreement of the int8 lm_head with f16 over -p positions\n"
+            "      --agreement       top-1 agreement of the int8 and screened heads with f16 over -p positions\n"
             "      --parallel LIST   decode S sequences together (e.g. 1,2,4,8): aggregate and\n"
-            "                        per-sequence tok/s of -n steps, after a -p token prompt each\n");
+            "                        per-sequence tok/s of -n steps, after a -p token prompt each\n"
+            "      --draft MODE      off|lookup|auto: verify-pass cost, drafted vs plain decoding of\n"
+            "                        -n tokens after -p, speed-up vs acceptance rate (first -t only)\n");
 }
 
 typedef struct bench_args {
@@ -42,6 +46,7 @@ typedef struct bench_args {
     int threads[MAX_THREAD_LIST], n_threads_list;
     int parallel[MAX_THREAD_LIST], n_parallel;   /* --parallel sequence counts; 0 = off */
     int lm_head, pin, roofline, agreement;
+    int draft;                                   /* --draft mode; -1 = not asked */
 } bench_args;
 
 static void mean_sd(const double *x, int n, double *mean, double *sd)
@@ -59,6 +64,8 @@ static void fill_ids(int32_t *ids, uint32_t n, uint32_t n_vocab, int32_t bos)
     for (uint32_t i = 0; i < n; i++) ids[i] = (int32_t)((i * 2654435761u + 12345u) % n_vocab);
     if (n && bos >= 0) ids[0] = bos;
 }
+
+static const char *head_name(const bn_engine *e) { return bn_head_kind_name(bn_engine_lm_head(e)); }
 
 static int run_pp(bn_engine *e, const int32_t *ids, uint32_t n, double *tps, bn_error *err)
 {
@@ -130,7 +137,7 @@ static int bench_parallel(bn_engine *e, const bench_args *a, const int32_t *ids,
     float *logits = malloc((size_t)smax * V * sizeof *logits);
     double *x = calloc(a->reps, sizeof *x), base = 0;
     int rc = toks && logits && x ? 0 : bn_err(err, "out of memory");
-    const char *head = bn_engine_lm_head(e) == BN_LM_HEAD_I8 ? "i8" : "f16";
+    const char *head = head_name(e);
     for (int pi = 0; rc == 0 && pi < a->n_parallel; pi++) {
         uint32_t S = (uint32_t)a->parallel[pi];
         double warm, mean, sd;
@@ -203,7 +210,7 @@ static int roofline(bn_engine *e, const bench_args *a, const int32_t *ids, int t
     printf("\nroofline (%d threads): memory read bandwidth %.1f GB/s best, %.1f GB/s median\n",
            threads, best, median);
     printf("  weights read per token: %.1f MiB (lm_head %s)\n", (double)wbytes / (1 << 20),
-           bn_engine_lm_head(e) == BN_LM_HEAD_I8 ? "i8" : "f16");
+           head_name(e));
     printf("  bound: %.1f tok/s; measured decode %.2f tok/s = %.0f%% of the roofline\n", bound, tps,
            100.0 * tps / bound);
 
@@ -222,35 +229,59 @@ static int roofline(bn_engine *e, const bench_args *a, const int32_t *ids, int t
     return 0;
 }
 
-/* Top-1 agreement of the int8 lm_head with the exact f16 one, at each of n positions: the same
- * chunk is evaluated twice from the same cache state, once per head. */
+static uint32_t argmax_row(const float *y, uint32_t n)
+{
+    uint32_t b = 0;
+    for (uint32_t i = 1; i < n; i++) b = y[i] > y[b] ? i : b;
+    return b;
+}
+
+/* Top-1 agreement of the int8 and screened lm_heads with the exact f16 one at each of n
+ * positions (the same chunk evaluated from the same cache state once per head), the rows the
+ * screen rescored, and each head's time per token over those chunks. */
 static int agreement(bn_engine *e, const int32_t *ids, uint32_t n, bn_error *err)
 {
-    uint32_t V = bn_engine_model(e)->cfg.n_vocab, chunk = 32, agree = 0;
-    float *a = malloc((size_t)chunk * V * sizeof *a), *b = malloc((size_t)chunk * V * sizeof *b);
-    int rc = a && b ? 0 : bn_err(err, "out of memory");
+    const bn_model *md = bn_engine_model(e);
+    uint32_t V = md->cfg.n_vocab, chunk = 32, agree[3] = {0, 0, 0};
+    enum bn_lm_head_kind kinds[3] = {BN_LM_HEAD_F16, BN_LM_HEAD_I8, BN_LM_HEAD_SCREEN};
+    int nk = md->lm_head_i8_err ? 3 : md->lm_head_i8 ? 2 : 1;
+    double secs[3] = {0, 0, 0};
+    float *y[3];
+    for (int k = 0; k < 3; k++) y[k] = malloc((size_t)chunk * V * sizeof(float));
+    int rc = y[0] && y[1] && y[2] ? 0 : bn_err(err, "out of memory");
+    enum bn_lm_head_kind was = bn_engine_lm_head(e);
+    bn_lm_stats st;
     bn_engine_reset(e);
+    bn_engine_profile(e, 1);
+    bn_engine_lm_stats(e, NULL, 1);
     for (uint32_t p = 0; rc == 0 && p < n; p += chunk) {
         uint32_t m = n - p < chunk ? n - p : chunk;
-        rc = bn_engine_set_lm_head(e, BN_LM_HEAD_F16, err);
-        if (rc == 0) rc = bn_engine_eval(e, ids + p, m, a, err);
-        bn_engine_truncate(e, p);
-        if (rc == 0) rc = bn_engine_set_lm_head(e, BN_LM_HEAD_I8, err);
-        if (rc == 0) rc = bn_engine_eval(e, ids + p, m, b, err);
+        for (int k = 0; rc == 0 && k < nk; k++) {
+            bn_engine_truncate(e, p);
+            rc = bn_engine_set_lm_head(e, kinds[k], err);
+            bn_engine_profile(e, 1);
+            if (rc == 0) rc = bn_engine_eval(e, ids + p, m, y[k], err);
+            secs[k] += bn_engine_profile_get(e)[BN_PROF_LM_HEAD];
+        }
         for (uint32_t t = 0; rc == 0 && t < m; t++) {
-            uint32_t ba = 0, bb = 0;
-            for (uint32_t i = 1; i < V; i++) {
-                if (a[(size_t)t * V + i] > a[(size_t)t * V + ba]) ba = i;
-                if (b[(size_t)t * V + i] > b[(size_t)t * V + bb]) bb = i;
-            }
-            agree += ba == bb;
+            uint32_t b0 = argmax_row(y[0] + (size_t)t * V, V);
+            for (int k = 0; k < nk; k++) agree[k] += argmax_row(y[k] + (size_t)t * V, V) == b0;
         }
     }
-    if (rc == 0)
-        printf("\nlm_head: int8 top-1 agreement with f16: %u/%u positions (%.2f%%)\n", agree, n,
-               100.0 * agree / n);
-    free(a);
-    free(b);
+    bn_engine_profile(e, 0);
+    bn_engine_lm_stats(e, &st, 1);
+    if (rc == 0) rc = bn_engine_set_lm_head(e, was, err);
+    if (rc == 0) {
+        printf("\nlm_head agreement with f16 over %u positions (top-1), ms per token:\n", n);
+        static const char *names[3] = {"f16", "i8", "screen"};
+        for (int k = 0; k < nk; k++)
+            printf("  %-7s %u/%u (%.2f%%)  %.3f ms\n", names[k], agree[k], n, 100.0 * agree[k] / n,
+                   1e3 * secs[k] / n);
+        if (nk == 3)
+            printf("  screen: rows rescored per token %.1f mean, %u max (of %u)\n",
+                   st.tokens ? (double)st.rescored / (double)st.tokens : 0.0, st.rescored_max, V);
+    }
+    for (int k = 0; k < 3; k++) free(y[k]);
     return rc;
 }
 
@@ -300,10 +331,11 @@ static int parse_args(int argc, char **argv, bench_args *a)
         {"lm-head", required_argument, 0, 'L'}, {"isa", required_argument, 0, 'I'},
         {"pin", no_argument, 0, 'P'},          {"roofline", no_argument, 0, 'R'},
         {"agreement", no_argument, 0, 'A'},    {"parallel", required_argument, 0, 'S'},
-        {"help", no_argument, 0, 'h'},
+        {"draft", required_argument, 0, 'D'},  {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
-    *a = (bench_args){.n_prompt = 512, .n_gen = 128, .reps = 5};
-    int c, i8;
+    *a = (bench_args){.n_prompt = 512, .n_gen = 128, .reps = 5, .draft = -1};
+    int c;
+    enum bn_lm_head_kind head;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:n:t:r:b:h", opts, NULL)) != -1) {
         switch (c) {
@@ -319,8 +351,8 @@ static int parse_args(int argc, char **argv, bench_args *a)
         case 'r': if (opt_u32("-r/--reps", 1, 1000000, &a->reps)) return 3; break;
         case 'b': if (opt_u32("-b/--batch", 0, 4096, &a->batch)) return 3; break;
         case 'L':
-            if (bn_parse_lm_head(optarg, &i8)) return 2;
-            a->lm_head = i8 ? BN_LM_HEAD_I8 : BN_LM_HEAD_F16;
+            if (bn_parse_head_kind(optarg, &head)) return 2;
+            a->lm_head = head;
             break;
         case 'I':
             if (bn_isa_parse(optarg) < 0 || bn_kernels_force((bn_isa)bn_isa_parse(optarg)) != 0) {
@@ -331,6 +363,12 @@ static int parse_args(int argc, char **argv, bench_args *a)
         case 'P': a->pin = 1; break;
         case 'R': a->roofline = 1; break;
         case 'A': a->agreement = 1; break;
+        case 'D':
+            if ((a->draft = bn_draft_mode_parse(optarg)) < 0) {
+                fprintf(stderr, "bitnet bench: --draft: '%s' is not off, lookup or auto\n", optarg);
+                return 3;
+            }
+            break;
         case 'h': usage(stdout); return 1;
         default: return 2;
         }
@@ -395,7 +433,7 @@ int cmd_bench(int argc, char **argv)
             bn_engine_free(e);
             continue;
         }
-        const char *head = bn_engine_lm_head(e) == BN_LM_HEAD_I8 ? "i8" : "f16";
+        const char *head = head_name(e);
         for (int is_pp = 1; rc == 0 && is_pp >= 0; is_pp--) {
             uint32_t n = is_pp ? a.n_prompt : a.n_gen;
             if (n == 0) continue;
@@ -411,6 +449,8 @@ int cmd_bench(int argc, char **argv)
         if (rc == 0 && a.roofline && a.n_gen) rc = roofline(e, &a, ids, bn_engine_threads(e), &err);
         if (rc == 0 && a.agreement && ti == 0 && a.n_prompt) rc = agreement(e, ids, a.n_prompt, &err);
         bn_engine_free(e);
+        if (rc == 0 && a.draft >= 0 && ti == 0)
+            rc = bn_bench_draft(m, &eo, a.draft, ids, a.n_prompt, a.n_gen, a.reps, &err);
     }
     if (rc) fprintf(stderr, "bitnet bench: %s\n", err.msg);
     free(ids);

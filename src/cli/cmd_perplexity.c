@@ -22,7 +22,7 @@ static void usage(FILE *f)
             "  -c, --ctx N           window length (default 512, clamped to the model's maximum)\n"
             "  -t, --threads N       threads (default: physical cores available)\n"
             "  -b, --batch N         prefill chunk (default 64)\n"
-            "      --lm-head f16|i8  lm_head to use (default: i8 if the file has it)\n"
+            "      --lm-head f16|i8|screen  lm_head to use (default: screen, exact, if the file has it)\n"
             "      --isa NAME        force a kernel variant (scalar, avx2, avx512, avx512vnni)\n"
             "      --pin             pin threads to CPUs\n");
 }
@@ -78,7 +78,8 @@ int cmd_perplexity(int argc, char **argv)
     uint32_t ctx = 512;
     bn_engine_opts eo;
     bn_engine_opts_default(&eo);
-    int c, i8;
+    int c;
+    enum bn_lm_head_kind head;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:f:c:t:b:h", opts, NULL)) != -1) {
         switch (c) {
@@ -93,8 +94,8 @@ int cmd_perplexity(int argc, char **argv)
         }
         case 'b': if (opt_u32("-b/--batch", 0, 4096, &eo.batch)) return 2; break;
         case 'L':
-            if (bn_parse_lm_head(optarg, &i8)) { usage(stderr); return 2; }
-            eo.lm_head = i8 ? BN_LM_HEAD_I8 : BN_LM_HEAD_F16;
+            if (bn_parse_head_kind(optarg, &head)) { usage(stderr); return 2; }
+            eo.lm_head = head;
             break;
         case 'I': isa = optarg; break;
         case 'P': eo.pin = 1; break;

@@ -13,6 +13,7 @@
 #include "cli/cli_common.h"
 #include "cli/commands.h"
 #include "model/convert_cache.h"
+#include "engine/draft.h"
 #include "engine/engine.h"
 #include "text/tokenizer.h"
 
@@ -36,10 +37,14 @@ static void usage(FILE *f)
             "      --presence-penalty P    OpenAI presence penalty (default 0)\n"
             "      --frequency-penalty P   OpenAI frequency penalty (default 0)\n"
             "      --seed N                sampling seed (default: random, printed)\n"
-            "      --lm-head f16|i8        lm_head to use (default: i8 if the file has it)\n"
+            "      --lm-head f16|i8|screen lm_head to use (default: screen, exact, if the file has it)\n"
+            "      --draft off|lookup|auto speculative decoding by prompt lookup; the output is the\n"
+            "                              same either way (default auto: only where it gains)\n"
+            "      --draft-max N           most tokens drafted per pass (default %d, at most %d)\n"
+            "      --draft-ngram N         longest n-gram matched (default %d)\n"
             "      --isa NAME              force a kernel variant (scalar, avx2, avx512, avx512vnni)\n"
             "      --pin                   pin threads to CPUs\n",
-            BN_STOP_MAX);
+            BN_STOP_MAX, BN_DRAFT_DEFAULT_K, BN_DRAFT_MAX, BN_DRAFT_DEFAULT_NGRAM);
 }
 
 typedef struct run_args {
@@ -50,6 +55,9 @@ typedef struct run_args {
     size_t n_stops;
     bn_sampling sampling;
     bn_engine_opts eo;
+    int draft;                 /* enum bn_draft_mode */
+    uint32_t draft_max, draft_ngram;
+    bn_drafter *drafter;       /* made once, reused by every turn */
 } run_args;
 
 /* ---- streaming output: decoder -> stop matcher -> stdout (and the chat transcript) ------- */
@@ -140,9 +148,15 @@ static void print_timings(const bn_gen_result *r)
     fprintf(stderr, "\n\nprefill: %u tokens (%u reused from cache) in %.3f s, %.2f tok/s\n",
             r->n_prompt, r->n_cached, r->prefill_s,
             r->prefill_s > 0 ? (r->n_prompt - r->n_cached) / r->prefill_s : 0.0);
+    /* the first token comes from the prefill's logits: the decode loop made the others */
+    uint32_t made = r->n_completion > 0 ? r->n_completion - 1 : 0;
     fprintf(stderr, "decode:  %u tokens (%u forward passes) in %.3f s, %.2f tok/s   [finish: %s]\n",
-            r->n_completion, r->n_decoded, r->decode_s,
-            r->decode_s > 0 ? r->n_decoded / r->decode_s : 0.0, why[r->finish]);
+            r->n_completion, r->passes, r->decode_s, r->decode_s > 0 ? made / r->decode_s : 0.0,
+            why[r->finish]);
+    if (r->proposed > 0)
+        fprintf(stderr, "draft:   %.2f tokens per pass, %u of %u drafted tokens accepted (%.1f%%)\n",
+                r->passes ? (double)made / r->passes : 0.0, r->accepted, r->proposed,
+                r->proposed ? 100.0 * r->accepted / r->proposed : 0.0);
 }
 
 static int generate(bn_engine *e, const bn_tokenizer *tk, const run_args *a, const int32_t *ids,
@@ -156,7 +170,10 @@ static int generate(bn_engine *e, const bn_tokenizer *tk, const run_args *a, con
     bn_gen_result res;
     uint32_t max = a->n_predict < 0 ? UINT32_MAX : (uint32_t)a->n_predict;
     interrupted = 0;
-    int rc = bn_generate(e, ids, n, &a->sampling, max, on_token, &st, &res, err);
+    bn_gen_opts o = {.max_tokens = max, .on_token = on_token, .user = &st, .draft = a->draft,
+                     .draft_max = a->draft_max, .draft_ngram = a->draft_ngram,
+                     .drafter = a->drafter};
+    int rc = bn_generate_opts(e, ids, n, &a->sampling, &o, &res, err);
     stream_end(&st);
     if (rc == 0 && st.failed) rc = bn_err(err, "out of memory while streaming the output");
     if (rc == 0) print_timings(&res);
@@ -228,7 +245,7 @@ static int run_chat(bn_engine *e, const bn_tokenizer *tk, const run_args *a, bn_
 
 enum {
     OPT_CHAT = 256, OPT_STOP, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_REP, OPT_PRES, OPT_FREQ,
-    OPT_SEED, OPT_LMHEAD, OPT_ISA, OPT_PIN,
+    OPT_SEED, OPT_LMHEAD, OPT_ISA, OPT_PIN, OPT_DRAFT, OPT_DRAFT_MAX, OPT_DRAFT_NGRAM,
 };
 
 /* Checked option values: a bad one prints "bitnet run: FLAG: why" and parse_args returns 3
@@ -282,12 +299,17 @@ static int parse_args(int argc, char **argv, run_args *a)
         {"frequency-penalty", required_argument, 0, OPT_FREQ},
         {"seed", required_argument, 0, OPT_SEED},  {"lm-head", required_argument, 0, OPT_LMHEAD},
         {"isa", required_argument, 0, OPT_ISA},    {"pin", no_argument, 0, OPT_PIN},
+        {"draft", required_argument, 0, OPT_DRAFT},
+        {"draft-max", required_argument, 0, OPT_DRAFT_MAX},
+        {"draft-ngram", required_argument, 0, OPT_DRAFT_NGRAM},
         {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->n_predict = -1;
+    a->draft = BN_DRAFT_AUTO;
     bn_sampling_default(&a->sampling);
     bn_engine_opts_default(&a->eo);
-    int c, i8;
+    int c;
+    enum bn_lm_head_kind head;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:n:t:c:h", opts, NULL)) != -1) {
         switch (c) {
@@ -313,8 +335,8 @@ static int parse_args(int argc, char **argv, run_args *a)
             a->seed_set = 1;
             break;
         case OPT_LMHEAD:
-            if (bn_parse_lm_head(optarg, &i8)) return 2;
-            a->eo.lm_head = i8 ? BN_LM_HEAD_I8 : BN_LM_HEAD_F16;
+            if (bn_parse_head_kind(optarg, &head)) return 2;
+            a->eo.lm_head = head;
             break;
         case OPT_ISA:
             if (bn_isa_parse(optarg) < 0 || bn_kernels_force((bn_isa)bn_isa_parse(optarg)) != 0) {
@@ -323,6 +345,14 @@ static int parse_args(int argc, char **argv, run_args *a)
             }
             break;
         case OPT_PIN: a->eo.pin = 1; break;
+        case OPT_DRAFT:
+            if ((a->draft = bn_draft_mode_parse(optarg)) < 0) {
+                fprintf(stderr, "bitnet run: --draft: '%s' is not off, lookup or auto\n", optarg);
+                return 3;
+            }
+            break;
+        case OPT_DRAFT_MAX: if (opt_u32("--draft-max", 1, BN_DRAFT_MAX, &a->draft_max)) return 3; break;
+        case OPT_DRAFT_NGRAM: if (opt_u32("--draft-ngram", 1, 64, &a->draft_ngram)) return 3; break;
         case 'h': usage(stdout); return 1;
         default: return 2;
         }
@@ -357,15 +387,17 @@ int cmd_run(int argc, char **argv)
             (double)mem.scratch / (1 << 20));
     if (bn_engine_create(m, &a.eo, &e, &err)) goto out;
     if (!(tk = bn_tokenizer_new(m->vocab, &err))) goto out;
-    fprintf(stderr, "threads %d, isa %s, lm_head %s, seed %llu\n\n", bn_engine_threads(e),
-            bn_isa_name(bn_kernels_isa()), bn_engine_lm_head(e) == BN_LM_HEAD_I8 ? "i8" : "f16",
-            (unsigned long long)a.sampling.seed);
+    if (a.draft != BN_DRAFT_OFF && !(a.drafter = bn_drafter_new(e, a.draft_max, &err))) goto out;
+    fprintf(stderr, "threads %d, isa %s, lm_head %s, draft %s, seed %llu\n\n", bn_engine_threads(e),
+            bn_isa_name(bn_kernels_isa()), bn_head_kind_name(bn_engine_lm_head(e)),
+            bn_draft_mode_name(a.draft), (unsigned long long)a.sampling.seed);
     struct sigaction sa = {.sa_handler = on_sigint};
     sigaction(SIGINT, &sa, NULL);
     rc = a.chat ? run_chat(e, tk, &a, &err) : run_prompt(e, tk, &a, &err);
 out:
     if (rc) fprintf(stderr, "bitnet run: %s\n", err.msg);
     bn_tokenizer_free(tk);
+    bn_drafter_free(a.drafter);
     bn_engine_free(e);
     bn_model_close(m);
     return rc ? 1 : 0;

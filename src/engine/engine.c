@@ -116,12 +116,21 @@ static int check_cpus(const int *cpus, int n, bn_error *err)
 static int resolve_lm_head(const bn_model *m, int want, enum bn_lm_head_kind *out, bn_error *err)
 {
     int has_i8 = m->lm_head_i8 != NULL && m->lm_head_i8_scale != NULL;
+    int has_screen = has_i8 && m->lm_head_i8_err != NULL && m->lm_head_i8_norm != NULL;
     switch (want) {
-    case BN_LM_HEAD_AUTO: *out = has_i8 ? BN_LM_HEAD_I8 : BN_LM_HEAD_F16; return 0;
+    case BN_LM_HEAD_AUTO:   /* the exact screen when the file allows it; old files as before */
+        *out = has_screen ? BN_LM_HEAD_SCREEN : has_i8 ? BN_LM_HEAD_I8 : BN_LM_HEAD_F16;
+        return 0;
     case BN_LM_HEAD_F16: *out = BN_LM_HEAD_F16; return 0;
     case BN_LM_HEAD_I8:
         if (!has_i8) return bn_err(err, "%s: the model file has no int8 lm_head", m->path);
         *out = BN_LM_HEAD_I8;
+        return 0;
+    case BN_LM_HEAD_SCREEN:
+        if (!has_screen)
+            return bn_err(err, "%s: the model file has no screened lm_head (output_q8.err/.norm, "
+                          "format 1.1: repack it)", m->path);
+        *out = BN_LM_HEAD_SCREEN;
         return 0;
     }
     return bn_err(err, "unknown lm_head kind %d", want);
@@ -142,7 +151,7 @@ static size_t lm_cols_padded(const bn_model *m)
 
 /* The scratch layout, in one place so that the plan and the allocation cannot disagree. */
 typedef struct scratch_sizes {
-    size_t x, kvd, ff, qa, qs, scores, rope, lm_q, logits, tok, seqv;
+    size_t x, kvd, ff, qa, qs, scores, rope, lm_q, logits, tok, seqv, lm_cand, lm_part;
 } scratch_sizes;
 
 static scratch_sizes scratch_plan(const bn_model *m, uint32_t batch, int n_threads, uint32_t n_ctx,
@@ -162,6 +171,8 @@ static scratch_sizes scratch_plan(const bn_model *m, uint32_t batch, int n_threa
     z.logits = (size_t)c->n_vocab * sizeof(float);
     z.tok = (size_t)batch * sizeof(uint32_t);      /* also the lm_head's per-token scales */
     z.seqv = (size_t)n_seq * sizeof(uint32_t);
+    z.lm_cand = (size_t)c->n_vocab * 8;             /* struct bn_lm_cand: float + u32 */
+    z.lm_part = (size_t)n_threads * 2 * sizeof(float);
     return z;
 }
 
@@ -171,7 +182,8 @@ static size_t scratch_total(const scratch_sizes *z)
     return 5 * bn_align_up(z->x, a) + 2 * bn_align_up(z->kvd, a) + 2 * bn_align_up(z->ff, a) +
            bn_align_up(z->qa, a) + bn_align_up(z->qs, a) + bn_align_up(z->scores, a) +
            bn_align_up(z->rope, a) + bn_align_up(z->lm_q, a) + bn_align_up(z->logits, a) +
-           3 * bn_align_up(z->tok, a) + bn_align_up(z->seqv, a);
+           3 * bn_align_up(z->tok, a) + bn_align_up(z->seqv, a) + bn_align_up(z->lm_cand, a) +
+           bn_align_up(z->lm_part, a);
 }
 
 static int resolve_opts(const bn_model *m, const bn_engine_opts *o, uint32_t *n_ctx,
@@ -243,10 +255,12 @@ static int scratch_alloc(bn_scratch *s, const scratch_sizes *z, size_t cols_pad)
     s->tok_seq = bn_eng_alloc64(z->tok);
     s->tok_pos = bn_eng_alloc64(z->tok);
     s->seq_next = bn_eng_alloc64(z->seqv);
+    s->lm_cand = bn_eng_alloc64(z->lm_cand);
+    s->lm_part = bn_eng_alloc64(z->lm_part);
     s->cols_pad = cols_pad;
     return s->x && s->xb && s->xb2 && s->q && s->att && s->k && s->v && s->hg && s->hu && s->qa &&
                    s->qs && s->scores && s->rope_inv_freq && s->lm_q && s->lm_qs && s->logits &&
-                   s->tok_seq && s->tok_pos && s->seq_next
+                   s->tok_seq && s->tok_pos && s->seq_next && s->lm_cand && s->lm_part
                ? 0
                : -1;
 }
@@ -255,7 +269,7 @@ static void scratch_free(bn_scratch *s)
 {
     void *bufs[] = {s->x, s->xb, s->xb2, s->q, s->att, s->k, s->v, s->hg, s->hu, s->qa, s->qs,
                     s->scores, s->rope_inv_freq, s->lm_q, s->lm_qs, s->logits,
-                    s->tok_seq, s->tok_pos, s->seq_next};
+                    s->tok_seq, s->tok_pos, s->seq_next, s->lm_cand, s->lm_part};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     memset(s, 0, sizeof *s);
 }
@@ -432,6 +446,8 @@ uint64_t bn_engine_weight_bytes_per_token(const bn_engine *e)
     bytes += (uint64_t)c->n_embd * sizeof(uint16_t);             /* one embedding row */
     if (e->lm_head == BN_LM_HEAD_I8)
         bytes += (uint64_t)c->n_vocab * (e->model->lm_head_cols_padded + sizeof(float));
+    else if (e->lm_head == BN_LM_HEAD_SCREEN)   /* + a few f16 rows, not counted */
+        bytes += (uint64_t)c->n_vocab * (e->model->lm_head_cols_padded + 3 * sizeof(float));
     else
         bytes += (uint64_t)c->n_vocab * c->n_embd * sizeof(uint16_t);
     return bytes;

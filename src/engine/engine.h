@@ -22,9 +22,15 @@
 /* ---- creation and memory ------------------------------------------------------------- */
 
 enum bn_lm_head_kind {
-    BN_LM_HEAD_AUTO = 0,  /* int8 per-row if the file has it, else f16 */
+    BN_LM_HEAD_AUTO = 0,  /* the screened head if the file has its bounds, else int8, else f16 */
     BN_LM_HEAD_F16 = 1,   /* the tied f16 embedding: exact, the reference */
-    BN_LM_HEAD_I8 = 2,    /* int8 per-row copy: half the bytes per token; fails if absent */
+    BN_LM_HEAD_I8 = 2,    /* int8 per-row copy: half the bytes per token, lossy; fails if absent */
+    BN_LM_HEAD_SCREEN = 3,/* exact two-stage head: every row screened with the int8 copy, then the
+                           * rows that a per-row error bound cannot rule out rescored with the f16
+                           * rows (bn_gemv_f16, bit-identical to the f16 head). The argmax always
+                           * equals the f16 head's (ties -> lowest id); rows within the sequence's
+                           * margin (bn_engine_set_lm_margin) of the top are exact too, the others
+                           * hold their screen logits. Needs output_q8.err/.norm (format 1.1) */
 };
 
 typedef struct bn_engine_opts {
@@ -75,6 +81,27 @@ uint32_t bn_engine_n_ctx(const bn_engine *e);
 enum bn_lm_head_kind bn_engine_lm_head(const bn_engine *e);   /* F16 or I8: what is used */
 /* Switches the lm_head for later passes (comparisons); fails if the file lacks that kind. */
 int bn_engine_set_lm_head(bn_engine *e, enum bn_lm_head_kind kind, bn_error *err);
+/* The screened head's margin for sequence seq (logit units, default 0): every row whose upper
+ * bound is within margin of the best exact logit is rescored exactly. 0 is exact for greedy
+ * decoding; a sampler needs bn_lm_margin(): rows left out then carry a total probability below
+ * 2^-24 of the top token's. INFINITY makes every row exact (the full f16 head). */
+void bn_engine_set_lm_margin(bn_engine *e, uint32_t seq, float margin);
+/* The margin sampling with s uses (bn_generate and the server set it per request): 0 for
+ * greedy (the argmax is f16's); T ln(1/min_p) with min_p (every row min_p keeps is exact, so the
+ * kept distribution is f16's); 0 for untruncated sampling (rows near the top exact, the tail
+ * int8-accurate: an exact tail costs the f16 head); INFINITY with penalties (they can lower the
+ * top rows by any amount). bn_lm_margin_exact: always f16's distribution to within 2^-24 of the
+ * top token's probability, at up to the f16 head's cost. */
+struct bn_sampling;
+float bn_lm_margin(const struct bn_sampling *s, uint32_t n_vocab);
+float bn_lm_margin_exact(const struct bn_sampling *s, uint32_t n_vocab);
+/* Screened-head counters since creation or the last reset: tokens, rows rescored in total
+ * and at most for one token (the whole vocabulary when a token fell back to the f16 head). */
+typedef struct bn_lm_stats {
+    uint64_t tokens, rescored;
+    uint32_t rescored_max;
+} bn_lm_stats;
+void bn_engine_lm_stats(bn_engine *e, bn_lm_stats *out, int reset);
 
 /* ---- KV cache and positions ---------------------------------------------------------- */
 
@@ -226,6 +253,13 @@ typedef struct bn_gen_result {
     int32_t stop_id;          /* the EOS/EOT id that stopped generation, or -1 */
     double prefill_s;         /* wall time of the prompt's evaluation */
     double decode_s;          /* wall time of the decode loop (n_decoded evaluations) */
+    /* Drafting (bn_gen_opts.draft): the decode loop's forward passes, the drafted tokens they
+     * verified and how many of those were kept. Without drafting passes == n_decoded and the
+     * other two are 0; with it n_decoded = passes + proposed (rejected drafts included), and
+     * the tokens per pass are (passes + accepted) / passes. */
+    uint32_t passes;
+    uint32_t proposed;
+    uint32_t accepted;
 } bn_gen_result;
 
 /* Generates up to max_tokens tokens after prompt[0..n) (n >= 1), reusing the longest cached
@@ -240,16 +274,38 @@ int bn_generate(bn_engine *e, const int32_t *prompt, size_t n, const bn_sampling
  * far (cached ones included) and the prompt length; non-zero cancels (finish CANCELLED). */
 typedef int (*bn_prefill_cb)(uint32_t done, uint32_t total, void *user);
 
+/* Speculative decoding by prompt lookup (src/engine/draft.h): the next tokens are guessed by
+ * matching the last n-gram against the prompt and the text so far, and one batched pass
+ * verifies them all. Exact: every position's logits are bit-identical to plain decoding's and
+ * each is sampled exactly as plain decoding would (one draw from the same seeded stream), a
+ * draft token being kept only if it IS that sample; so the output, greedy or sampled, is
+ * token for token the output without drafting (the standard rejection rule for a one-hot
+ * draft, coupled to the sampler's draw). Only the speed changes. */
+enum bn_draft_mode {
+    BN_DRAFT_OFF = 0,         /* one token per pass (the default) */
+    BN_DRAFT_LOOKUP = 1,      /* draft draft_max tokens whenever the n-gram matches */
+    BN_DRAFT_AUTO = 2,        /* draft only as many as the acceptance rate pays for; back off
+                               * (with rare probes) while it is too low to gain */
+};
+
+typedef struct bn_drafter bn_drafter;   /* draft.h: drafting buffers and policy state */
+
 typedef struct bn_gen_opts {
     uint32_t max_tokens;
     int ignore_eos;           /* do not stop at eos/eot (benchmarks: exactly max_tokens tokens) */
     bn_token_cb on_token;     /* may be NULL */
     bn_prefill_cb on_prefill; /* may be NULL */
     void *user;               /* passed to both callbacks */
+    int draft;                /* enum bn_draft_mode; 0 (off) keeps the one-token loop */
+    uint32_t draft_ngram;     /* longest n-gram matched, tried down to 2; 0 = 3 */
+    uint32_t draft_max;       /* most tokens drafted per pass; 0 = the drafter's maximum */
+    bn_drafter *drafter;      /* buffers (bn_drafter_new, reusable across calls, so that drafting
+                               * does not allocate); NULL = one is allocated for the call */
 } bn_gen_opts;
 
-/* bn_generate with every option: cancellable prefill and ignore_eos. bn_generate() is this with
- * only max_tokens and on_token set. */
+/* bn_generate with every option: cancellable prefill, ignore_eos, drafting. bn_generate() is
+ * this with only max_tokens and on_token set. Fails on a bad draft option (unknown mode,
+ * draft_max above the drafter's, a drafter made for another shape). */
 int bn_generate_opts(bn_engine *e, const int32_t *prompt, size_t n, const bn_sampling *params,
                      const bn_gen_opts *o, bn_gen_result *res, bn_error *err);
 

@@ -37,6 +37,8 @@ typedef struct bn_scratch {
     uint32_t *seq_next;            /* [n_seq] next free position per sequence (batch checks) */
     float *logits;   /* [n_vocab]        last token's logits */
     size_t cols_pad; /* row stride of qa: max padded width of n_embd and n_ff */
+    struct bn_lm_cand *lm_cand;   /* [n_vocab] the screened head's candidates (lm_head.c) */
+    float *lm_part;  /* [2 * n_threads]  per-thread lower bounds and candidate counts */
 } bn_scratch;
 
 struct bn_engine {
@@ -61,6 +63,8 @@ struct bn_engine {
     void *hook_user;
     int profiling;
     double prof[BN_PROF_COUNT];
+    float lm_margin[BN_MAX_SEQ];   /* screened head: rescoring margin per sequence */
+    bn_lm_stats lm_stats;
 };
 
 /* kv_cache.c */

@@ -78,6 +78,11 @@ typedef struct bn_model {
     void *map;
     size_t map_len;
     int owns_map;                      /* bn_model_open's own mapping (unmapped at close) */
+
+    /* optional (format 1.1), with output_q8: per-row bounds of the int8 copy as a screen,
+     * each rounded up: err[r] >= ||w_r - s_r q_r||_2 (w_r the f16 row), norm[r] >= ||s_r q_r||_2.
+     * Last in the struct so that code built against 1.0's layout still reads the rest right. */
+    const float *lm_head_i8_err, *lm_head_i8_norm;
 } bn_model;
 
 /* Opens and maps a packed model file. No tensor data is read. */

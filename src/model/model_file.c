@@ -160,6 +160,11 @@ static int resolve(bn_model *m, bn_error *err)
         m->lm_head_i8 = t->data;
         m->lm_head_cols_padded = (uint32_t)dp;
         if (!(m->lm_head_i8_scale = NEED_F32("output_q8.scale", c->n_vocab))) return -1;
+        /* the screen's bounds (1.1): both or neither; an older file simply has no screen */
+        if (bn_model_tensor(m, "output_q8.err") || bn_model_tensor(m, "output_q8.norm")) {
+            if (!(m->lm_head_i8_err = NEED_F32("output_q8.err", c->n_vocab))) return -1;
+            if (!(m->lm_head_i8_norm = NEED_F32("output_q8.norm", c->n_vocab))) return -1;
+        }
     }
     m->layers = calloc(c->n_layer, sizeof *m->layers);
     if (!m->layers) return bn_err(err, "%s: out of memory", m->path);

@@ -19,7 +19,12 @@
 /* Rows of the embedding converted per band: bounds memory to ~1024 x n_embd floats. */
 #define EMBD_BAND_ROWS 1024
 
-enum plan_kind { PK_EMBD_F16, PK_NORM_F32, PK_TERNARY, PK_LM_I8, PK_LM_I8_SCALE };
+enum plan_kind { PK_EMBD_F16, PK_NORM_F32, PK_TERNARY, PK_LM_I8, PK_LM_I8_SCALE, PK_LM_I8_ERR, PK_LM_I8_NORM };
+
+/* Per-row outputs of the int8 pass, written by the three small tensors after output_q8. */
+typedef struct lm_rows {
+    float *scale, *err, *norm;
+} lm_rows;
 
 typedef struct plan_entry {
     char name[BN_NAME_MAX];
@@ -97,6 +102,8 @@ static int build_plan(const bn_config *c, const bn_pack_opts *o, plan *p)
     if (o->lm_head_i8) {
         rc |= plan_add(p, "output_q8", PK_LM_I8, BN_DT_I8, V, Dp, V * Dp);
         rc |= plan_add(p, "output_q8.scale", PK_LM_I8_SCALE, BN_DT_F32, 1, V, V * 4);
+        rc |= plan_add(p, "output_q8.err", PK_LM_I8_ERR, BN_DT_F32, 1, V, V * 4);
+        rc |= plan_add(p, "output_q8.norm", PK_LM_I8_NORM, BN_DT_F32, 1, V, V * 4);
     }
     for (uint32_t l = 0; l < c->n_layer && rc == 0; l++) {
         for (size_t k = 0; k < sizeof layer_kinds / sizeof layer_kinds[0]; k++) {
@@ -189,10 +196,32 @@ static int write_embd_f16(bn_source *src, bn_atomic_file *f, XXH3_state_t *h, pl
     return rc;
 }
 
-/* int8 lm_head (+ its row scales, the next plan entry): quantized from the f16-rounded
- * embedding so every route that yields the same f16 yields the same int8. */
+/* x rounded up to a float: the stored bounds must never be below the exact values. */
+static float f32_up(double x)
+{
+    float f = (float)x;
+    return (double)f >= x ? f : nextafterf(f, INFINITY);
+}
+
+/* The screen's bounds of one row (docs/model-format.md): in double, whose rounding (~1e-16
+ * relative) the final round-up to float covers with a margin of one float ulp. */
+static void lm_row_bounds(const float *row, const int8_t *q, float scale, uint64_t D, float *err,
+                          float *norm)
+{
+    double e2 = 0, n2 = 0;
+    for (uint64_t i = 0; i < D; i++) {
+        double w = (double)q[i] * scale, d = (double)row[i] - w;
+        e2 += d * d;
+        n2 += w * w;
+    }
+    *err = f32_up(sqrt(e2) * (1 + 1e-12));
+    *norm = f32_up(sqrt(n2) * (1 + 1e-12));
+}
+
+/* int8 lm_head (+ its row scales and screen bounds, the next plan entries): quantized from the
+ * f16-rounded embedding so every route that yields the same f16 yields the same int8. */
 static int write_lm_i8(bn_source *src, bn_atomic_file *f, XXH3_state_t *h, plan_entry *e,
-                       float *row_scales, const char *lm_name, bn_error *err)
+                       const lm_rows *lr, const char *lm_name, bn_error *err)
 {
     uint64_t band = EMBD_BAND_ROWS, D = src->cfg.n_embd;
     float *rows = malloc(band * D * sizeof *rows);
@@ -205,8 +234,10 @@ static int write_lm_i8(bn_source *src, bn_atomic_file *f, XXH3_state_t *h, plan_
 #pragma omp parallel for schedule(static)
             for (uint64_t r = 0; r < n; r++) {
                 float *row = rows + r * D;
+                int8_t *qr = q + r * e->cols;
                 for (uint64_t i = 0; i < D; i++) row[i] = bn_f16_to_f32(bn_f32_to_f16(row[i]));
-                bn_quant_rows_i8(row, D, e->cols, q + r * e->cols, &row_scales[r0 + r]);
+                bn_quant_rows_i8(row, D, e->cols, qr, &lr->scale[r0 + r]);
+                lm_row_bounds(row, qr, lr->scale[r0 + r], D, &lr->err[r0 + r], &lr->norm[r0 + r]);
             }
         }
         if (rc == 0) rc = put(f, h, q, n * e->cols, err);
@@ -217,7 +248,7 @@ static int write_lm_i8(bn_source *src, bn_atomic_file *f, XXH3_state_t *h, plan_
 }
 
 static int write_tensor(bn_source *src, bn_atomic_file *f, plan_entry *e, const bn_pack_opts *o,
-                        float *lm_scales, bn_error *err)
+                        const lm_rows *lr, bn_error *err)
 {
     XXH3_state_t *h = XXH3_createState();
     if (!h) return bn_err(err, "out of memory");
@@ -228,8 +259,10 @@ static int write_tensor(bn_source *src, bn_atomic_file *f, plan_entry *e, const 
     case PK_EMBD_F16: rc = write_embd_f16(src, f, h, e, err); break;
     case PK_NORM_F32: rc = write_norm(src, f, h, e, err); break;
     case PK_TERNARY: rc = write_ternary(src, f, h, e, o->tern, err); break;
-    case PK_LM_I8: rc = write_lm_i8(src, f, h, e, lm_scales, lm_name, err); break;
-    case PK_LM_I8_SCALE: rc = put(f, h, lm_scales, e->nbytes, err); break;
+    case PK_LM_I8: rc = write_lm_i8(src, f, h, e, lr, lm_name, err); break;
+    case PK_LM_I8_SCALE: rc = put(f, h, lr->scale, e->nbytes, err); break;
+    case PK_LM_I8_ERR: rc = put(f, h, lr->err, e->nbytes, err); break;
+    case PK_LM_I8_NORM: rc = put(f, h, lr->norm, e->nbytes, err); break;
     }
     e->checksum = XXH3_64bits_digest(h);
     XXH3_freeState(h);
@@ -318,9 +351,11 @@ int bn_pack_write(bn_source *src, const char *out_path, const bn_pack_opts *o, b
     bn_file_header hd = {0};
     bn_atomic_file f;
     char *prov = provenance(o);
-    float *lm_scales = o->lm_head_i8 ? malloc((size_t)c->n_vocab * sizeof *lm_scales) : NULL;
+    /* one allocation for the three per-row arrays of the int8 lm_head */
+    float *lm_buf = o->lm_head_i8 ? malloc(3 * (size_t)c->n_vocab * sizeof *lm_buf) : NULL;
+    lm_rows lr = {lm_buf, lm_buf ? lm_buf + c->n_vocab : NULL, lm_buf ? lm_buf + 2 * (size_t)c->n_vocab : NULL};
     uint8_t *meta = NULL;
-    int rc = (!prov || (o->lm_head_i8 && !lm_scales) || build_plan(c, o, &p) != 0) ? bn_err(err, "out of memory") : 0;
+    int rc = (!prov || (o->lm_head_i8 && !lm_buf) || build_plan(c, o, &p) != 0) ? bn_err(err, "out of memory") : 0;
     if (rc == 0) {
         fill_header(&hd, c, o);
         layout(&p, &hd, bn_tok_section_size(src->vocab), strlen(prov) + 1);
@@ -335,7 +370,7 @@ int bn_pack_write(bn_source *src, const char *out_path, const bn_pack_opts *o, b
         }
         for (uint32_t i = 0; rc == 0 && i < p.n; i++) {
             rc = bn_atomic_pad(&f, tensor_align(p.e[i].nbytes), err);
-            if (rc == 0) rc = write_tensor(src, &f, &p.e[i], o, lm_scales, err);
+            if (rc == 0) rc = write_tensor(src, &f, &p.e[i], o, &lr, err);
         }
         if (rc == 0 && !(meta = build_meta(&hd, &p, src->vocab, prov))) rc = bn_err(err, "out of memory");
         if (rc == 0) rc = bn_atomic_pwrite(&f, meta, hd.data_offset, 0, err);
@@ -345,6 +380,6 @@ int bn_pack_write(bn_source *src, const char *out_path, const bn_pack_opts *o, b
     free(meta);
     free(p.e);
     free(prov);
-    free(lm_scales);
+    free(lm_buf);
     return rc;
 }
