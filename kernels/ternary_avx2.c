@@ -2,8 +2,9 @@
  * rows 8-15 of the tile. Digits d = t+1 in {0,1,2} times int8 activations go through
  * vpmaddubsw (pair sums <= 512; at most 5 planes = 2560 summed in int16, no saturation) and
  * vpmaddwd, then sum(q) is subtracted once: exact, so equal to the scalar reference bit for bit.
- * The GEMM decodes a K slice of one tile to u8 digits once and runs up to 64 tokens over it;
- * its integer sums are the GEMV's exactly. */
+ * The GEMM decodes each chunk in registers for all of 2..4 tokens, or for more tokens a K slice
+ * of one tile to u8 digits once and runs up to 64 tokens over it; its integer sums are the
+ * GEMV's exactly. */
 #include "simd_x86.h"
 
 #include <immintrin.h>
@@ -134,44 +135,155 @@ static void decode_t5_256(const uint8_t *src, size_t nch, uint8_t *dst)
         }
 }
 
-/* accb[t][0..15] += sum over nk4 groups of codes x q_t, for NT tokens (1 or 4). */
-static inline __attribute__((always_inline)) void mk_256(const int NT, const uint8_t *codes, size_t nk4,
-                                                         const int8_t *q, size_t qstride, int32_t *accb)
+/* Named-register repetition: REP2_n(X) is X(0) .. X(n-1). */
+#define REP2_1(X) X(0)
+#define REP2_2(X) REP2_1(X) X(1)
+#define REP2_3(X) REP2_2(X) X(2)
+#define REP2_4(X) REP2_3(X) X(3)
+
+/* acc += t in int16 lanes. Through asm so that GCC cannot reassociate the sums of a kernel
+ * into trees, which needs more live registers than ymm0-15 and spills the accumulators. */
+static inline __attribute__((always_inline)) void acc16(__m256i *acc, __m256i t)
 {
-    __m256i l0 = _mm256_setzero_si256(), h0 = l0, l1 = l0, h1 = l0, l2 = l0, h2 = l0, l3 = l0, h3 = l0;
-    for (size_t k = 0; k < nk4; k++) {
-        const __m256i cl = _mm256_load_si256((const __m256i *)(codes + k * 64));
-        const __m256i ch = _mm256_load_si256((const __m256i *)(codes + k * 64 + 32));
-        __m256i b = bcast4_256(q + 4 * k);
-        l0 = _mm256_add_epi16(l0, _mm256_maddubs_epi16(cl, b));
-        h0 = _mm256_add_epi16(h0, _mm256_maddubs_epi16(ch, b));
-        if (NT == 4) {
-            b = bcast4_256(q + qstride + 4 * k);
-            l1 = _mm256_add_epi16(l1, _mm256_maddubs_epi16(cl, b));
-            h1 = _mm256_add_epi16(h1, _mm256_maddubs_epi16(ch, b));
-            b = bcast4_256(q + 2 * qstride + 4 * k);
-            l2 = _mm256_add_epi16(l2, _mm256_maddubs_epi16(cl, b));
-            h2 = _mm256_add_epi16(h2, _mm256_maddubs_epi16(ch, b));
-            b = bcast4_256(q + 3 * qstride + 4 * k);
-            l3 = _mm256_add_epi16(l3, _mm256_maddubs_epi16(cl, b));
-            h3 = _mm256_add_epi16(h3, _mm256_maddubs_epi16(ch, b));
+    __asm__("vpaddw %1, %0, %0" : "+x"(*acc) : "x"(t));
+}
+
+/* Kernel mk2_NT: accb[t][0..15] += sum over nk4 groups of codes x q_t for NT tokens, with the
+ * 2*NT int16 partials in named registers (an array of them would live in memory at -O2). */
+#define MK2_ZERO(t) __m256i l##t = _mm256_setzero_si256(), h##t = l##t;
+#define MK2_DOT(t)                                                      \
+    {                                                                   \
+        const __m256i b = bcast4_256(q + (t) * qstride + 4 * k);        \
+        acc16(&l##t, _mm256_maddubs_epi16(cl, b));                      \
+        acc16(&h##t, _mm256_maddubs_epi16(ch, b));                      \
+    }
+#define MK2_FLUSH(t) flush_256(accb + (t) * 16, l##t, h##t);
+#define MK2_DEF(NT)                                                                              \
+    static void mk2_##NT(const uint8_t *codes, size_t nk4, const int8_t *q, size_t qstride,      \
+                         int32_t *accb)                                                          \
+    {                                                                                            \
+        REP2_##NT(MK2_ZERO)                                                                      \
+        for (size_t k = 0; k < nk4; k++) {                                                       \
+            const __m256i cl = _mm256_load_si256((const __m256i *)(codes + k * 64));             \
+            const __m256i ch = _mm256_load_si256((const __m256i *)(codes + k * 64 + 32));        \
+            REP2_##NT(MK2_DOT)                                                                   \
+        }                                                                                        \
+        REP2_##NT(MK2_FLUSH)                                                                     \
+    }
+
+/* accb[0..7] += widened lo, accb[8..15] += widened hi. */
+static inline void flush_256(int32_t *accb, __m256i lo, __m256i hi)
+{
+    const __m256i one16 = _mm256_set1_epi16(1);
+    __m256i *a = (__m256i *)accb;
+    _mm256_store_si256(a, _mm256_add_epi32(_mm256_load_si256(a), _mm256_madd_epi16(lo, one16)));
+    _mm256_store_si256(a + 1, _mm256_add_epi32(_mm256_load_si256(a + 1), _mm256_madd_epi16(hi, one16)));
+}
+
+MK2_DEF(1) MK2_DEF(2) MK2_DEF(3) MK2_DEF(4)
+
+typedef void (*mk2_fn)(const uint8_t *, size_t, const int8_t *, size_t, int32_t *);
+#define G2_NT 4
+/* The fused path takes 2..G2_NT tokens (T5), or 2..G2_SMALL_I2 in passes of <= G2_NT (I2, whose
+ * decode is cheap enough to repeat: measured faster than the decoded path up to 8). */
+#define G2_SMALL_I2 8
+static const mk2_fn mk2_tab[G2_NT + 1] = {NULL, mk2_1, mk2_2, mk2_3, mk2_4};
+
+/* ---- 2..G2_NT tokens: fused decode, no code buffer ------------------------------------- */
+/* Each chunk is decoded in registers and used for every token at once; the int16 partials
+ * are widened into accb once per slice (the same bound as the decoded path). */
+
+/* Digit plane p of the half-chunk *x (T5: carried xor 0x80, advanced by *3 per plane). */
+static inline __attribute__((always_inline)) __m256i plane_256(int t5, __m256i *x, int p)
+{
+    if (t5) {
+        const __m256i d = t5_digits_256(*x);
+        *x = _mm256_add_epi8(*x, _mm256_add_epi8(*x, *x));
+        return d;
+    }
+    return _mm256_and_si256(_mm256_srli_epi16(*x, 2 * p), _mm256_set1_epi8(3));
+}
+
+#define SK2_DOT(t)                                                               \
+    {                                                                            \
+        const __m256i b = bcast4_256(q + (t) * qstride + g * cc + 4 * (size_t)p); \
+        acc16(&l##t, _mm256_maddubs_epi16(dl, b));                               \
+        acc16(&h##t, _mm256_maddubs_epi16(dh, b));                               \
+    }
+#define SK2_DEF(NT)                                                                              \
+    static inline __attribute__((always_inline)) void sk2_##NT(                                  \
+        int t5, const uint8_t *tile, size_t nch, const int8_t *q, size_t qstride, int32_t *accb) \
+    {                                                                                            \
+        const size_t cc = t5 ? BN_T5_CHUNK_COLS : BN_I2_CHUNK_COLS;                              \
+        const size_t slice = t5 ? G2_SLICE_T5 : G2_SLICE_I2;                                     \
+        const int np = t5 ? 5 : 4;                                                               \
+        const __m256i bias = _mm256_set1_epi8(t5 ? (char)0x80 : 0);                              \
+        for (size_t ch0 = 0; ch0 < nch; ch0 += slice) {                                          \
+            const size_t ch1 = nch - ch0 < slice ? nch : ch0 + slice;                            \
+            REP2_##NT(MK2_ZERO)                                                                  \
+            for (size_t g = ch0; g < ch1; g++) {                                                 \
+                const uint8_t *src = tile + g * BN_CHUNK_BYTES;                                  \
+                _mm_prefetch((const char *)(src + BN_PF_DIST), _MM_HINT_T0);                     \
+                __m256i xl = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)src), bias);   \
+                __m256i xh = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(src + 32)), bias); \
+                _Pragma("GCC unroll 5") for (int p = 0; p < np; p++) {                           \
+                    const __m256i dl = plane_256(t5, &xl, p), dh = plane_256(t5, &xh, p);        \
+                    REP2_##NT(SK2_DOT)                                                           \
+                }                                                                                \
+            }                                                                                    \
+            REP2_##NT(MK2_FLUSH)                                                                 \
+        }                                                                                        \
+    }
+SK2_DEF(2) SK2_DEF(3) SK2_DEF(4)
+#undef SK2_DEF
+#undef SK2_DOT
+#undef MK2_DEF
+#undef MK2_FLUSH
+#undef MK2_DOT
+#undef MK2_ZERO
+
+static inline __attribute__((always_inline)) void
+gemm_small_256(int t5, const uint8_t *w, size_t cols_p, const int8_t *q, const float *as, size_t n,
+               float ws, float *y, size_t ldy, size_t r0, size_t r1)
+{
+    const size_t tb = t5 ? bn_t5_tile_bytes(cols_p) : bn_i2_tile_bytes(cols_p);
+    const size_t nch = cols_p / (t5 ? BN_T5_CHUNK_COLS : BN_I2_CHUNK_COLS);
+    _Alignas(32) int32_t accb[G2_NT * 16];
+    int32_t sq[G2_SMALL_I2];
+    for (size_t t = 0; t < n; t++) sq[t] = sum_q_256(q + t * cols_p, cols_p);
+    for (size_t T = r0 / BN_TILE_ROWS; T * BN_TILE_ROWS < r1; T++) {
+        const uint8_t *tile = w + T * tb;
+        /* n > G2_NT (I2 only): balanced passes of <= G2_NT tokens, each decoding the tile again */
+        const size_t pieces = (n + G2_NT - 1) / G2_NT;
+        for (size_t i = 0, t0 = 0; i < pieces; i++) {
+            const size_t len = (n - t0) / (pieces - i);
+            const int8_t *qt = q + t0 * cols_p;
+            memset(accb, 0, sizeof accb);
+            if (len == 2) /* n >= 2, so every piece has 2..G2_NT tokens */ sk2_2(t5, tile, nch, qt, cols_p, accb);
+            else if (len == 3) sk2_3(t5, tile, nch, qt, cols_p, accb);
+            else sk2_4(t5, tile, nch, qt, cols_p, accb);
+            for (size_t t = 0; t < len; t++)
+                store_tile_256(y + (t0 + t) * ldy, _mm256_load_si256((const __m256i *)(accb + t * 16)),
+                               _mm256_load_si256((const __m256i *)(accb + t * 16 + 8)), sq[t0 + t],
+                               as[t0 + t], ws, T * BN_TILE_ROWS, r0, r1);
+            t0 += len;
         }
     }
-    const __m256i one16 = _mm256_set1_epi16(1);
-#define FLUSH(t, l, h)                                                                                   \
-    {                                                                                                    \
-        __m256i *a = (__m256i *)(accb + (t) * 16);                                                       \
-        _mm256_store_si256(a, _mm256_add_epi32(_mm256_load_si256(a), _mm256_madd_epi16(l, one16)));     \
-        _mm256_store_si256(a + 1, _mm256_add_epi32(_mm256_load_si256(a + 1), _mm256_madd_epi16(h, one16))); \
-    }
-    FLUSH(0, l0, h0)
-    if (NT == 4) {
-        FLUSH(1, l1, h1)
-        FLUSH(2, l2, h2)
-        FLUSH(3, l3, h3)
-    }
-#undef FLUSH
 }
+
+static void gemm_small_i2_256(const uint8_t *w, size_t cols_p, const int8_t *q, const float *as,
+                              size_t n, float ws, float *y, size_t ldy, size_t r0, size_t r1)
+{
+    gemm_small_256(0, w, cols_p, q, as, n, ws, y, ldy, r0, r1);
+}
+
+static void gemm_small_t5_256(const uint8_t *w, size_t cols_p, const int8_t *q, const float *as,
+                              size_t n, float ws, float *y, size_t ldy, size_t r0, size_t r1)
+{
+    gemm_small_256(1, w, cols_p, q, as, n, ws, y, ldy, r0, r1);
+}
+
+/* ---- more tokens: decode a K slice once per token block -------------------------------- */
 
 static void gemm_decoded_256(int t5, const uint8_t *w, size_t cols_p, const int8_t *q, const float *as,
                              size_t n, float ws, float *y, size_t ldy, size_t r0, size_t r1)
@@ -194,9 +306,13 @@ static void gemm_decoded_256(int t5, const uint8_t *w, size_t cols_p, const int8
                 if (t5) decode_t5_256(src, sc, codes);
                 else decode_i2_256(src, sc, codes);
                 const int8_t *qs = qb + ch0 * ccols;
-                size_t t = 0;
-                for (; t + 4 <= nb; t += 4) mk_256(4, codes, nk4, qs + t * cols_p, cols_p, accb + t * 16);
-                for (; t < nb; t++) mk_256(1, codes, nk4, qs + t * cols_p, cols_p, accb + t * 16);
+                /* the fewest pieces of <= G2_NT tokens, as equal as possible (7 = 3+4) */
+                const size_t pieces = (nb + G2_NT - 1) / G2_NT;
+                for (size_t i = 0, t = 0; i < pieces; i++) {
+                    const size_t len = (nb - t) / (pieces - i);
+                    mk2_tab[len](codes, nk4, qs + t * cols_p, cols_p, accb + t * 16);
+                    t += len;
+                }
             }
             for (size_t t = 0; t < nb; t++)
                 store_tile_256(y + (tok0 + t) * ldy, _mm256_load_si256((const __m256i *)(accb + t * 16)),
@@ -252,6 +368,7 @@ void bn_tern_gemm_i2_avx2(const uint8_t *w, size_t rows, size_t cols, const int8
     const size_t cp = bn_tern_cols_padded(BN_TERN_I2, cols);
     if (n == 1) gemm_256(tile_i2_256, bn_i2_tile_bytes(cp), cp / BN_I2_CHUNK_COLS, cp, w, q, act_scale, n,
                          w_scale, y, ldy, r0, r1);
+    else if (n <= G2_SMALL_I2) gemm_small_i2_256(w, cp, q, act_scale, n, w_scale, y, ldy, r0, r1);
     else gemm_decoded_256(0, w, cp, q, act_scale, n, w_scale, y, ldy, r0, r1);
 }
 
@@ -263,6 +380,7 @@ void bn_tern_gemm_t5_avx2(const uint8_t *w, size_t rows, size_t cols, const int8
     const size_t cp = bn_tern_cols_padded(BN_TERN_T5, cols);
     if (n == 1) gemm_256(tile_t5_256, bn_t5_tile_bytes(cp), cp / BN_T5_CHUNK_COLS, cp, w, q, act_scale, n,
                          w_scale, y, ldy, r0, r1);
+    else if (n <= G2_NT) gemm_small_t5_256(w, cp, q, act_scale, n, w_scale, y, ldy, r0, r1);
     else gemm_decoded_256(1, w, cp, q, act_scale, n, w_scale, y, ldy, r0, r1);
 }
 

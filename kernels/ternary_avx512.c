@@ -8,8 +8,8 @@
 #include <immintrin.h>
 #include <string.h>
 
-/* GEMM blocking: GM_MT row tiles (16 rows each) x GM_NT tokens of zmm accumulators (24 of
- * 32 registers); K is cut into slices so the decoded codes (GM_MT * slice * 16 bytes) stay
+/* GEMM blocking (more than GS_NT tokens): GM_MT row tiles (16 rows each) x GM_NT tokens of
+ * zmm accumulators (24 of 32 registers); K is cut into slices so the decoded codes (GM_MT * slice * 16 bytes) stay
  * in L1; GM_NB tokens share one decode of a slice. */
 #define GM_MT 4
 #define GM_NT 6
@@ -17,6 +17,32 @@
 #define GM_SLICE_I2 16 /* chunks: 256 columns, 64 groups of 4 */
 #define GM_SLICE_T5 13 /* chunks: 260 columns, 65 groups of 4 */
 #define GM_SLICE_MAXK4 65
+/* Up to GS_NT tokens (batched decode) take the fused path instead: no decode buffer. */
+#define GS_NT 8
+
+/* Named-register repetition for the micro-kernels: BN_REPn(X) is X(0) .. X(n-1);
+ * BN_GRID(MT, NT, X) is X(m, t) for every token t (outer) and tile m (inner). */
+#define BN_REP1(X) X(0)
+#define BN_REP2(X) BN_REP1(X) X(1)
+#define BN_REP3(X) BN_REP2(X) X(2)
+#define BN_REP4(X) BN_REP3(X) X(3)
+#define BN_REP5(X) BN_REP4(X) X(4)
+#define BN_REP6(X) BN_REP5(X) X(5)
+#define BN_REP7(X) BN_REP6(X) X(6)
+#define BN_REP8(X) BN_REP7(X) X(7)
+#define BN_COL1(X, t) X(0, t)
+#define BN_COL2(X, t) BN_COL1(X, t) X(1, t)
+#define BN_COL3(X, t) BN_COL2(X, t) X(2, t)
+#define BN_COL4(X, t) BN_COL3(X, t) X(3, t)
+#define BN_ROWS1(C, X) C(X, 0)
+#define BN_ROWS2(C, X) BN_ROWS1(C, X) C(X, 1)
+#define BN_ROWS3(C, X) BN_ROWS2(C, X) C(X, 2)
+#define BN_ROWS4(C, X) BN_ROWS3(C, X) C(X, 3)
+#define BN_ROWS5(C, X) BN_ROWS4(C, X) C(X, 4)
+#define BN_ROWS6(C, X) BN_ROWS5(C, X) C(X, 5)
+#define BN_ROWS7(C, X) BN_ROWS6(C, X) C(X, 6)
+#define BN_ROWS8(C, X) BN_ROWS7(C, X) C(X, 7)
+#define BN_GRID(MT, NT, X) BN_ROWS##NT(BN_COL##MT, X)
 
 static inline __m512i bcast4(const int8_t *p)
 {
@@ -58,6 +84,20 @@ static inline void store_tile_512(float *y, __m512i acc, int32_t sq, float as, f
         const __mmask16 k = (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
         _mm512_mask_storeu_ps(y + rbase, k, v);
     }
+}
+
+/* The epilogue of a micro-kernel: acc[t*mt + m] is tile m (rows rbase + 16m ..) of token t.
+ * Out of line on purpose: inlined, GCC hoists the per-token broadcasts of sq/as out of the
+ * tile loop and the kernel's accumulators no longer fit in the registers. */
+static __attribute__((noinline)) void store_block_512(const __m512i *acc, int mt, int nt,
+                                                      const int32_t *sq, const float *as, float ws,
+                                                      float *y, size_t ldy, size_t rbase,
+                                                      size_t r0, size_t r1)
+{
+    for (int t = 0; t < nt; t++)
+        for (int m = 0; m < mt; m++)
+            store_tile_512(y + (size_t)t * ldy, acc[t * mt + m], sq[t], as[t], ws,
+                           rbase + (size_t)m * BN_TILE_ROWS, r0, r1);
 }
 
 /* Digits of one T5 plane: (3y) >> 8 == (y >= 86) + (y >= 171). */

@@ -148,93 +148,231 @@ void FN(bn_tern_gemv_t5)(const uint8_t *w, size_t rows, size_t cols, const int8_
     FN(gemv_t5_rows)(w, cols_p, q, act_scale, w_scale, y, r0, r1);
 }
 
-/* ---- GEMM ------------------------------------------------------------------------------ */
+/* ---- GEMM, 2..GS_NT tokens: fused decode ------------------------------------------------ */
+/* Batched decode of a few sequences: each 64-byte chunk of MT tiles is loaded once, its digit
+ * planes are decoded in registers and every one of the NT tokens is run over them, with all
+ * MT x NT accumulators in named registers (no decode buffer, no accumulators in memory).
+ * Per (tile, plane) the decode costs about as much as 3-6 products, so it is paid once per
+ * call for all tokens instead of once per token as in the GEMV. */
+
+/* Product of one digit plane d with a broadcast activation group b into tile/token (a, s).
+ * VNNI: vpdpbusd straight into the int32 accumulator. Plain: vpmaddubsw into an int16 partial
+ * s (<= 5 planes x 512 per chunk, see the top of the file), widened once per chunk by flush. */
+#if BN_VNNI
+static inline __attribute__((always_inline)) void FN(pdot)(__m512i *a, __m512i *s, __m512i d, __m512i b)
+{
+    (void)s;
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(*a) : "v"(d), "v"(b));
+}
+static inline __attribute__((always_inline)) void FN(pflush)(__m512i *a, __m512i *s) { (void)a, (void)s; }
+#else
+static inline __attribute__((always_inline)) void FN(pdot)(__m512i *a, __m512i *s, __m512i d, __m512i b)
+{
+    (void)a;
+    const __m512i t = _mm512_maddubs_epi16(d, b);
+    __asm__("vpaddw %1, %0, %0" : "+v"(*s) : "v"(t));
+}
+static inline __attribute__((always_inline)) void FN(pflush)(__m512i *a, __m512i *s)
+{
+    const __m512i t = _mm512_madd_epi16(*s, _mm512_set1_epi16(1));
+    __asm__("vpaddd %1, %0, %0" : "+v"(*a) : "v"(t));
+    *s = _mm512_setzero_si512();
+}
+#endif
+
+/* Digit plane p of a chunk x (T5: x advances by *3 each plane, planes taken in order). */
+static inline __attribute__((always_inline)) __m512i FN(plane)(int t5, __m512i *x, int p)
+{
+    if (t5) {
+        const __m512i d = t5_digits_512(*x);
+        *x = _mm512_add_epi8(*x, _mm512_add_epi8(*x, *x));
+        return d;
+    }
+    return _mm512_and_si512(_mm512_srli_epi16(*x, 2 * p), _mm512_set1_epi8(3));
+}
+
+/* Kernel sk_MTxNT: tiles T..T+MT-1 (tile stride tb) x NT tokens (row stride qs) over nch
+ * chunks, results stored for the rows of [r0, r1). */
+#define SK_ZERO(m, t) __m512i a##m##t = _mm512_setzero_si512(), s##m##t = a##m##t;
+#define SK_QPTR(t) const int8_t *q##t = q + (t) * qs;
+#define SK_LOADX(m)                                                                      \
+    __m512i x##m = _mm512_loadu_si512(w##m + g * BN_CHUNK_BYTES);                        \
+    _mm_prefetch((const char *)(w##m + g * BN_CHUNK_BYTES + BN_PF_DIST), _MM_HINT_T0);
+#define SK_WPTR(m) const uint8_t *w##m = w + (m) * tb;
+#define SK_DEC(m) const __m512i d##m = FN(plane)(t5, &x##m, p);
+#define SK_DOT(m, t) FN(pdot)(&a##m##t, &s##m##t, d##m, bcast4(q##t + qo));
+#define SK_FLUSH(m, t) FN(pflush)(&a##m##t, &s##m##t);
+#define SK_OUT(m, t) out[(t) * (MT_) + (m)] = a##m##t;
+#define SK_DEF(MT, NT)                                                                           \
+    static inline __attribute__((always_inline)) void FN(sk_##MT##x##NT)(                        \
+        int t5, const uint8_t *w, size_t tb, size_t nch, const int8_t *q, size_t qs,             \
+        const int32_t *sq, const float *as, float ws, float *y, size_t ldy, size_t rbase,        \
+        size_t r0, size_t r1)                                                                    \
+    {                                                                                            \
+        const int np = t5 ? 5 : 4;                                                               \
+        const size_t cc = t5 ? BN_T5_CHUNK_COLS : BN_I2_CHUNK_COLS;                              \
+        BN_REP##MT(SK_WPTR)                                                                      \
+        BN_REP##NT(SK_QPTR)                                                                      \
+        BN_GRID(MT, NT, SK_ZERO)                                                                 \
+        for (size_t g = 0; g < nch; g++) {                                                       \
+            BN_REP##MT(SK_LOADX)                                                                 \
+            _Pragma("GCC unroll 5") for (int p = 0; p < np; p++) {                               \
+                const size_t qo = g * cc + 4 * (size_t)p;                                        \
+                BN_REP##MT(SK_DEC)                                                               \
+                BN_GRID(MT, NT, SK_DOT)                                                          \
+            }                                                                                    \
+            BN_GRID(MT, NT, SK_FLUSH)                                                            \
+        }                                                                                        \
+        enum { MT_ = MT };                                                                       \
+        __m512i out[MT * NT];                                                                    \
+        BN_GRID(MT, NT, SK_OUT)                                                                  \
+        store_block_512(out, MT, NT, sq, as, ws, y, ldy, rbase, r0, r1);                         \
+    }
+/* Tile groups: enough independent accumulator chains to hide the product latency, within
+ * the 32 registers (plain AVX512 also holds an int16 partial per accumulator). */
+#if BN_VNNI
+SK_DEF(4, 2) SK_DEF(4, 3) SK_DEF(4, 4) SK_DEF(3, 5) SK_DEF(3, 6) SK_DEF(2, 7) SK_DEF(2, 8)
+#define SK_MT2 4
+#define SK_MT3 4
+#define SK_MT4 4
+#define SK_MT5 3
+#define SK_MT6 3
+#define SK_MT7 2
+#define SK_MT8 2
+#else
+SK_DEF(4, 2) SK_DEF(2, 3) SK_DEF(2, 4) SK_DEF(1, 5) SK_DEF(1, 6) SK_DEF(1, 7) SK_DEF(1, 8)
+#define SK_MT2 4
+#define SK_MT3 2
+#define SK_MT4 2
+#define SK_MT5 1
+#define SK_MT6 1
+#define SK_MT7 1
+#define SK_MT8 1
+#endif
+SK_DEF(1, 2) SK_DEF(1, 3) SK_DEF(1, 4)
+#if BN_VNNI
+SK_DEF(1, 5) SK_DEF(1, 6) SK_DEF(1, 7) SK_DEF(1, 8)
+#endif
+#undef SK_DEF
+#undef SK_OUT
+#undef SK_FLUSH
+#undef SK_DOT
+#undef SK_DEC
+#undef SK_WPTR
+#undef SK_LOADX
+#undef SK_QPTR
+#undef SK_ZERO
+
+/* Whole groups of SK_MT<n> tiles, then single tiles for the rest of [r0, r1). */
+#define SK_CASE_(NT, MT)                                                                          \
+    case NT:                                                                                      \
+        for (; T + MT <= T1; T += MT)                                                             \
+            FN(sk_##MT##x##NT)(t5, w + T * tb, tb, nch, q, cols_p, sq, as, ws, y, ldy, T * BN_TILE_ROWS, r0, r1); \
+        for (; T < T1; T++)                                                                       \
+            FN(sk_1x##NT)(t5, w + T * tb, tb, nch, q, cols_p, sq, as, ws, y, ldy, T * BN_TILE_ROWS, r0, r1); \
+        break;
+#define SK_CASE(NT, MT) SK_CASE_(NT, MT)
+static inline __attribute__((always_inline)) void
+FN(gemm_small)(int t5, const uint8_t *w, size_t cols_p, const int8_t *q, const float *as, size_t n,
+               float ws, float *y, size_t ldy, size_t r0, size_t r1)
+{
+    const size_t tb = t5 ? bn_t5_tile_bytes(cols_p) : bn_i2_tile_bytes(cols_p);
+    const size_t nch = cols_p / (t5 ? BN_T5_CHUNK_COLS : BN_I2_CHUNK_COLS);
+    int32_t sq[GS_NT];
+    for (size_t t = 0; t < n; t++) sq[t] = sum_q_512(q + t * cols_p, cols_p);
+    size_t T = r0 / BN_TILE_ROWS;
+    const size_t T1 = (r1 + BN_TILE_ROWS - 1) / BN_TILE_ROWS;
+    switch (n) {
+        SK_CASE(2, SK_MT2) SK_CASE(3, SK_MT3) SK_CASE(4, SK_MT4) SK_CASE(5, SK_MT5)
+        SK_CASE(6, SK_MT6) SK_CASE(7, SK_MT7) SK_CASE(8, SK_MT8)
+    default: break; /* callers pass 2 <= n <= GS_NT */
+    }
+}
+#undef SK_CASE
+#undef SK_CASE_
+#undef SK_MT2
+#undef SK_MT3
+#undef SK_MT4
+#undef SK_MT5
+#undef SK_MT6
+#undef SK_MT7
+#undef SK_MT8
+
+static void FN(gemm_small_i2)(const uint8_t *w, size_t cols_p, const int8_t *q, const float *as,
+                              size_t n, float ws, float *y, size_t ldy, size_t r0, size_t r1)
+{
+    FN(gemm_small)(0, w, cols_p, q, as, n, ws, y, ldy, r0, r1);
+}
+
+static void FN(gemm_small_t5)(const uint8_t *w, size_t cols_p, const int8_t *q, const float *as,
+                              size_t n, float ws, float *y, size_t ldy, size_t r0, size_t r1)
+{
+    FN(gemm_small)(1, w, cols_p, q, as, n, ws, y, ldy, r0, r1);
+}
+
+/* ---- GEMM, more tokens: decode to L1 once per token block ------------------------------- */
 /* Weights are decoded once per (row-tile group, K slice, token block) into u8 digit planes in
- * an L1-resident buffer, then a register-blocked micro-kernel runs MT tiles x NT tokens of
+ * an L1-resident buffer, then register-blocked micro-kernels run MT tiles x NT tokens of
  * accumulators over it: each 64-byte code vector is reused NT times, each broadcast
  * activation MT times. Partial int32 sums live in accb between K slices. */
 
-/* acc[m][t] over nk4 groups of 4 columns; codes of tile m at codes + m*cstride. */
-static inline __attribute__((always_inline)) void
-FN(mk)(const int MT, const int NT, const uint8_t *codes, size_t cstride, size_t nk4,
-       const int8_t *q, size_t qstride, int32_t *accb, int first)
-{
-    __m512i acc[GM_MT][GM_NT];
-#pragma GCC unroll 4
-    for (int m = 0; m < MT; m++)
-#pragma GCC unroll 8
-        for (int t = 0; t < NT; t++)
-            acc[m][t] = first ? _mm512_setzero_si512()
-                              : _mm512_load_si512(accb + ((size_t)t * GM_MT + m) * 16);
-    for (size_t k = 0; k < nk4; k++) {
-        __m512i c[GM_MT];
-#pragma GCC unroll 4
-        for (int m = 0; m < MT; m++) c[m] = _mm512_load_si512(codes + m * cstride + k * 64);
-#pragma GCC unroll 8
-        for (int t = 0; t < NT; t++) {
-            const __m512i b = bcast4(q + t * qstride + 4 * k);
-#pragma GCC unroll 4
-            for (int m = 0; m < MT; m++) acc[m][t] = FN(dot4)(acc[m][t], c[m], b);
-        }
-    }
-#pragma GCC unroll 4
-    for (int m = 0; m < MT; m++)
-#pragma GCC unroll 8
-        for (int t = 0; t < NT; t++) _mm512_store_si512(accb + ((size_t)t * GM_MT + m) * 16, acc[m][t]);
-}
-
-/* The hot 4 x 6 case written out with named accumulators, so that it is fully unrolled with
- * all 24 accumulators in registers at -O2 (GCC does not unroll the generic mk's loops before
- * register allocation, and then keeps its accumulator array in memory). */
-#define MK_T(X, m) X(m, 0) X(m, 1) X(m, 2) X(m, 3) X(m, 4) X(m, 5)
-#define MK_ALL(X) MK_T(X, 0) MK_T(X, 1) MK_T(X, 2) MK_T(X, 3)
+/* Kernel mk_MTxNT (MT = GM_MT or 1, NT = 1..GM_NT): acc[m][t] over nk4 groups of 4 columns,
+ * codes of tile m at codes + m*cstride, accumulator (m, t) at accb + (t*GM_MT + m)*16. Named
+ * accumulators, so that all of them stay in registers at -O2 (GCC does not unroll loops over
+ * an accumulator array before register allocation, and then keeps the array in memory). */
 #define MK_ACC(m, t) ((t) * GM_MT + (m)) * 16
-static void FN(mk_4x6)(const uint8_t *codes, size_t cstride, size_t nk4, const int8_t *q,
-                       size_t qstride, int32_t *accb, int first)
-{
 #define MK_INIT(m, t) __m512i a##m##t = first ? _mm512_setzero_si512() : _mm512_load_si512(accb + MK_ACC(m, t));
-    MK_ALL(MK_INIT)
-#undef MK_INIT
-    const int8_t *q0 = q, *q1 = q + qstride, *q2 = q + 2 * qstride, *q3 = q + 3 * qstride;
-    const int8_t *q4 = q + 4 * qstride, *q5 = q + 5 * qstride;
-    for (size_t k = 0; k < nk4; k++) {
-        const __m512i c0 = _mm512_load_si512(codes + k * 64);
-        const __m512i c1 = _mm512_load_si512(codes + cstride + k * 64);
-        const __m512i c2 = _mm512_load_si512(codes + 2 * cstride + k * 64);
-        const __m512i c3 = _mm512_load_si512(codes + 3 * cstride + k * 64);
-        __m512i b;
-#define MK_DOT(m, t) a##m##t = FN(dot4)(a##m##t, c##m, b);
-#define MK_TOK(t) b = bcast4(q##t + 4 * k); MK_DOT(0, t) MK_DOT(1, t) MK_DOT(2, t) MK_DOT(3, t)
-        MK_TOK(0) MK_TOK(1) MK_TOK(2) MK_TOK(3) MK_TOK(4) MK_TOK(5)
-#undef MK_TOK
-#undef MK_DOT
-    }
+#define MK_QPTR(t) const int8_t *q##t = q + (t) * qstride;
+#define MK_LOADC(m) const __m512i c##m = _mm512_load_si512(codes + (m) * cstride + k * 64);
+#define MK_DOT(m, t) a##m##t = FN(dot4)(a##m##t, c##m, bcast4(q##t + 4 * k));
 #define MK_STORE(m, t) _mm512_store_si512(accb + MK_ACC(m, t), a##m##t);
-    MK_ALL(MK_STORE)
+#define MK_DEF(MT, NT)                                                                           \
+    static void FN(mk_##MT##x##NT)(const uint8_t *codes, size_t cstride, size_t nk4,             \
+                                   const int8_t *q, size_t qstride, int32_t *accb, int first)    \
+    {                                                                                            \
+        (void)cstride;                                                                           \
+        BN_GRID(MT, NT, MK_INIT)                                                                 \
+        BN_REP##NT(MK_QPTR)                                                                      \
+        for (size_t k = 0; k < nk4; k++) {                                                       \
+            BN_REP##MT(MK_LOADC)                                                                 \
+            BN_GRID(MT, NT, MK_DOT)                                                              \
+        }                                                                                        \
+        BN_GRID(MT, NT, MK_STORE)                                                                \
+    }
+MK_DEF(4, 1) MK_DEF(4, 2) MK_DEF(4, 3) MK_DEF(4, 4) MK_DEF(4, 5) MK_DEF(4, 6)
+MK_DEF(1, 1) MK_DEF(1, 2) MK_DEF(1, 3) MK_DEF(1, 4) MK_DEF(1, 5) MK_DEF(1, 6)
+#undef MK_DEF
 #undef MK_STORE
-}
+#undef MK_DOT
+#undef MK_LOADC
+#undef MK_QPTR
+#undef MK_INIT
 #undef MK_ACC
-#undef MK_ALL
-#undef MK_T
 
-/* Runs the micro-kernel over nb tokens for mt tiles (mt == GM_MT, or one tile at a time). */
+typedef void (*FN(mk_fn))(const uint8_t *, size_t, size_t, const int8_t *, size_t, int32_t *, int);
+static const FN(mk_fn) FN(mk_tab)[2][GM_NT + 1] = {
+    {NULL, FN(mk_1x1), FN(mk_1x2), FN(mk_1x3), FN(mk_1x4), FN(mk_1x5), FN(mk_1x6)},
+    {NULL, FN(mk_4x1), FN(mk_4x2), FN(mk_4x3), FN(mk_4x4), FN(mk_4x5), FN(mk_4x6)},
+};
+
+/* Runs the micro-kernels over nb tokens for mt tiles (mt == GM_MT, or one tile at a time).
+ * The tokens are cut into the fewest pieces of at most GM_NT, as equal as possible (8 = 4+4,
+ * 13 = 4+4+5), so no piece is a slow narrow one. */
 static void FN(mk_block)(size_t mt, const uint8_t *codes, size_t cstride, size_t nk4,
                          const int8_t *q, size_t qstride, size_t nb, int32_t *accb, int first)
 {
-    size_t t = 0;
-    if (mt == GM_MT) {
-        for (; t + GM_NT <= nb; t += GM_NT)
-            FN(mk_4x6)(codes, cstride, nk4, q + t * qstride, qstride, accb + t * GM_MT * 16, first);
-        for (; t < nb; t++)
-            FN(mk)(GM_MT, 1, codes, cstride, nk4, q + t * qstride, qstride, accb + t * GM_MT * 16, first);
-        return;
-    }
-    for (size_t m = 0; m < mt; m++) {
-        const uint8_t *cm = codes + m * cstride;
-        for (t = 0; t + GM_NT <= nb; t += GM_NT)
-            FN(mk)(1, GM_NT, cm, cstride, nk4, q + t * qstride, qstride, accb + (t * GM_MT + m) * 16, first);
-        for (; t < nb; t++)
-            FN(mk)(1, 1, cm, cstride, nk4, q + t * qstride, qstride, accb + (t * GM_MT + m) * 16, first);
+    const size_t pieces = (nb + GM_NT - 1) / GM_NT;
+    for (size_t i = 0, t = 0; i < pieces; i++) {
+        const size_t len = (nb - t) / (pieces - i);
+        const int8_t *qt = q + t * qstride;
+        if (mt == GM_MT) {
+            FN(mk_tab)[1][len](codes, cstride, nk4, qt, qstride, accb + t * GM_MT * 16, first);
+        } else {
+            for (size_t m = 0; m < mt; m++)
+                FN(mk_tab)[0][len](codes + m * cstride, cstride, nk4, qt, qstride,
+                                   accb + (t * GM_MT + m) * 16, first);
+        }
+        t += len;
     }
 }
 
@@ -285,7 +423,10 @@ void FN(bn_tern_gemm_i2)(const uint8_t *w, size_t rows, size_t cols, const int8_
         FN(bn_tern_gemv_i2)(w, rows, cols, q, act_scale[0], w_scale, y, r0, r1);
         return;
     }
-    FN(gemm_common)(BN_TERN_I2, w, cols, q, act_scale, n, w_scale, y, ldy, r0, r1);
+    if (n <= GS_NT)
+        FN(gemm_small_i2)(w, bn_tern_cols_padded(BN_TERN_I2, cols), q, act_scale, n, w_scale, y, ldy, r0, r1);
+    else
+        FN(gemm_common)(BN_TERN_I2, w, cols, q, act_scale, n, w_scale, y, ldy, r0, r1);
 }
 
 void FN(bn_tern_gemm_t5)(const uint8_t *w, size_t rows, size_t cols, const int8_t *q,
@@ -296,7 +437,10 @@ void FN(bn_tern_gemm_t5)(const uint8_t *w, size_t rows, size_t cols, const int8_
         FN(bn_tern_gemv_t5)(w, rows, cols, q, act_scale[0], w_scale, y, r0, r1);
         return;
     }
-    FN(gemm_common)(BN_TERN_T5, w, cols, q, act_scale, n, w_scale, y, ldy, r0, r1);
+    if (n <= GS_NT)
+        FN(gemm_small_t5)(w, bn_tern_cols_padded(BN_TERN_T5, cols), q, act_scale, n, w_scale, y, ldy, r0, r1);
+    else
+        FN(gemm_common)(BN_TERN_T5, w, cols, q, act_scale, n, w_scale, y, ldy, r0, r1);
 }
 
 #undef FN

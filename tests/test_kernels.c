@@ -398,6 +398,8 @@ START_TEST(test_tern_variants_extremes)
             FOR_EACH_ISA(isa) {
                 check_tern_variant(isa, &c, AK_MIN_NEG, 2);
                 check_tern_variant(isa, &c, AK_MAX_POS, 1);
+                check_tern_variant(isa, &c, AK_MIN_NEG, 4); /* the fused small-n kernels */
+                check_tern_variant(isa, &c, AK_MAX_POS, 8);
             }
             tcase_free(&c);
         }
@@ -416,6 +418,43 @@ START_TEST(test_tern_gemm_many_tokens)
         tcase_free(&c);
         c = tcase_make(fmts[f], 40, 555, TK_RANDOM);
         FOR_EACH_ISA(isa) check_tern_variant(isa, &c, AK_RANDOM, 135);
+        tcase_free(&c);
+    }
+}
+END_TEST
+
+/* Every token count 1..70 (the fused small-n kernels for 2..8 tokens and every tile-group
+ * tail, the decoded path's balanced token pieces and its 60-token blocks), every variant and
+ * format, bit for bit against n scalar GEMVs, on the full row range and an inner one. */
+START_TEST(test_tern_gemm_every_n)
+{
+    rng_seed(9);
+    enum { NMAX = 70, ROWS = 16 * 5 + 3 };
+    for (int f = 0; f < 2; f++) {
+        tcase c = tcase_make(fmts[f], ROWS, 300, TK_RANDOM); /* 2 K slices in each path */
+        int8_t *q = xmalloc(NMAX * c.cols_p);
+        float as[NMAX], ws = rng_float(0.01f, 3.0f);
+        for (size_t i = 0; i < NMAX; i++) {
+            fill_act(q + i * c.cols_p, c.cols, c.cols_p, AK_RANDOM);
+            as[i] = rng_float(0.1f, 300.0f);
+        }
+        const size_t ldy = ROWS + 1, r0s[2] = {0, 16}, r1s[2] = {ROWS, 48};
+        float *y0 = xmalloc(NMAX * ldy * sizeof(float)), *y1 = xmalloc(NMAX * ldy * sizeof(float));
+        for (size_t n = 1; n <= NMAX; n++)
+            for (int s = 0; s < 2; s++) {
+                for (size_t i = 0; i < n * ldy; i++) y0[i] = -7.0f;
+                for (size_t i = 0; i < n; i++)
+                    gemv_ref(&bn_ktab_scalar, &c, q + i * c.cols_p, as[i], ws, y0 + i * ldy, r0s[s], r1s[s]);
+                FOR_EACH_ISA(isa) {
+                    const bn_ktab *k = bn_ktab_get((bn_isa)isa);
+                    for (size_t i = 0; i < n * ldy; i++) y1[i] = -7.0f;
+                    (c.fmt == BN_TERN_T5 ? k->gemm_t5 : k->gemm_i2)(c.w, c.rows, c.cols, q, as, n, ws, y1,
+                                                                    ldy, r0s[s], r1s[s]);
+                    EXPECT_MSG(y_equal(y0, y1, n * ldy), "gemm %s fmt %d n=%zu [%zu,%zu)",
+                               bn_isa_name((bn_isa)isa), c.fmt, n, r0s[s], r1s[s]);
+                }
+            }
+        free(q), free(y0), free(y1);
         tcase_free(&c);
     }
 }
@@ -714,7 +753,7 @@ static Suite *kernels_suite(void)
         {"pack", {test_pack_geometry, test_pack_roundtrip, test_t5_all_values}},
         {"quant", {test_quant_act_naive, test_quant_act_variants}},
         {"ternary", {test_gemv_scalar_naive, test_tern_variants_random, test_tern_variants_extremes,
-                     test_tern_gemm_many_tokens}},
+                     test_tern_gemm_many_tokens, test_tern_gemm_every_n}},
         {"float", {test_rmsnorm_naive, test_rope_neox, test_softmax_naive, test_float_variants,
                    test_attn_variants}},
         {"half", {test_f16_all_halves, test_f32_to_f16_rounding}},

@@ -51,26 +51,29 @@ static void embed_row(bn_engine *e, int32_t id, uint32_t t)
     bn_f16_to_f32_row(e->model->tok_embd + (size_t)id * dim, e->s.x + t * dim, dim);
 }
 
-static void rmsnorm_rows(bn_engine *e, float *out, const float *in, const float *w, uint32_t n,
-                         size_t dim)
-{
-#pragma omp parallel for num_threads(e->n_threads) if (n > 1) schedule(static)
-    for (uint32_t t = 0; t < n; t++) bn_rmsnorm(out + t * dim, in + t * dim, w, dim, e->cfg.norm_eps);
-}
-
-/* Quantizes n rows of dim floats to int8 (s.qa, row stride = the padded width the ternary
- * kernels expect for a dim-column matrix; padding stays zero) and their scales (s.qs). */
-static void quantize_rows(bn_engine *e, const float *in, uint32_t n, size_t dim)
+/* out = rmsnorm(in) * w for n rows of dim floats, then quantized to int8 into s.qa (row
+ * stride = the padded width the ternary kernels expect for a dim-column matrix; padding stays
+ * zero) with scales in s.qs. With gate non-NULL, in is first replaced by relu(in)^2 * gate
+ * (the FFN's activation, in place). One parallel loop over tokens: each token's ops are the
+ * same calls as one at a time, so the bits do not depend on n or on the thread count. */
+static void norm_quant_rows(bn_engine *e, float *out, float *in, const float *gate,
+                            const float *w, uint32_t n, size_t dim)
 {
     size_t pad = bn_tern_cols_padded(e->fmt, dim);
 #pragma omp parallel for num_threads(e->n_threads) if (n > 1) schedule(static)
-    for (uint32_t t = 0; t < n; t++)
-        e->s.qs[t] = bn_quant_act(in + t * dim, dim, pad, e->s.qa + t * pad);
+    for (uint32_t t = 0; t < n; t++) {
+        float *x = in + t * dim, *o = out + t * dim;
+        if (gate) bn_relu2_mul(x, x, gate + t * dim, dim);
+        bn_rmsnorm(o, x, w, dim, e->cfg.norm_eps);
+        e->s.qs[t] = bn_quant_act(o, dim, pad, e->s.qa + t * pad);
+    }
 }
 
-static void add_residual(float *x, const float *y, size_t len)
+static void add_residual(bn_engine *e, float *x, const float *y, uint32_t n, size_t dim)
 {
-    for (size_t i = 0; i < len; i++) x[i] += y[i];
+#pragma omp parallel for num_threads(e->n_threads) if (n > 1) schedule(static)
+    for (uint32_t t = 0; t < n; t++)
+        for (size_t i = t * dim; i < (t + 1) * dim; i++) x[i] += y[i];
 }
 
 /* ---- ternary projections ------------------------------------------------------------- */
@@ -99,27 +102,23 @@ static void project(bn_engine *e, uint32_t n, int count, const bn_tensor *const 
 
 /* ---- attention ----------------------------------------------------------------------- */
 
-/* RoPE on this chunk's q and k, then k and v into their sequence's f16 cache at their
- * positions (all of the chunk's, before any token attends: a prefill run sees its own). */
-static void rope_and_store(bn_engine *e, uint32_t layer, uint32_t n)
+/* RoPE on token t's q and k, then its k and v into its sequence's f16 cache at its position. */
+static void rope_and_store(bn_engine *e, uint32_t layer, uint32_t t)
 {
     const bn_config *c = &e->cfg;
     size_t kv_dim = e->kv.kv_dim;
-    for (uint32_t t = 0; t < n; t++) {
-        const bn_kv_cache *kv = bn_eng_kv(e, e->s.tok_seq[t]);
-        uint32_t pos = e->s.tok_pos[t];
-        bn_rope_neox(e->s.q + t * c->n_embd, (int)c->n_head, (int)c->head_dim, (int)pos,
-                     e->s.rope_inv_freq);
-        bn_rope_neox(e->s.k + t * kv_dim, (int)c->n_head_kv, (int)c->head_dim, (int)pos,
-                     e->s.rope_inv_freq);
-        bn_f32_to_f16_row(e->s.k + t * kv_dim, bn_kv_k(kv, layer, pos), kv_dim);
-        bn_f32_to_f16_row(e->s.v + t * kv_dim, bn_kv_v(kv, layer, pos), kv_dim);
-    }
+    const bn_kv_cache *kv = bn_eng_kv(e, e->s.tok_seq[t]);
+    uint32_t pos = e->s.tok_pos[t];
+    bn_rope_neox(e->s.q + t * c->n_embd, (int)c->n_head, (int)c->head_dim, (int)pos, e->s.rope_inv_freq);
+    bn_rope_neox(e->s.k + t * kv_dim, (int)c->n_head_kv, (int)c->head_dim, (int)pos, e->s.rope_inv_freq);
+    bn_f32_to_f16_row(e->s.k + t * kv_dim, bn_kv_k(kv, layer, pos), kv_dim);
+    bn_f32_to_f16_row(e->s.v + t * kv_dim, bn_kv_v(kv, layer, pos), kv_dim);
 }
 
-/* Causal attention of every (token, query head) of the chunk over positions [0, pos+1) of its
- * own sequence. Each token sees exactly the positions it would see in token-by-token decode of
- * that sequence alone, so batching does not change results. */
+/* RoPE and the KV store for every token of the chunk (all of them before any token attends:
+ * a prefill run sees its own), then causal attention of every (token, query head) over
+ * positions [0, pos+1) of its own sequence. Each token sees exactly the positions it would see
+ * in token-by-token decode of that sequence alone, so batching does not change results. */
 static void attend(bn_engine *e, uint32_t layer, uint32_t n)
 {
     const bn_config *c = &e->cfg;
@@ -127,15 +126,21 @@ static void attend(bn_engine *e, uint32_t layer, uint32_t n)
     size_t hd = c->head_dim, kv_dim = e->kv.kv_dim;
     float scale = 1.0f / sqrtf((float)hd);
     long jobs = (long)n * c->n_head;
-#pragma omp parallel for num_threads(e->n_threads) schedule(static)
-    for (long j = 0; j < jobs; j++) {
-        uint32_t t = (uint32_t)(j / c->n_head), h = (uint32_t)(j % c->n_head);
-        const bn_kv_cache *kv = bn_eng_kv(e, e->s.tok_seq[t]);
-        size_t kvh = (h / group) * hd;
-        float *scores = e->s.scores + (size_t)omp_get_thread_num() * e->kv.n_ctx;
-        bn_attn_head(e->s.att + t * c->n_embd + h * hd, e->s.q + t * c->n_embd + h * hd,
-                     bn_kv_k(kv, layer, 0) + kvh, bn_kv_v(kv, layer, 0) + kvh,
-                     e->s.tok_pos[t] + 1, kv_dim, (int)hd, scale, scores);
+#pragma omp parallel num_threads(e->n_threads)
+    {
+#pragma omp for schedule(static)
+        for (uint32_t t = 0; t < n; t++) rope_and_store(e, layer, t);
+        /* the loop's implicit barrier: every K/V row is stored before attention reads it */
+#pragma omp for schedule(static)
+        for (long j = 0; j < jobs; j++) {
+            uint32_t t = (uint32_t)(j / c->n_head), h = (uint32_t)(j % c->n_head);
+            const bn_kv_cache *kv = bn_eng_kv(e, e->s.tok_seq[t]);
+            size_t kvh = (h / group) * hd;
+            float *scores = e->s.scores + (size_t)omp_get_thread_num() * e->kv.n_ctx;
+            bn_attn_head(e->s.att + t * c->n_embd + h * hd, e->s.q + t * c->n_embd + h * hd,
+                         bn_kv_k(kv, layer, 0) + kvh, bn_kv_v(kv, layer, 0) + kvh,
+                         e->s.tok_pos[t] + 1, kv_dim, (int)hd, scale, scores);
+        }
     }
 }
 
@@ -148,8 +153,7 @@ static void attention_block(bn_engine *e, uint32_t l, uint32_t n)
     bn_scratch *s = &e->s;
 
     double t0 = prof_start(e);
-    rmsnorm_rows(e, s->xb, s->x, w->attn_norm, n, dim);
-    quantize_rows(e, s->xb, n, dim);
+    norm_quant_rows(e, s->xb, s->x, NULL, w->attn_norm, n, dim);
     prof_stop(e, BN_PROF_OTHER, t0);
 
     t0 = prof_start(e);
@@ -159,13 +163,11 @@ static void attention_block(bn_engine *e, uint32_t l, uint32_t n)
     prof_stop(e, BN_PROF_QKV, t0);
 
     t0 = prof_start(e);
-    rope_and_store(e, l, n);
     attend(e, l, n);
     prof_stop(e, BN_PROF_ATTN, t0);
 
     t0 = prof_start(e);
-    rmsnorm_rows(e, s->xb, s->att, w->attn_sub_norm, n, dim);   /* sub-norm BEFORE o_proj */
-    quantize_rows(e, s->xb, n, dim);
+    norm_quant_rows(e, s->xb, s->att, NULL, w->attn_sub_norm, n, dim);   /* sub-norm BEFORE o_proj */
     prof_stop(e, BN_PROF_OTHER, t0);
 
     t0 = prof_start(e);
@@ -173,7 +175,7 @@ static void attention_block(bn_engine *e, uint32_t l, uint32_t n)
     prof_stop(e, BN_PROF_O, t0);
 
     t0 = prof_start(e);
-    add_residual(s->x, s->xb2, (size_t)n * dim);
+    add_residual(e, s->x, s->xb2, n, dim);
     prof_stop(e, BN_PROF_OTHER, t0);
 }
 
@@ -184,8 +186,7 @@ static void ffn_block(bn_engine *e, uint32_t l, uint32_t n)
     bn_scratch *s = &e->s;
 
     double t0 = prof_start(e);
-    rmsnorm_rows(e, s->xb, s->x, w->ffn_norm, n, dim);
-    quantize_rows(e, s->xb, n, dim);
+    norm_quant_rows(e, s->xb, s->x, NULL, w->ffn_norm, n, dim);
     prof_stop(e, BN_PROF_OTHER, t0);
 
     t0 = prof_start(e);
@@ -195,9 +196,8 @@ static void ffn_block(bn_engine *e, uint32_t l, uint32_t n)
     prof_stop(e, BN_PROF_GATE_UP, t0);
 
     t0 = prof_start(e);
-    bn_relu2_mul(s->hg, s->hg, s->hu, (size_t)n * ff);          /* relu(gate)^2 * up */
-    rmsnorm_rows(e, s->hu, s->hg, w->ffn_sub_norm, n, ff);        /* sub-norm BEFORE down */
-    quantize_rows(e, s->hu, n, ff);
+    /* relu(gate)^2 * up in place, then the sub-norm BEFORE down */
+    norm_quant_rows(e, s->hu, s->hg, s->hu, w->ffn_sub_norm, n, ff);
     prof_stop(e, BN_PROF_OTHER, t0);
 
     t0 = prof_start(e);
@@ -205,7 +205,7 @@ static void ffn_block(bn_engine *e, uint32_t l, uint32_t n)
     prof_stop(e, BN_PROF_DOWN, t0);
 
     t0 = prof_start(e);
-    add_residual(s->x, s->xb2, (size_t)n * dim);
+    add_residual(e, s->x, s->xb2, n, dim);
     prof_stop(e, BN_PROF_OTHER, t0);
 }
 
