@@ -628,8 +628,9 @@ START_TEST(generate_stops_and_does_not_allocate)
     if (r.finish == BN_FINISH_LENGTH) ck_assert_int_eq(r.n_completion, 50);
     ck_assert_int_eq(bn_engine_n_past(e), PROMPT_LEN + r.n_completion - (r.finish == BN_FINISH_LENGTH));
 
-    int n = 0;
-    ck_assert(bn_generate(e, p, PROMPT_LEN, &s, 50, stop_after_3, &n, &r, &err) == 0);
+    int n = 0;   /* ignore_eos: an eos among the first 3 tokens must not end it first */
+    bn_gen_opts go = {.max_tokens = 50, .ignore_eos = 1, .on_token = stop_after_3, .user = &n};
+    ck_assert(bn_generate_opts(e, p, PROMPT_LEN, &s, &go, &r, &err) == 0);
     ck_assert_int_eq(r.finish, BN_FINISH_CANCELLED);
     ck_assert_int_eq(r.n_completion, 3);
     bn_engine_free(e);
