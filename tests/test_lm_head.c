@@ -319,7 +319,9 @@ END_TEST
 
 START_TEST(screen_exact_2b4t_shape)
 {
-    screen_exactness("2b4t,n_layer=1,n_vocab=16384", "lmh-2b4t.bnpk", 12, 12, 0);
+    /* CI's valgrind pass (BN_VALGRIND) checks fewer states on this shape; make check all */
+    int n = getenv("BN_VALGRIND") ? 2 : 12;
+    screen_exactness("2b4t,n_layer=1,n_vocab=16384", "lmh-2b4t.bnpk", n, n, 0);
 }
 END_TEST
 
