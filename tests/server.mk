@@ -17,8 +17,9 @@ tests_test_placement_SOURCES = tests/test_placement.c src/server/placement.c
 tests_test_placement_CFLAGS = $(TEST_CFLAGS)
 tests_test_placement_LDADD = $(TEST_LIBS)
 
-tests_test_channel_SOURCES = tests/test_channel.c src/server/channel.c src/server/worker.c \
-	src/server/prompt_cache.c src/server/placement.c src/server/log.c
+tests_test_channel_SOURCES = tests/test_channel.c tests/worker_harness.c tests/worker_harness.h \
+	src/server/channel.c src/server/worker.c src/server/prompt_cache.c src/server/placement.c \
+	src/server/log.c
 tests_test_channel_CFLAGS = $(TEST_CFLAGS)
 tests_test_channel_LDADD = $(TEST_LIBS)
 
@@ -26,12 +27,13 @@ tests_test_channel_LDADD = $(TEST_LIBS)
 # cache itself with the engine's KV save/load under it (test_prompt_cache).
 check_PROGRAMS += tests/test_worker tests/test_prompt_cache
 TESTS += tests/test_worker tests/test_prompt_cache
-tests_test_worker_SOURCES = tests/test_worker.c src/server/channel.c src/server/worker.c \
-	src/server/prompt_cache.c src/server/placement.c src/server/log.c
+tests_test_worker_SOURCES = tests/test_worker.c tests/worker_harness.c tests/worker_harness.h \
+	src/server/channel.c src/server/worker.c src/server/prompt_cache.c src/server/placement.c \
+	src/server/log.c
 tests_test_worker_CFLAGS = $(TEST_CFLAGS)
 tests_test_worker_LDADD = $(TEST_LIBS)
-tests_test_prompt_cache_SOURCES = tests/test_prompt_cache.c src/server/prompt_cache.c \
-	src/server/channel.c
+tests_test_prompt_cache_SOURCES = tests/test_prompt_cache.c tests/worker_harness.h \
+	src/server/prompt_cache.c src/server/channel.c
 tests_test_prompt_cache_CFLAGS = $(TEST_CFLAGS)
 tests_test_prompt_cache_LDADD = $(TEST_LIBS)
 

@@ -1107,6 +1107,44 @@ int bn_srv_wait_workers(int port, const char *state, int timeout_ms)
     }
 }
 
+long bn_srv_wait_respawn(int port, pid_t old)
+{
+    double deadline = bn_now() + 30;
+    while (bn_now() < deadline) {
+        json_t *j;
+        if (bn_http_get_json(port, "/v1/status", &j) == 200) {
+            json_t *w = json_array_get(json_object_get(j, "workers"), 0);
+            pid_t pid = (pid_t)json_integer_value(json_object_get(w, "pid"));
+            const char *st = json_string_value(json_object_get(w, "state"));
+            long restarts = (long)json_integer_value(json_object_get(w, "restarts"));
+            int ok = pid > 0 && pid != old && st && !strcmp(st, "idle");
+            json_decref(j);
+            if (ok) return restarts;
+        }
+        sleep_ms(50);
+    }
+    ck_abort_msg("worker 0 was not respawned within 30 s");
+    return -1;
+}
+
+int bn_srv_queue_length(int port)
+{
+    json_t *j;
+    int len = -1;
+    if (bn_http_get_json(port, "/health", &j) == 200)
+        len = (int)json_integer_value(json_object_get(json_object_get(j, "queue"), "length"));
+    json_decref(j);
+    return len;
+}
+
+int bn_srv_wait_queue_length(int port, int want, int timeout_ms)
+{
+    double deadline = bn_now() + timeout_ms / 1000.0;
+    int len;
+    while ((len = bn_srv_queue_length(port)) != want && bn_now() < deadline) sleep_ms(20);
+    return len;
+}
+
 int bn_proc_children(pid_t pid, pid_t *out, int max)
 {
     DIR *d = opendir("/proc");
@@ -1195,6 +1233,22 @@ long bn_smaps_sum(pid_t pid, const char *needle, const char *field, int *n_maps)
     }
     free(t);
     return kb * 1024;
+}
+
+bn_srv *bn_srv_start_ok(const char *config_text)
+{
+    bn_srv *s = bn_srv_start(config_text, NULL);
+    ck_assert_msg(s != NULL, "bitnetd did not start with:\n%s", config_text);
+    return s;
+}
+
+TCase *bn_srv_tcase(Suite *s, const char *name, int timeout_s)
+{
+    TCase *tc = tcase_create(name);
+    tcase_add_checked_fixture(tc, NULL, bn_srv_stop_all);
+    tcase_set_timeout(tc, timeout_s);
+    suite_add_tcase(s, tc);
+    return tc;
 }
 
 int bn_srv_test_main(const char *name, Suite *s)

@@ -63,6 +63,12 @@ void bn_srv_stop_all(void);
 /* main() of an integration test binary: exits 77 (skip) without $BN_BITNETD / $BN_BITNET, runs
  * the suite, stops every server it started. Returns the process exit status. */
 int bn_srv_test_main(const char *name, Suite *s);
+/* bn_srv_start(config_text, NULL), failing the test when the server does not start. */
+bn_srv *bn_srv_start_ok(const char *config_text);
+/* A test case of its own in s, stopping every server at its teardown (so a failure stops only
+ * that test's servers), with a timeout: add its one test with BN_SRV_ADD_TEST. */
+TCase *bn_srv_tcase(Suite *s, const char *name, int timeout_s);
+#define BN_SRV_ADD_TEST(s, t, timeout_s) tcase_add_test(bn_srv_tcase((s), #t, (timeout_s)), t)
 /* Reaps the master if it exited, without blocking longer than timeout_ms (0 = just look).
  * Returns 1 once reaped (s->pid = 0, s->exit_status set), 0 while it runs. */
 int bn_srv_reap(bn_srv *s, int timeout_ms);
@@ -198,6 +204,13 @@ int bn_proc_children(pid_t pid, pid_t *out, int max);
 /* Polls GET /v1/status until every worker's state equals state (e.g. "idle"); 0, or -1 on
  * timeout. */
 int bn_srv_wait_workers(int port, const char *state, int timeout_ms);
+/* Polls GET /v1/status (30 s at most) until worker 0 runs a new, idle process (pid != old);
+ * returns its restarts count. Fails the test on timeout. */
+long bn_srv_wait_respawn(int port, pid_t old);
+/* queue.length of GET /health, or -1 if it does not answer 200. */
+int bn_srv_queue_length(int port);
+/* Polls until the queue holds want requests (bounded by timeout_ms); returns the last length seen. */
+int bn_srv_wait_queue_length(int port, int want, int timeout_ms);
 /* Sum of the samples of one Prometheus metric family name in GET /metrics (labels ignored);
  * label_filter, if non-NULL, must appear inside the sample's {...}. -1 if absent or unreachable. */
 double bn_srv_metric(int port, const char *name, const char *label_filter);

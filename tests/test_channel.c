@@ -8,23 +8,14 @@
 #include <check.h>
 #include <errno.h>
 #include <math.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "model/model.h"
-#include "server/channel.h"
-#include "server/worker.h"
-#include "text/tokenizer.h"
-#include "testutil.h"
-
-#define WAIT_MS 120000   /* per frame: generous for valgrind; a hang fails, it never blocks */
+#include "worker_harness.h"
 
 /* ---- the codec ------------------------------------------------------------------------- */
 
@@ -402,77 +393,15 @@ END_TEST
 
 /* ---- worker processes ------------------------------------------------------------------ */
 
-typedef struct tworker {
-    const char *name;
-    pid_t pid;
-    int fd;              /* the master's end; -1 once closed */
-    bn_buf in;           /* bytes from the worker not yet decoded past off */
-    size_t off;
-    int hello_seen;
-    bn_fr_hello hello;
-    const bn_tokenizer *tk;
-    uint32_t n_vocab;
-} tworker;
-
 static bn_model *m_tiny, *m_big, *m_nan;
 static uint8_t *nan_data;   /* m_nan's bytes: the tiny model with a NaN output norm */
 static bn_tokenizer *tk_tiny, *tk_big;
-static tworker wa = {.name = "A (tiny)", .pid = -1, .fd = -1},
+static bn_tw wa = {.name = "A (tiny)", .pid = -1, .fd = -1},
                wb = {.name = "B (8 layers, n_ctx 4096)", .pid = -1, .fd = -1},
                wc = {.name = "C (tiny, for EOF)", .pid = -1, .fd = -1},
                wd = {.name = "D (tiny, NaN output norm)", .pid = -1, .fd = -1};
 
-static long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
-/* The next frame from w within WAIT_MS: 1, or 0 on timeout / EOF. f points into w->in until
- * the next call. A malformed frame fails the test. */
-static int next_frame(tworker *w, bn_frame *f)
-{
-    long deadline = now_ms() + WAIT_MS;
-    for (;;) {
-        bn_error err = {{0}};
-        long r = w->in.len > w->off ? bn_frame_decode(w->in.p + w->off, w->in.len - w->off, f, &err) : 0;
-        ck_assert_msg(r >= 0, "worker %s sent a bad frame: %s", w->name, err.msg);
-        if (r > 0) {
-            w->off += (size_t)r;
-            return 1;
-        }
-        if (w->off) {
-            memmove(w->in.p, w->in.p + w->off, w->in.len - w->off);
-            w->in.len -= w->off;
-            w->off = 0;
-        }
-        uint8_t tmp[65536];
-        struct pollfd pfd = {.fd = w->fd, .events = POLLIN};
-        long left = deadline - now_ms();
-        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0) return 0;
-        ssize_t got = read(w->fd, tmp, sizeof tmp);
-        if (got <= 0) return 0;
-        ck_assert(bn_buf_append(&w->in, tmp, (size_t)got) == 0);
-    }
-}
-
-static void send_buf(tworker *w, bn_buf *b)
-{
-    bn_error err = {{0}};
-    ck_assert_msg(bn_chan_write_all(w->fd, b, &err) == 0, "%s", err.msg);
-    b->len = 0;
-}
-
-static void send_simple(tworker *w, uint16_t type, uint64_t id)
-{
-    bn_buf b = {0};
-    ck_assert(bn_frame_put(&b, type, id, NULL, 0) == 0);
-    send_buf(w, &b);
-    bn_buf_free(&b);
-}
-
-static void send_generate(tworker *w, uint64_t id, const int32_t *ids, uint32_t n,
+static void send_generate(bn_tw *w, uint64_t id, const int32_t *ids, uint32_t n,
                           uint32_t max_tokens, int ignore_eos, const char *stop)
 {
     bn_fr_generate g;
@@ -484,25 +413,8 @@ static void send_generate(tworker *w, uint64_t id, const int32_t *ids, uint32_t 
     g.n_stop = stop ? 1 : 0;
     bn_buf b = {0};
     ck_assert(bn_frame_put_generate(&b, id, &g, ids, &stop) == 0);
-    send_buf(w, &b);
+    bn_tw_send(w, &b);
     bn_buf_free(&b);
-}
-
-static void wait_hello(tworker *w)
-{
-    if (w->hello_seen) return;
-    bn_frame f;
-    bn_error err = {{0}};
-    ck_assert_msg(next_frame(w, &f), "worker %s: no HELLO", w->name);
-    if (f.type == BN_FR_ERROR) {
-        bn_fr_error e;
-        const char *msg = "";
-        bn_frame_get_error(&f, &e, &msg, &err);
-        ck_abort_msg("worker %s failed to start: %.*s", w->name, (int)e.msg_len, msg);
-    }
-    ck_assert_int_eq(f.type, BN_FR_HELLO);
-    ck_assert(bn_frame_get_fixed(&f, &w->hello, sizeof w->hello, &err) == 0);
-    w->hello_seen = 1;
 }
 
 /* What came back for one request. */
@@ -525,21 +437,18 @@ enum { UNTIL_END = 0, UNTIL_CHUNK = BN_FR_CHUNK, UNTIL_PROGRESS = BN_FR_PROGRESS
 
 /* Reads frames for request id into r until DONE / ERROR, or until the first frame of type
  * `until` (then returns with the request still running). */
-static void pump(tworker *w, uint64_t id, result *r, int until)
+static void pump(bn_tw *w, uint64_t id, result *r, int until)
 {
     for (;;) {
         bn_frame f;
         bn_error err = {{0}};
-        ck_assert_msg(next_frame(w, &f), "worker %s: no answer for request %llu", w->name,
+        ck_assert_msg(bn_tw_next_frame(w, &f), "worker %s: no answer for request %llu", w->name,
                       (unsigned long long)id);
         if (f.id != id) {
-            bn_fr_error e;
-            const char *msg;
             ck_assert_msg(f.type == BN_FR_ERROR, "worker %s: frame type %u for id %llu, expected %llu",
                           w->name, f.type, (unsigned long long)f.id, (unsigned long long)id);
-            ck_assert(bn_frame_get_error(&f, &e, &msg, &err) == 0);
             r->other_error_id = f.id;
-            r->other_error_code = e.code;
+            r->other_error_code = bn_tw_error_of(&f, NULL, 0);
             continue;
         }
         switch (f.type) {
@@ -577,15 +486,10 @@ static void pump(tworker *w, uint64_t id, result *r, int until)
             ck_assert(bn_frame_get_fixed(&f, &r->d, sizeof r->d, &err) == 0);
             r->done = 1;
             return;
-        case BN_FR_ERROR: {
-            bn_fr_error e;
-            const char *msg;
-            ck_assert(bn_frame_get_error(&f, &e, &msg, &err) == 0);
+        case BN_FR_ERROR:
             r->error = 1;
-            r->err_code = e.code;
-            snprintf(r->err_msg, sizeof r->err_msg, "%.*s", (int)e.msg_len, msg);
+            r->err_code = bn_tw_error_of(&f, r->err_msg, sizeof r->err_msg);
             return;
-        }
         default:
             ck_abort_msg("worker %s: unexpected frame type %u", w->name, f.type);
         }
@@ -593,11 +497,11 @@ static void pump(tworker *w, uint64_t id, result *r, int until)
     }
 }
 
-static result *run(tworker *w, uint64_t id, const int32_t *ids, uint32_t n, uint32_t max_tokens,
+static result *run(bn_tw *w, uint64_t id, const int32_t *ids, uint32_t n, uint32_t max_tokens,
                    int ignore_eos, const char *stop)
 {
     result *r = calloc(1, sizeof *r);
-    wait_hello(w);
+    bn_tw_wait_hello(w);
     send_generate(w, id, ids, n, max_tokens, ignore_eos, stop);
     pump(w, id, r, UNTIL_END);
     return r;
@@ -634,8 +538,8 @@ static void strip_non_ascii(char *s)
 
 START_TEST(worker_says_hello)
 {
-    wait_hello(&wa);
-    wait_hello(&wb);
+    bn_tw_wait_hello(&wa);
+    bn_tw_wait_hello(&wb);
     ck_assert_int_eq(wa.hello.pid, wa.pid);
     ck_assert_int_eq(wb.hello.pid, wb.pid);
     ck_assert_int_eq(wa.hello.n_ctx, 256);
@@ -652,9 +556,9 @@ static const char *PROMPT = "The quick brown fox jumps over the lazy dog";
 START_TEST(worker_generates_and_reuses_the_prefix)
 {
     int32_t p[512];
-    uint32_t n = prompt_of(wa.tk, PROMPT, p, 256);
-    wait_hello(&wa);
-    send_simple(&wa, BN_FR_RESET, 0);
+    uint32_t n = prompt_of(tk_tiny, PROMPT, p, 256);
+    bn_tw_wait_hello(&wa);
+    bn_tw_send_simple(&wa, BN_FR_RESET, 0);
     result *r = run(&wa, 1, p, n, 20, 1, NULL);
     assert_done(r, "greedy 20");
     ck_assert_int_eq(r->n_ids, 20);
@@ -667,7 +571,7 @@ START_TEST(worker_generates_and_reuses_the_prefix)
 
     /* the text is the ids' text: the same streaming decode here, and bn_detokenize up to the
      * replacement of invalid UTF-8 (which only ever touches bytes >= 0x80) */
-    bn_stream_decoder *sd = bn_stream_decoder_new(wa.tk, BN_DECODE_SKIP_CONTROL);
+    bn_stream_decoder *sd = bn_stream_decoder_new(tk_tiny, BN_DECODE_SKIP_CONTROL);
     char ref[4096];
     size_t rl = 0;
     bn_error err = {{0}};
@@ -689,7 +593,7 @@ START_TEST(worker_generates_and_reuses_the_prefix)
     ck_assert_str_eq(r->text, ref);
     char *detok;
     size_t dl;
-    ck_assert(bn_detokenize(wa.tk, r->ids, r->n_ids, BN_DECODE_SKIP_CONTROL, &detok, &dl, &err) == 0);
+    ck_assert(bn_detokenize(tk_tiny, r->ids, r->n_ids, BN_DECODE_SKIP_CONTROL, &detok, &dl, &err) == 0);
     char *ascii = strdup(r->text);
     strip_non_ascii(ascii);
     strip_non_ascii(detok);
@@ -708,7 +612,7 @@ START_TEST(worker_generates_and_reuses_the_prefix)
     ck_assert_int_eq(r2->n_ids, 5);
 
     /* and after RESET nothing is reused */
-    send_simple(&wa, BN_FR_RESET, 0);
+    bn_tw_send_simple(&wa, BN_FR_RESET, 0);
     result *r3 = run(&wa, 3, p2, n + r->n_ids, 1, 1, NULL);
     assert_done(r3, "after reset");
     ck_assert_int_eq(r3->d.n_cached, 0);
@@ -722,9 +626,9 @@ END_TEST
 START_TEST(worker_stops_at_a_stop_string)
 {
     int32_t p[256];
-    uint32_t n = prompt_of(wa.tk, PROMPT, p, 256);
-    wait_hello(&wa);
-    send_simple(&wa, BN_FR_RESET, 0);   /* both runs from an empty cache: the same arithmetic */
+    uint32_t n = prompt_of(tk_tiny, PROMPT, p, 256);
+    bn_tw_wait_hello(&wa);
+    bn_tw_send_simple(&wa, BN_FR_RESET, 0);   /* both runs from an empty cache: the same arithmetic */
     result *r = run(&wa, 4, p, n, 20, 1, NULL);
     assert_done(r, "free run");
     ck_assert_msg(r->text_len >= 4, "the tiny model produced only %zu bytes", r->text_len);
@@ -739,7 +643,7 @@ START_TEST(worker_stops_at_a_stop_string)
     snprintf(stop, sizeof stop, "%.*s", (int)(e - k), r->text + k);
     size_t before = (size_t)(strstr(r->text, stop) - r->text);
 
-    send_simple(&wa, BN_FR_RESET, 0);
+    bn_tw_send_simple(&wa, BN_FR_RESET, 0);
     result *s = run(&wa, 5, p, n, 20, 1, stop);
     assert_done(s, "with a stop string");
     ck_assert_int_eq(s->d.finish, BN_FINISH_STOP);
@@ -757,15 +661,15 @@ END_TEST
 START_TEST(worker_cancels_decode_and_refuses_a_second_request)
 {
     int32_t p[256];
-    uint32_t n = prompt_of(wb.tk, PROMPT, p, 256);
-    wait_hello(&wb);
+    uint32_t n = prompt_of(tk_big, PROMPT, p, 256);
+    bn_tw_wait_hello(&wb);
     result *r = calloc(1, sizeof *r);
     send_generate(&wb, 10, p, n, 4000, 1, NULL);
     pump(&wb, 10, r, UNTIL_CHUNK);
     ck_assert(!r->done && !r->error && r->n_ids == 1);
     send_generate(&wb, 11, p, n, 5, 1, NULL);   /* while busy: a protocol error for 11 only */
-    send_simple(&wb, BN_FR_CANCEL, 99);         /* not running: ignored */
-    send_simple(&wb, BN_FR_CANCEL, 10);
+    bn_tw_send_simple(&wb, BN_FR_CANCEL, 99);         /* not running: ignored */
+    bn_tw_send_simple(&wb, BN_FR_CANCEL, 10);
     pump(&wb, 10, r, UNTIL_END);
     assert_done(r, "cancelled decode");
     ck_assert_int_eq(r->d.finish, BN_FINISH_CANCELLED);
@@ -787,14 +691,14 @@ START_TEST(worker_cancels_prefill)
     enum { N = 3000 };
     static int32_t p[N];
     for (uint32_t i = 0; i < N; i++) p[i] = (int32_t)((i * 37u + 11u) % 256u);   /* byte tokens */
-    wait_hello(&wb);
-    send_simple(&wb, BN_FR_RESET, 0);
+    bn_tw_wait_hello(&wb);
+    bn_tw_send_simple(&wb, BN_FR_RESET, 0);
     result *r = calloc(1, sizeof *r);
     send_generate(&wb, 20, p, N, 10, 1, NULL);
     pump(&wb, 20, r, UNTIL_PROGRESS);
     ck_assert_int_eq(r->first_progress.total, N);
     ck_assert_int_eq(r->first_progress.done, 16);   /* prefill_chunk 16, nothing cached */
-    send_simple(&wb, BN_FR_CANCEL, 20);
+    bn_tw_send_simple(&wb, BN_FR_CANCEL, 20);
     pump(&wb, 20, r, UNTIL_END);
     assert_done(r, "cancelled prefill");
     ck_assert_int_eq(r->d.finish, BN_FINISH_CANCELLED);
@@ -817,7 +721,7 @@ START_TEST(worker_refuses_bad_requests_and_keeps_serving)
 {
     int32_t p[300];
     for (int i = 0; i < 300; i++) p[i] = 65 + i % 26;
-    wait_hello(&wa);
+    bn_tw_wait_hello(&wa);
     result *r = run(&wa, 30, p, 300, 5, 1, NULL);   /* longer than n_ctx 256 */
     ck_assert_msg(r->error && r->err_code == BN_FRERR_CONTEXT, "done %d code %u", r->done, r->err_code);
     ck_assert_msg(strstr(r->err_msg, "300") && strstr(r->err_msg, "256"), "%s", r->err_msg);
@@ -844,7 +748,7 @@ START_TEST(worker_refuses_bad_requests_and_keeps_serving)
     ck_assert(bn_frame_put(&b, BN_FR_GENERATE, 33, raw, sizeof raw) == 0);
     ck_assert(bn_frame_put(&b, BN_FR_GENERATE, 34, raw, 10) == 0);
     ck_assert(bn_frame_put(&b, BN_FR_CHUNK, 35, NULL, 0) == 0);   /* a worker -> master type */
-    send_buf(&wa, &b);
+    bn_tw_send(&wa, &b);
     uint64_t want[] = {33, 34, 35};
     for (int i = 0; i < 3; i++) {
         r = calloc(1, sizeof *r);
@@ -866,7 +770,7 @@ END_TEST
 START_TEST(worker_reports_nan_logits)
 {
     int32_t p[256];
-    uint32_t n = prompt_of(wd.tk, PROMPT, p, 256);
+    uint32_t n = prompt_of(tk_tiny, PROMPT, p, 256);
     result *r = run(&wd, 50, p, n, 5, 1, NULL);
     ck_assert_msg(r->error && r->err_code == BN_FRERR_NAN, "done %d code %u", r->done, r->err_code);
     ck_assert_int_eq(r->n_ids, 0);   /* the poisoned token is not sent */
@@ -880,35 +784,20 @@ START_TEST(worker_reports_nan_logits)
 }
 END_TEST
 
-/* Waits (bounded) for pid to exit; returns its wait status, or -1 if it is still running. */
-static int reap(pid_t pid, long timeout_ms)
-{
-    long deadline = now_ms() + timeout_ms;
-    int status;
-    do {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid) return status;
-        if (r < 0) return -1;
-        struct timespec ts = {0, 20 * 1000000L};
-        nanosleep(&ts, NULL);
-    } while (now_ms() < deadline);
-    return -1;
-}
-
 START_TEST(worker_exits_when_the_master_closes)
 {
-    wait_hello(&wc);
+    bn_tw_wait_hello(&wc);
     close(wc.fd);
     wc.fd = -1;
-    int st = reap(wc.pid, WAIT_MS);
+    int st = bn_tw_reap(wc.pid, BN_TW_WAIT_MS);
     ck_assert_msg(st != -1, "worker C did not exit after EOF");
     wc.pid = -1;
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker C: status 0x%x", st);
 
     /* mid-request too: the worker cancels and exits 0 */
     int32_t p[256];
-    uint32_t n = prompt_of(wb.tk, PROMPT, p, 256);
-    wait_hello(&wb);
+    uint32_t n = prompt_of(tk_big, PROMPT, p, 256);
+    bn_tw_wait_hello(&wb);
     result *r = calloc(1, sizeof *r);
     send_generate(&wb, 40, p, n, 4000, 1, NULL);
     pump(&wb, 40, r, UNTIL_CHUNK);
@@ -916,7 +805,7 @@ START_TEST(worker_exits_when_the_master_closes)
     free(r);
     close(wb.fd);
     wb.fd = -1;
-    st = reap(wb.pid, WAIT_MS);
+    st = bn_tw_reap(wb.pid, BN_TW_WAIT_MS);
     ck_assert_msg(st != -1, "worker B did not exit after EOF mid-request");
     wb.pid = -1;
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker B: status 0x%x", st);
@@ -924,25 +813,6 @@ START_TEST(worker_exits_when_the_master_closes)
 END_TEST
 
 /* ---- set-up: models, tokenizers and the worker processes, before any test ---------------- */
-
-static int make_model(const char *shape, const char *path)
-{
-    const char *bitnet = getenv("BN_BITNET");
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "'%s' mkmodel '%s' '%s' >/dev/null", bitnet && *bitnet ? bitnet : "./bitnet",
-             shape, path);
-    return bn_test_sh(cmd);
-}
-
-static int open_model(const char *path, bn_model **m, bn_tokenizer **tk)
-{
-    bn_error err = {{0}};
-    if (bn_model_open(path, m, &err) || !(*tk = bn_tokenizer_new((*m)->vocab, &err))) {
-        fprintf(stderr, "test_channel: %s: %s\n", path, err.msg);
-        return -1;
-    }
-    return 0;
-}
 
 /* The tiny model read into memory with its output norm set to NaN: every logit is NaN (the
  * worker uses the f16 lm_head, a plain dot product, so nothing can mask it). */
@@ -966,46 +836,6 @@ static int open_nan_model(const char *path)
     float *norm = (float *)(void *)(nan_data + ((const uint8_t *)m_nan->output_norm - nan_data));
     for (uint32_t i = 0; i < m_nan->cfg.n_embd; i++) norm[i] = NAN;
     return 0;
-}
-
-/* Forks every worker at once: each child keeps only its own end of its own socketpair (so that
- * closing the master's end really is the EOF the worker sees). */
-static int start_workers(tworker **ws, bn_worker_spec *specs, int n)
-{
-    int sv[8][2];
-    for (int i = 0; i < n; i++)
-        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv[i])) return -1;
-    for (int i = 0; i < n; i++) {
-        fflush(NULL);
-        pid_t pid = fork();
-        if (pid < 0) return -1;
-        if (pid == 0) {
-            for (int j = 0; j < n; j++) {
-                close(sv[j][0]);
-                if (j != i) close(sv[j][1]);
-            }
-            specs[i].fd = sv[i][1];
-            _exit(bn_worker_main(&specs[i]));
-        }
-        ws[i]->pid = pid;
-    }
-    for (int i = 0; i < n; i++) {
-        close(sv[i][1]);
-        ws[i]->fd = sv[i][0];
-    }
-    return 0;
-}
-
-static void stop_workers(tworker **ws, int n)
-{
-    for (int i = 0; i < n; i++) {
-        if (ws[i]->fd >= 0) close(ws[i]->fd);
-        if (ws[i]->pid > 0) {
-            kill(ws[i]->pid, SIGKILL);
-            waitpid(ws[i]->pid, NULL, 0);
-        }
-        bn_buf_free(&ws[i]->in);
-    }
 }
 
 static Suite *channel_suite(void)
@@ -1035,42 +865,22 @@ int main(void)
     char tiny[512], big[512];
     snprintf(tiny, sizeof tiny, "%s", bn_test_path("channel_tiny.bnpk"));
     snprintf(big, sizeof big, "%s", bn_test_path("channel_big.bnpk"));
-    if (make_model("tiny", tiny) || make_model("tiny,n_ctx_max=4096,n_layer=8", big)) {
-        fprintf(stderr, "test_channel: cannot make the models (BN_BITNET=%s)\n", getenv("BN_BITNET"));
-        return EXIT_FAILURE;
-    }
-    if (open_model(tiny, &m_tiny, &tk_tiny) || open_model(big, &m_big, &tk_big) ||
+    if (bn_tw_open_model("test_channel", "tiny", tiny, &m_tiny, &tk_tiny) ||
+        bn_tw_open_model("test_channel", "tiny,n_ctx_max=4096,n_layer=8", big, &m_big, &tk_big) ||
         open_nan_model(tiny))
         return EXIT_FAILURE;
-    wa.tk = wc.tk = wd.tk = tk_tiny;   /* the NaN model has the same built-in vocabulary */
-    wb.tk = tk_big;
 
     enum { NW = 4 };
     bn_worker_spec specs[NW];
-    tworker *ws[NW] = {&wa, &wb, &wc, &wd};
+    bn_tw *ws[NW] = {&wa, &wb, &wc, &wd};
     const bn_model *models[NW] = {m_tiny, m_big, m_tiny, m_nan};
-    memset(specs, 0, sizeof specs);
-    for (int i = 0; i < NW; i++) {
-        specs[i].index = i;
-        bn_engine_opts_default(&specs[i].eopts);
-        specs[i].eopts.n_threads = 1;   /* a shared machine: one thread per worker */
-        specs[i].model = models[i];
-        specs[i].tok = ws[i]->tk;
-    }
+    /* the NaN model has the same built-in vocabulary as the tiny one */
+    const bn_tokenizer *tks[NW] = {tk_tiny, tk_big, tk_tiny, tk_tiny};
+    for (int i = 0; i < NW; i++) bn_tw_spec(&specs[i], i, models[i], tks[i]);
     specs[1].prefill_chunk = 16;   /* many PROGRESS frames for the prefill cancel */
     specs[3].eopts.lm_head = BN_LM_HEAD_F16;
-    if (start_workers(ws, specs, NW)) {
-        perror("test_channel: starting the workers");
-        stop_workers(ws, NW);
-        return EXIT_FAILURE;
-    }
-
-    SRunner *sr = srunner_create(channel_suite());
-    srunner_set_fork_status(sr, CK_NOFORK);   /* the workers' state is shared across tests */
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    stop_workers(ws, NW);
+    /* in order, with the workers' state shared across tests */
+    int failed = bn_tw_run_suite("test_channel", channel_suite(), ws, specs, NW);
     bn_tokenizer_free(tk_tiny);
     bn_tokenizer_free(tk_big);
     bn_model_close(m_tiny);

@@ -24,18 +24,8 @@
 #include "model/source_synth.h"
 #include "model/synth.h"
 #include "text/tokenizer.h"
-
-/* ---- allocation counting (-Wl,--wrap=malloc,... in tests/engine.mk) ----------------------- */
-void *__real_malloc(size_t n);
-void *__real_calloc(size_t n, size_t m);
-void *__real_realloc(void *p, size_t n);
-void *__wrap_malloc(size_t n);
-void *__wrap_calloc(size_t n, size_t m);
-void *__wrap_realloc(void *p, size_t n);
-static long n_allocs;
-void *__wrap_malloc(size_t n) { n_allocs++; return __real_malloc(n); }
-void *__wrap_calloc(size_t n, size_t m) { n_allocs++; return __real_calloc(n, m); }
-void *__wrap_realloc(void *p, size_t n) { n_allocs++; return __real_realloc(p, n); }
+#include "engine_testutil.h"   /* bn_test_n_allocs: -Wl,--wrap=malloc,... in tests/engine.mk */
+#include "testutil.h"
 
 /* ---- fixtures ------------------------------------------------------------------------ */
 
@@ -43,53 +33,19 @@ void *__wrap_realloc(void *p, size_t n) { n_allocs++; return __real_realloc(p, n
 static char path_t5[512], path_i2[512];
 static int vg;   /* BN_VALGRIND: CI's valgrind pass, fewer combinations and draws */
 
-static int write_model(bn_tern_fmt fmt, const char *path, bn_error *err)
-{
-    bn_synth sy = {.seed = 1};
-    if (bn_synth_shape(SHAPE, &sy.cfg, err)) return -1;
-    bn_vocab *v = bn_vocab_builtin(sy.cfg.n_vocab, err);
-    if (!v) return -1;
-    sy.cfg.bos = v->bos;
-    sy.cfg.eos = v->eos;
-    sy.cfg.eot = v->eot;
-    bn_source *src;
-    bn_pack_opts po;
-    bn_pack_opts_default(&po);
-    po.tern = fmt;
-    po.lm_head_i8 = 1;
-    int rc = bn_source_open_synth(&sy, v, &src, err);
-    if (rc == 0) {
-        rc = bn_pack_write(src, path, &po, err);
-        bn_source_close(src);
-    }
-    bn_vocab_free(v);
-    return rc;
-}
-
-static bn_model *open_model(const char *path)
-{
-    bn_error err = {{0}};
-    bn_model *m = NULL;
-    ck_assert_msg(bn_model_open(path, &m, &err) == 0, "%s", err.msg);
-    return m;
-}
-
 /* One thread: the machine this runs on is often shared, and OpenMP teams spin; results do not
  * depend on the thread count (test_forward checks that). */
 static const int n_threads = 1;
 
 static bn_engine *new_engine(const bn_model *m, uint32_t n_ctx, int lm_head)
 {
-    bn_error err = {{0}};
     bn_engine_opts o;
     bn_engine_opts_default(&o);
     o.n_threads = n_threads;
     o.n_ctx = n_ctx;
     o.lm_head = lm_head;
     o.batch = 16;   /* small: a long prompt is several chunks */
-    bn_engine *e = NULL;
-    ck_assert_msg(bn_engine_create(m, &o, &e, &err) == 0, "%s", err.msg);
-    return e;
+    return bn_test_engine(m, &o);
 }
 
 /* Prompts: byte tokens; the second repeats a phrase, as a document quoted back does. */
@@ -277,7 +233,7 @@ START_TEST(greedy_identical_every_variant)
     bn_sampling_greedy(&g);
     uint32_t n_gen = vg ? 200 : 700;
     for (int pi = 0; pi < 2; pi++) {
-        bn_model *m = open_model(paths[pi]);
+        bn_model *m = bn_test_open_model(paths[pi]);
         for (int isa = 0; isa < BN_ISA_COUNT; isa++) {
             if (!bn_kernels_isa_supported((bn_isa)isa) || (vg && isa != (int)chosen)) continue;
             ck_assert_int_eq(bn_kernels_force((bn_isa)isa), 0);
@@ -360,7 +316,7 @@ static uint32_t propose_known(const int32_t *hist, size_t n, uint32_t k, int32_t
  * when rejected would change the later tokens. */
 START_TEST(sampling_identical_per_seed)
 {
-    bn_model *m = open_model(path_t5);
+    bn_model *m = bn_test_open_model(path_t5);
     bn_engine *e = new_engine(m, 0, BN_LM_HEAD_AUTO);
     outcome *plain = malloc(sizeof *plain), *d = malloc(sizeof *d);
     bn_error err = {{0}};
@@ -435,7 +391,7 @@ static void exact_probs(bn_engine *e, const int32_t *prompt, const int32_t *ext,
     uint32_t V = bn_engine_model(e)->cfg.n_vocab;
     int32_t x[PROMPT_LEN + 2];
     memcpy(x, prompt, PROMPT_LEN * sizeof *x);
-    memcpy(x + PROMPT_LEN, ext, (size_t)n_ext * sizeof *x);
+    if (n_ext > 0) memcpy(x + PROMPT_LEN, ext, (size_t)n_ext * sizeof *x);   /* ext may be NULL */
     bn_engine_reset(e);
     ck_assert(bn_engine_eval(e, x, PROMPT_LEN + (size_t)n_ext, NULL, &err) == 0);
     const float *l = bn_engine_logits(e);
@@ -457,7 +413,7 @@ static void exact_probs(bn_engine *e, const int32_t *prompt, const int32_t *ext,
 
 START_TEST(sampling_distribution_matches_exact)
 {
-    bn_model *m = open_model(path_t5);
+    bn_model *m = bn_test_open_model(path_t5);
     bn_engine *e = new_engine(m, 0, BN_LM_HEAD_F16);
     bn_error err = {{0}};
     uint32_t V = m->cfg.n_vocab;
@@ -570,7 +526,7 @@ END_TEST
 /* Every way a generation can end inside a pass leaves what plain decoding leaves. */
 START_TEST(stops_inside_a_pass)
 {
-    bn_model *m = open_model(path_t5);
+    bn_model *m = bn_test_open_model(path_t5);
     bn_error err = {{0}};
     bn_engine *e = new_engine(m, 0, BN_LM_HEAD_AUTO);
     bn_drafter *d = bn_drafter_new(e, 8, &err);
@@ -662,7 +618,7 @@ END_TEST
  * allocates the drafter and frees it (valgrind checks the freeing). */
 START_TEST(drafting_does_not_allocate)
 {
-    bn_model *m = open_model(path_t5);
+    bn_model *m = bn_test_open_model(path_t5);
     bn_error err = {{0}};
     bn_engine *e = new_engine(m, 0, BN_LM_HEAD_AUTO);
     bn_drafter *d = bn_drafter_new(e, 0, &err);
@@ -674,9 +630,9 @@ START_TEST(drafting_does_not_allocate)
     bn_gen_result r;
     for (int mode = BN_DRAFT_LOOKUP; mode <= BN_DRAFT_AUTO; mode++) {
         bn_gen_opts o = {.max_tokens = 200, .ignore_eos = 1, .draft = mode, .drafter = d};
-        long before = n_allocs;   /* (Check's assertions allocate: none around the call) */
+        long before = bn_test_n_allocs;   /* (Check's assertions allocate: none around the call) */
         int rc = bn_generate_opts(e, prompt, PROMPT_LEN, &s, &o, &r, &err);
-        long during = n_allocs - before;
+        long during = bn_test_n_allocs - before;
         ck_assert_msg(rc == 0, "%s", err.msg);
         ck_assert_msg(during == 0, "drafting allocated %ld times", during);
         ck_assert(r.proposed > 0);
@@ -691,7 +647,7 @@ END_TEST
 
 START_TEST(bad_options_fail_clearly)
 {
-    bn_model *m = open_model(path_t5);
+    bn_model *m = bn_test_open_model(path_t5);
     bn_error err = {{0}};
     bn_engine *e = new_engine(m, 0, BN_LM_HEAD_AUTO), *small = new_engine(m, 64, BN_LM_HEAD_AUTO);
     int32_t prompt[PROMPT_LEN];
@@ -762,27 +718,12 @@ static Suite *draft_suite(void)
 
 int main(void)
 {
-    const char *dir = getenv("BN_TEST_TMPDIR");
-    dir = dir && *dir ? dir : "/tmp";
     vg = getenv("BN_VALGRIND") != NULL;
-    snprintf(path_t5, sizeof path_t5, "%s/draft_tiny_t5.%ld.bin", dir, (long)getpid());
-    snprintf(path_i2, sizeof path_i2, "%s/draft_tiny_i2.%ld.bin", dir, (long)getpid());
-    /* The packer uses OpenMP and libgomp does not survive fork(): the models are written by a
-     * child, and this process starts its first OpenMP team afterwards. */
-    pid_t pid = fork();
-    if (pid == 0) {
-        bn_error err = {{0}};
-        int rc = write_model(BN_TERN_T5, path_t5, &err) || write_model(BN_TERN_I2, path_i2, &err);
-        if (rc) fprintf(stderr, "test_draft: cannot write the tiny models: %s\n", err.msg);
-        _exit(rc ? 1 : 0);
-    }
-    int status = 0;
-    if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        return EXIT_FAILURE;
-    SRunner *sr = srunner_create(draft_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    snprintf(path_t5, sizeof path_t5, "%s/draft_tiny_t5.%ld.bin", bn_test_tmpdir(), (long)getpid());
+    snprintf(path_i2, sizeof path_i2, "%s/draft_tiny_i2.%ld.bin", bn_test_tmpdir(), (long)getpid());
+    /* written by a child: this process starts its first OpenMP team afterwards */
+    if (bn_test_pack_pair_forked("test_draft", SHAPE, path_t5, path_i2)) return EXIT_FAILURE;
+    int failed = bn_test_run(draft_suite());
     remove(path_t5);
     remove(path_i2);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;

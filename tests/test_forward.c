@@ -29,18 +29,8 @@
 #include "model/source_synth.h"
 #include "model/synth.h"
 #include "text/tokenizer.h"
-
-/* ---- allocation counting (-Wl,--wrap=malloc,... in tests/engine.mk) ----------------------- */
-void *__real_malloc(size_t n);
-void *__real_calloc(size_t n, size_t m);
-void *__real_realloc(void *p, size_t n);
-void *__wrap_malloc(size_t n);
-void *__wrap_calloc(size_t n, size_t m);
-void *__wrap_realloc(void *p, size_t n);
-static long n_allocs;
-void *__wrap_malloc(size_t n) { n_allocs++; return __real_malloc(n); }
-void *__wrap_calloc(size_t n, size_t m) { n_allocs++; return __real_calloc(n, m); }
-void *__wrap_realloc(void *p, size_t n) { n_allocs++; return __real_realloc(p, n); }
+#include "engine_testutil.h"   /* bn_test_n_allocs: -Wl,--wrap=malloc,... in tests/engine.mk */
+#include "testutil.h"
 
 /* ============================================================================================
  * The naive reference
@@ -320,70 +310,32 @@ static double ref_perplexity(const ref_model *r, const int32_t *ids, size_t n, i
 static char path_t5[512], path_i2[512];
 static bn_synth tiny_sy;
 
-static const char *tmpdir(void)
-{
-    const char *d = getenv("BN_TEST_TMPDIR");
-    return d && *d ? d : "/tmp";
-}
-
-/* Writes the synthetic model `shape` (seed 1, built-in vocabulary) to path unless it exists.
- * Returns 0, or -1 with err set (callable outside a test: no ck_assert here). */
-static bn_vocab *synth_model(const char *shape, bn_synth *sy, bn_error *err)
-{
-    *sy = (bn_synth){.seed = 1};
-    if (bn_synth_shape(shape, &sy->cfg, err)) return NULL;
-    bn_vocab *v = bn_vocab_builtin(sy->cfg.n_vocab, err);
-    if (!v) return NULL;
-    sy->cfg.bos = v->bos;
-    sy->cfg.eos = v->eos;
-    sy->cfg.eot = v->eot;
-    return v;
-}
-
+/* Writes the synthetic model `shape` to path unless it exists; its definition to *sy_out if
+ * non-NULL. Returns 0, or -1 with err set (callable outside a test: no ck_assert here). */
 static int write_model(const char *shape, bn_tern_fmt fmt, const char *path, bn_synth *sy_out,
                        bn_error *err)
 {
-    bn_synth sy;
-    bn_vocab *v = synth_model(shape, &sy, err);
-    if (!v) return -1;
-    struct stat stt;
-    int rc = 0;
-    if (stat(path, &stt) != 0) {
-        bn_source *src;
-        bn_pack_opts po;
-        bn_pack_opts_default(&po);
-        po.tern = fmt;
-        po.lm_head_i8 = 1;
-        rc = bn_source_open_synth(&sy, v, &src, err);
-        if (rc == 0) {
-            rc = bn_pack_write(src, path, &po, err);
-            bn_source_close(src);
-        }
+    if (sy_out) {
+        bn_vocab *v = bn_test_synth(shape, sy_out, err);
+        if (!v) return -1;
+        bn_vocab_free(v);
     }
-    bn_vocab_free(v);
-    if (sy_out) *sy_out = sy;
-    return rc;
-}
-
-static bn_model *open_model(const char *path)
-{
-    bn_error err = {{0}};
-    bn_model *m = NULL;
-    ck_assert_msg(bn_model_open(path, &m, &err) == 0, "%s", err.msg);
-    return m;
+    struct stat stt;
+    if (stat(path, &stt) == 0) return 0;
+    bn_pack_opts po;
+    bn_pack_opts_default(&po);
+    po.tern = fmt;
+    return bn_test_pack_synth(shape, &po, path, err);
 }
 
 static bn_engine *new_engine(const bn_model *m, int threads, int lm_head, uint32_t batch)
 {
-    bn_error err = {{0}};
     bn_engine_opts o;
     bn_engine_opts_default(&o);
     o.n_threads = threads;
     o.lm_head = lm_head;
     o.batch = batch;
-    bn_engine *e = NULL;
-    ck_assert_msg(bn_engine_create(m, &o, &e, &err) == 0, "%s", err.msg);
-    return e;
+    return bn_test_engine(m, &o);
 }
 
 static ref_model tiny_ref(void)
@@ -458,7 +410,7 @@ START_TEST(logits_and_greedy_match_reference)
     int32_t ref_gen[32];
     int n_ref = ref_greedy(&r, prompt, PROMPT_LEN, 32, ref_gen);
 
-    bn_model *m = open_model(path);
+    bn_model *m = bn_test_open_model(path);
     bn_error err = {{0}};
     bn_isa chosen = bn_kernels_isa();   /* restored afterwards: tests share one process */
     for (int isa = 0; isa < BN_ISA_COUNT; isa++) {
@@ -496,7 +448,7 @@ END_TEST
 
 START_TEST(prefill_equals_token_by_token)
 {
-    bn_model *m = open_model(path_t5);
+    bn_model *m = bn_test_open_model(path_t5);
     bn_error err = {{0}};
     size_t V = m->cfg.n_vocab;
     int32_t prompt[PROMPT_LEN];
@@ -521,7 +473,7 @@ END_TEST
 
 START_TEST(prefix_reuse_equals_scratch)
 {
-    bn_model *m = open_model(path_t5);
+    bn_model *m = bn_test_open_model(path_t5);
     bn_error err = {{0}};
     int32_t p1[PROMPT_LEN], p2[PROMPT_LEN + 8];
     make_prompt(p1, PROMPT_LEN, &m->cfg);
@@ -574,7 +526,7 @@ END_TEST
 
 START_TEST(seeded_sampling_reproducible)
 {
-    bn_model *m = open_model(path_t5);
+    bn_model *m = bn_test_open_model(path_t5);
     bn_error err = {{0}};
     int32_t p[PROMPT_LEN];
     make_prompt(p, PROMPT_LEN, &m->cfg);
@@ -608,7 +560,7 @@ static int stop_after_3(int32_t id, void *user)
 
 START_TEST(generate_stops_and_does_not_allocate)
 {
-    bn_model *m = open_model(path_t5);
+    bn_model *m = bn_test_open_model(path_t5);
     bn_error err = {{0}};
     int32_t p[PROMPT_LEN];
     make_prompt(p, PROMPT_LEN, &m->cfg);
@@ -619,9 +571,9 @@ START_TEST(generate_stops_and_does_not_allocate)
     s.frequency_penalty = 0.2f;
     bn_engine *e = new_engine(m, 2, BN_LM_HEAD_AUTO, 0);
     bn_gen_result r;
-    long before = n_allocs;
+    long before = bn_test_n_allocs;
     int rc = bn_generate(e, p, PROMPT_LEN, &s, 50, NULL, NULL, &r, &err);
-    long during = n_allocs - before;
+    long during = bn_test_n_allocs - before;
     ck_assert_msg(rc == 0, "%s", err.msg);
     ck_assert_msg(during == 0, "bn_generate allocated %ld times", during);
     ck_assert(r.finish == BN_FINISH_LENGTH || r.finish == BN_FINISH_STOP);
@@ -651,7 +603,7 @@ END_TEST
 
 START_TEST(lm_head_i8_matches_reference)
 {
-    bn_model *m = open_model(path_t5);
+    bn_model *m = bn_test_open_model(path_t5);
     ck_assert_msg(m->lm_head_i8 != NULL, "the tiny model was written with an int8 lm_head");
     bn_error err = {{0}};
     ref_model r = tiny_ref();
@@ -684,7 +636,7 @@ END_TEST
 
 START_TEST(perplexity_matches_reference)
 {
-    bn_model *m = open_model(path_t5);
+    bn_model *m = bn_test_open_model(path_t5);
     bn_error err = {{0}};
     ref_model r = tiny_ref();
     enum { N = 150, CTX = 48 };   /* 3 windows, 2 tokens left over (ignored) */
@@ -715,14 +667,14 @@ START_TEST(cli_perplexity_matches_reference)
         return;
     }
     char txt[600], cmd[2048];
-    snprintf(txt, sizeof txt, "%s/engine_ppl.txt", tmpdir());
+    snprintf(txt, sizeof txt, "%s/engine_ppl.txt", bn_test_tmpdir());
     FILE *f = fopen(txt, "w");
     ck_assert(f != NULL);
     for (int i = 0; i < 6; i++)
         fprintf(f, "The quick brown fox jumps over the lazy dog %d times. Then it rests.\n", i * 7);
     fclose(f);
 
-    bn_model *m = open_model(path_t5);
+    bn_model *m = bn_test_open_model(path_t5);
     bn_error err = {{0}};
     bn_tokenizer *tk = bn_tokenizer_new(m->vocab, &err);
     ck_assert_msg(tk != NULL, "%s", err.msg);
@@ -787,12 +739,12 @@ START_TEST(activations_stay_in_reference_range_2b4t)
     int layers = env && atoi(env) > 0 ? atoi(env) : vg && *vg && strcmp(vg, "0") ? 1 : 30;
     char shape[96], path[600];
     snprintf(shape, sizeof shape, "2b4t,n_vocab=1024,n_layer=%d", layers);
-    snprintf(path, sizeof path, "%s/engine_2b4t_v1024_l%d.bin", tmpdir(), layers);
+    snprintf(path, sizeof path, "%s/engine_2b4t_v1024_l%d.bin", bn_test_tmpdir(), layers);
     bn_synth sy;
     bn_error werr = {{0}};
     remove(path);   /* regenerated each run: the synthetic model's definition may change */
     ck_assert_msg(write_model(shape, BN_TERN_T5, path, &sy, &werr) == 0, "%s", werr.msg);
-    bn_model *m = open_model(path);
+    bn_model *m = bn_test_open_model(path);
     bn_error err = {{0}};
     enum { T = 2 };
     int32_t ids[T] = {m->cfg.bos, 72};
@@ -833,7 +785,7 @@ END_TEST
  * with a message. */
 START_TEST(explicit_cpu_set)
 {
-    bn_model *m = open_model(path_t5);
+    bn_model *m = bn_test_open_model(path_t5);
     bn_error err = {{0}};
     cpu_set_t set;
     ck_assert(sched_getaffinity(0, sizeof set, &set) == 0);
@@ -996,9 +948,9 @@ static int bt_batched(const bn_model *m, int threads, int head, uint32_t n_seq, 
             }
         }
         if (n == 0) continue;
-        long a0 = n_allocs;   /* Check's asserts allocate: count the call alone */
+        long a0 = bn_test_n_allocs;   /* Check's asserts allocate: count the call alone */
         int rc = bn_engine_eval_batch(e, toks, n, rows, &err);
-        allocs += n_allocs - a0;
+        allocs += bn_test_n_allocs - a0;
         ck_assert_msg(rc == 0, "%s: %s", what, err.msg);
         for (int f = 0; f < nf; f++) {
             int s = flagged[f], r = slot_req[s], k = slot_k[s];
@@ -1027,7 +979,7 @@ static int bt_batched(const bn_model *m, int threads, int head, uint32_t n_seq, 
 START_TEST(batch_equals_each_sequence_alone)
 {
     const char *paths[2] = {path_t5, path_i2};
-    bn_model *m = open_model(paths[_i]);
+    bn_model *m = bn_test_open_model(paths[_i]);
     size_t V = m->cfg.n_vocab;
     bt_req rq[BT_REQS];
     bt_requests(rq, &m->cfg);
@@ -1064,7 +1016,7 @@ END_TEST
  * their own region only; the plan reports n_seq x n_ctx of KV. */
 START_TEST(batch_bad_input_and_sequence_accessors)
 {
-    bn_model *m = open_model(path_t5);
+    bn_model *m = bn_test_open_model(path_t5);
     bn_error err = {{0}};
     size_t V = m->cfg.n_vocab;
     bn_engine_opts o;
@@ -1155,30 +1107,15 @@ static Suite *forward_suite(void)
 
 int main(void)
 {
-    snprintf(path_t5, sizeof path_t5, "%s/engine_tiny_t5.bin", tmpdir());
-    snprintf(path_i2, sizeof path_i2, "%s/engine_tiny_i2.bin", tmpdir());
+    snprintf(path_t5, sizeof path_t5, "%s/engine_tiny_t5.bin", bn_test_tmpdir());
+    snprintf(path_i2, sizeof path_i2, "%s/engine_tiny_i2.bin", bn_test_tmpdir());
     remove(path_t5);   /* always fresh: the model code may have changed */
     remove(path_i2);
-    /* The packer uses OpenMP, and libgomp's thread pool does not survive fork(): a child forked
-     * by Check after the parent ran a parallel region hangs in its first one. So the models are
-     * written by a child of their own and this process never starts an OpenMP team. */
+    /* written by a child: this process never starts an OpenMP team (Check may fork it) */
+    if (bn_test_pack_pair_forked("test_forward", "tiny", path_t5, path_i2)) return EXIT_FAILURE;
     bn_error err = {{0}};
-    pid_t pid = fork();
-    if (pid == 0) {
-        int rc = write_model("tiny", BN_TERN_T5, path_t5, NULL, &err) ||
-                 write_model("tiny", BN_TERN_I2, path_i2, NULL, &err);
-        if (rc) fprintf(stderr, "test_forward: cannot write the tiny models: %s\n", err.msg);
-        _exit(rc ? 1 : 0);
-    }
-    int status = 0;
-    if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        return EXIT_FAILURE;
-    bn_vocab *v = synth_model("tiny", &tiny_sy, &err);   /* the definition the child wrote */
+    bn_vocab *v = bn_test_synth("tiny", &tiny_sy, &err);   /* the definition the child wrote */
     if (!v) return EXIT_FAILURE;
     bn_vocab_free(v);
-    SRunner *sr = srunner_create(forward_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return bn_test_run(forward_suite()) ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -12,46 +12,24 @@
 #include "kernels/half.h"
 #include "kernels/kernels.h"
 #include "kernels/kimpl.h"
+#include "testutil.h"
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
-/* Check's ck_assert records a mark point on every call (a pipe write in fork mode), which
- * dominates loops over millions of elements under valgrind; these only call into Check when
- * the condition fails. */
+/* BN_EXPECT_MSG's terse form (tests/testutil.h: why not ck_assert in long loops). */
 #define EXPECT(expr) \
     do { if (!(expr)) ck_abort_msg("Assertion '%s' failed (line %d)", #expr, __LINE__); } while (0)
-#define EXPECT_MSG(expr, ...) \
-    do { if (!(expr)) ck_abort_msg(__VA_ARGS__); } while (0)
-
-static uint64_t rng_state;
-static void rng_seed(uint64_t s) { rng_state = s * 0x9E3779B97F4A7C15ull + 1; }
-static uint32_t rng_u32(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (uint32_t)(rng_state >> 11);
-}
-static int rng_int(int lo, int hi) { return lo + (int)(rng_u32() % (uint32_t)(hi - lo + 1)); }
-static float rng_float(float lo, float hi) { return lo + (hi - lo) * (float)(rng_u32() & 0xffffff) / 16777216.0f; }
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    ck_assert_ptr_nonnull(p);
-    return p;
-}
 
 enum tern_kind { TK_RANDOM, TK_ALL_POS, TK_ALL_NEG, TK_ZERO, TK_SPARSE };
 static void fill_tern(int8_t *t, size_t n, enum tern_kind k)
 {
     for (size_t i = 0; i < n; i++) {
         switch (k) {
-        case TK_RANDOM: t[i] = (int8_t)rng_int(-1, 1); break;
+        case TK_RANDOM: t[i] = (int8_t)bn_test_rng_int(-1, 1); break;
         case TK_ALL_POS: t[i] = 1; break;
         case TK_ALL_NEG: t[i] = -1; break;
         case TK_ZERO: t[i] = 0; break;
-        case TK_SPARSE: t[i] = (int8_t)(rng_int(0, 9) == 0 ? rng_int(-1, 1) : 0); break;
+        case TK_SPARSE: t[i] = (int8_t)(bn_test_rng_int(0, 9) == 0 ? bn_test_rng_int(-1, 1) : 0); break;
         }
     }
 }
@@ -61,7 +39,7 @@ static void fill_act(int8_t *q, size_t n, size_t n_p, enum act_kind k)
 {
     for (size_t i = 0; i < n; i++) {
         switch (k) {
-        case AK_RANDOM: q[i] = (int8_t)rng_int(-128, 127); break;
+        case AK_RANDOM: q[i] = (int8_t)bn_test_rng_int(-128, 127); break;
         case AK_MAX_POS: q[i] = 127; break;
         case AK_MIN_NEG: q[i] = -128; break;
         case AK_ZERO: q[i] = 0; break;
@@ -76,19 +54,9 @@ static int y_equal(const float *a, const float *b, size_t n)
     return memcmp(a, b, n * sizeof(float)) == 0;
 }
 
-/* Loops over the variants this CPU supports (scalar included), printing the skipped ones once. */
-static int isa_ok(int isa)
-{
-    static int reported[BN_ISA_COUNT];
-    if (bn_kernels_isa_supported((bn_isa)isa)) return 1;
-    if (!reported[isa]) {
-        printf("test_kernels: SKIP variant %s (not supported on this CPU/build)\n", bn_isa_name((bn_isa)isa));
-        reported[isa] = 1;
-    }
-    return 0;
-}
 /* SIMD variants only: comparing the scalar reference with itself proves nothing. */
-#define FOR_EACH_ISA(isa) for (int isa = 1; isa < BN_ISA_COUNT; isa++) if (isa_ok(isa))
+#define FOR_EACH_ISA(isa) \
+    for (int isa = 1; isa < BN_ISA_COUNT; isa++) if (bn_test_isa_ok("test_kernels", isa))
 
 static const bn_tern_fmt fmts[2] = {BN_TERN_I2, BN_TERN_T5};
 
@@ -136,7 +104,7 @@ START_TEST(test_isa_env)
     /* unknown names fall back to the best variant (the child may see other CPU features than
      * this process, e.g. under valgrind, so only check that it chose a real one) */
     probe_isa("nonsense", got, sizeof got);
-    EXPECT_MSG(bn_isa_parse(got) >= 0, "BITNET_ISA=nonsense chose '%s'", got);
+    BN_EXPECT_MSG(bn_isa_parse(got) >= 0, "BITNET_ISA=nonsense chose '%s'", got);
     if (bn_kernels_isa_supported(BN_ISA_AVX2)) {
         probe_isa("avx2", got, sizeof got);
         ck_assert_str_eq(got, "avx2");
@@ -148,16 +116,16 @@ END_TEST
 
 static void roundtrip(bn_tern_fmt fmt, size_t rows, size_t cols, enum tern_kind k)
 {
-    int8_t *t = xmalloc(rows * cols), *u = xmalloc(cols + 1);
+    int8_t *t = bn_test_xmalloc(rows * cols), *u = bn_test_xmalloc(cols + 1);
     size_t sz = bn_tern_packed_size(fmt, rows, cols);
-    uint8_t *p = xmalloc(sz);
+    uint8_t *p = bn_test_xmalloc(sz);
     fill_tern(t, rows * cols, k);
     memset(p, 0xAA, sz);
     bn_tern_pack(fmt, t, rows, cols, p);
     for (size_t r = 0; r < rows; r++) {
         u[cols] = 77;
         bn_tern_unpack_row(fmt, p, rows, cols, r, u);
-        EXPECT_MSG(memcmp(u, t + r * cols, cols) == 0, "fmt %d %zux%zu row %zu", fmt, rows, cols, r);
+        BN_EXPECT_MSG(memcmp(u, t + r * cols, cols) == 0, "fmt %d %zux%zu row %zu", fmt, rows, cols, r);
         EXPECT(u[cols] == 77);
     }
     free(t), free(u), free(p);
@@ -165,12 +133,12 @@ static void roundtrip(bn_tern_fmt fmt, size_t rows, size_t cols, enum tern_kind 
 
 START_TEST(test_pack_roundtrip)
 {
-    rng_seed(1);
+    bn_test_rng_seed(1);
     for (int f = 0; f < 2; f++) {
         size_t sizes[][2] = {{1, 1}, {1, 20}, {16, 64}, {17, 65}, {33, 99}, {5, 321}, {48, 640}, {3, 7}};
         for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
             for (int k = 0; k < 5; k++) roundtrip(fmts[f], sizes[i][0], sizes[i][1], (enum tern_kind)k);
-        for (int it = 0; it < 20; it++) roundtrip(fmts[f], (size_t)rng_int(1, 70), (size_t)rng_int(1, 300), TK_RANDOM);
+        for (int it = 0; it < 20; it++) roundtrip(fmts[f], (size_t)bn_test_rng_int(1, 70), (size_t)bn_test_rng_int(1, 300), TK_RANDOM);
     }
 }
 END_TEST
@@ -230,10 +198,10 @@ START_TEST(test_quant_act_naive)
     EXPECT(s == (float)(127.0 / 1e-5));
     for (int i = 0; i < 5; i++) ck_assert_int_eq(q[i], 0);
     /* random: against the formula written out */
-    rng_seed(2);
+    bn_test_rng_seed(2);
     float xr[777];
     int8_t qr[800];
-    for (int i = 0; i < 777; i++) xr[i] = rng_float(-3.0f, 3.0f);
+    for (int i = 0; i < 777; i++) xr[i] = bn_test_rng_float(-3.0f, 3.0f);
     s = bn_quant_act_scalar(xr, 777, 800, qr);
     double m = 1e-5;
     for (int i = 0; i < 777; i++) m = fmax(m, fabs((double)xr[i]));
@@ -248,27 +216,27 @@ END_TEST
 
 static void check_quant_variants(const float *x, size_t n, size_t n_p)
 {
-    int8_t *ref = xmalloc(n_p), *got = xmalloc(n_p);
+    int8_t *ref = bn_test_xmalloc(n_p), *got = bn_test_xmalloc(n_p);
     float sref = bn_quant_act_scalar(x, n, n_p, ref);
     FOR_EACH_ISA(isa) {
         memset(got, 0x5a, n_p);
         float s = bn_ktab_get((bn_isa)isa)->quant_act(x, n, n_p, got);
-        EXPECT_MSG(memcmp(&s, &sref, 4) == 0, "%s n=%zu scale", bn_isa_name((bn_isa)isa), n);
-        EXPECT_MSG(memcmp(got, ref, n_p) == 0, "%s n=%zu", bn_isa_name((bn_isa)isa), n);
+        BN_EXPECT_MSG(memcmp(&s, &sref, 4) == 0, "%s n=%zu scale", bn_isa_name((bn_isa)isa), n);
+        BN_EXPECT_MSG(memcmp(got, ref, n_p) == 0, "%s n=%zu", bn_isa_name((bn_isa)isa), n);
     }
     free(ref), free(got);
 }
 
 START_TEST(test_quant_act_variants)
 {
-    rng_seed(3);
+    bn_test_rng_seed(3);
     for (int it = 0; it < 200; it++) {
-        size_t n = (size_t)rng_int(1, 3000), n_p = n + (size_t)rng_int(0, 70);
-        float *x = xmalloc(n * sizeof(float));
-        float amp = (float)pow(10.0, rng_int(-7, 4));
-        for (size_t i = 0; i < n; i++) x[i] = rng_float(-amp, amp);
+        size_t n = (size_t)bn_test_rng_int(1, 3000), n_p = n + (size_t)bn_test_rng_int(0, 70);
+        float *x = bn_test_xmalloc(n * sizeof(float));
+        float amp = (float)pow(10.0, bn_test_rng_int(-7, 4));
+        for (size_t i = 0; i < n; i++) x[i] = bn_test_rng_float(-amp, amp);
         if (it % 7 == 0) /* ties: a max of 127 makes s == 1 exactly */
-            for (size_t i = 0; i < n; i++) x[i] = (float)rng_int(-254, 254) * 0.5f;
+            for (size_t i = 0; i < n; i++) x[i] = (float)bn_test_rng_int(-254, 254) * 0.5f;
         if (it % 11 == 0) memset(x, 0, n * sizeof(float));
         check_quant_variants(x, n, n_p);
         free(x);
@@ -288,9 +256,9 @@ typedef struct tcase {
 static tcase tcase_make(bn_tern_fmt fmt, size_t rows, size_t cols, enum tern_kind k)
 {
     tcase c = {fmt, rows, cols, bn_tern_cols_padded(fmt, cols), NULL, NULL};
-    c.t = xmalloc(rows * cols);
+    c.t = bn_test_xmalloc(rows * cols);
     fill_tern(c.t, rows * cols, k);
-    c.w = xmalloc(bn_tern_packed_size(fmt, rows, cols));
+    c.w = bn_test_xmalloc(bn_tern_packed_size(fmt, rows, cols));
     bn_tern_pack(fmt, c.t, rows, cols, c.w);
     return c;
 }
@@ -304,20 +272,20 @@ static void gemv_ref(const bn_ktab *k, const tcase *c, const int8_t *q, float as
 
 START_TEST(test_gemv_scalar_naive)
 {
-    rng_seed(4);
+    bn_test_rng_seed(4);
     for (int f = 0; f < 2; f++)
         for (int it = 0; it < 30; it++) {
-            tcase c = tcase_make(fmts[f], (size_t)rng_int(1, 40), (size_t)rng_int(1, 400), (enum tern_kind)(it % 5));
-            int8_t *q = xmalloc(c.cols_p);
+            tcase c = tcase_make(fmts[f], (size_t)bn_test_rng_int(1, 40), (size_t)bn_test_rng_int(1, 400), (enum tern_kind)(it % 5));
+            int8_t *q = bn_test_xmalloc(c.cols_p);
             fill_act(q, c.cols, c.cols_p, (enum act_kind)(it % 5));
-            float *y = xmalloc(c.rows * sizeof(float));
-            float as = rng_float(0.5f, 100.0f), ws = rng_float(0.01f, 2.0f);
+            float *y = bn_test_xmalloc(c.rows * sizeof(float));
+            float as = bn_test_rng_float(0.5f, 100.0f), ws = bn_test_rng_float(0.01f, 2.0f);
             gemv_ref(&bn_ktab_scalar, &c, q, as, ws, y, 0, c.rows);
             for (size_t r = 0; r < c.rows; r++) {
                 int32_t acc = 0;
                 for (size_t j = 0; j < c.cols; j++) acc += c.t[r * c.cols + j] * q[j];
                 float want = (float)acc / as * ws;
-                EXPECT_MSG(memcmp(&want, &y[r], 4) == 0, "row %zu", r);
+                BN_EXPECT_MSG(memcmp(&want, &y[r], 4) == 0, "row %zu", r);
             }
             free(q), free(y);
             tcase_free(&c);
@@ -329,25 +297,25 @@ END_TEST
 static void check_tern_variant(int isa, const tcase *c, enum act_kind ak, size_t n)
 {
     const bn_ktab *ref = &bn_ktab_scalar, *k = bn_ktab_get((bn_isa)isa);
-    int8_t *q = xmalloc(n * c->cols_p);
-    float *as = xmalloc(n * sizeof(float));
+    int8_t *q = bn_test_xmalloc(n * c->cols_p);
+    float *as = bn_test_xmalloc(n * sizeof(float));
     for (size_t i = 0; i < n; i++) {
         fill_act(q + i * c->cols_p, c->cols, c->cols_p, ak);
-        as[i] = rng_float(0.1f, 300.0f);
+        as[i] = bn_test_rng_float(0.1f, 300.0f);
     }
-    float ws = rng_float(0.01f, 3.0f);
+    float ws = bn_test_rng_float(0.01f, 3.0f);
     size_t ldy = c->rows + 3;
-    float *y0 = xmalloc(n * ldy * sizeof(float)), *y1 = xmalloc(n * ldy * sizeof(float));
+    float *y0 = bn_test_xmalloc(n * ldy * sizeof(float)), *y1 = bn_test_xmalloc(n * ldy * sizeof(float));
     /* sub-ranges on tile boundaries, or ending at rows */
     size_t tiles = (c->rows + 15) / 16;
-    size_t t0 = tiles > 1 ? (size_t)rng_int(0, (int)tiles - 1) : 0;
+    size_t t0 = tiles > 1 ? (size_t)bn_test_rng_int(0, (int)tiles - 1) : 0;
     size_t r0s[3] = {0, t0 * 16, 0}, r1s[3] = {c->rows, c->rows, tiles > 1 ? 16 : c->rows};
     for (int s = 0; s < 3; s++) {
         size_t r0 = r0s[s], r1 = r1s[s];
         for (size_t i = 0; i < n * ldy; i++) y0[i] = y1[i] = -7.0f;
         gemv_ref(ref, c, q, as[0], ws, y0, r0, r1);
         gemv_ref(k, c, q, as[0], ws, y1, r0, r1);
-        EXPECT_MSG(y_equal(y0, y1, ldy), "gemv %s fmt %d %zux%zu [%zu,%zu)", bn_isa_name((bn_isa)isa),
+        BN_EXPECT_MSG(y_equal(y0, y1, ldy), "gemv %s fmt %d %zux%zu [%zu,%zu)", bn_isa_name((bn_isa)isa),
                       c->fmt, c->rows, c->cols, r0, r1);
         for (size_t i = 0; i < n * ldy; i++) y1[i] = -7.0f;
         (c->fmt == BN_TERN_T5 ? k->gemm_t5 : k->gemm_i2)(c->w, c->rows, c->cols, q, as, n, ws, y1, ldy, r0, r1);
@@ -355,7 +323,7 @@ static void check_tern_variant(int isa, const tcase *c, enum act_kind ak, size_t
             for (size_t j = 0; j < ldy; j++) y0[i * ldy + j] = -7.0f;
             gemv_ref(ref, c, q + i * c->cols_p, as[i], ws, y0 + i * ldy, r0, r1);
         }
-        EXPECT_MSG(y_equal(y0, y1, n * ldy), "gemm %s fmt %d %zux%zu n=%zu [%zu,%zu)",
+        BN_EXPECT_MSG(y_equal(y0, y1, n * ldy), "gemm %s fmt %d %zux%zu n=%zu [%zu,%zu)",
                       bn_isa_name((bn_isa)isa), c->fmt, c->rows, c->cols, n, r0, r1);
     }
     free(q), free(as), free(y0), free(y1);
@@ -363,13 +331,13 @@ static void check_tern_variant(int isa, const tcase *c, enum act_kind ak, size_t
 
 START_TEST(test_tern_variants_random)
 {
-    rng_seed(5);
+    bn_test_rng_seed(5);
     for (int f = 0; f < 2; f++)
         for (int it = 0; it < 40; it++) {
-            size_t rows = (size_t)rng_int(1, 80), cols = (size_t)rng_int(1, 700);
-            if (it % 4 == 0) rows = (size_t)rng_int(1, 6) * 16;
+            size_t rows = (size_t)bn_test_rng_int(1, 80), cols = (size_t)bn_test_rng_int(1, 700);
+            if (it % 4 == 0) rows = (size_t)bn_test_rng_int(1, 6) * 16;
             tcase c = tcase_make(fmts[f], rows, cols, TK_RANDOM);
-            size_t n = it % 3 == 0 ? 1 : (size_t)rng_int(1, 19);
+            size_t n = it % 3 == 0 ? 1 : (size_t)bn_test_rng_int(1, 19);
             FOR_EACH_ISA(isa) check_tern_variant(isa, &c, AK_RANDOM, n);
             tcase_free(&c);
         }
@@ -379,7 +347,7 @@ END_TEST
 /* Extremes: +-1 everywhere against +-128/127 activations saturate any int16 shortcut. */
 START_TEST(test_tern_variants_extremes)
 {
-    rng_seed(6);
+    bn_test_rng_seed(6);
     const size_t shapes[][2] = {{16, 700}, {64, 333}, {1, 1}, {17, 20}, {48, 64}};
     for (int f = 0; f < 2; f++) {
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
@@ -411,7 +379,7 @@ END_TEST
  * of the 6- and 4-token micro-kernels, several K slices, and row-tile group tails. */
 START_TEST(test_tern_gemm_many_tokens)
 {
-    rng_seed(7);
+    bn_test_rng_seed(7);
     for (int f = 0; f < 2; f++) {
         tcase c = tcase_make(fmts[f], 80, 2560, TK_RANDOM);
         FOR_EACH_ISA(isa) check_tern_variant(isa, &c, AK_RANDOM, 13);
@@ -428,18 +396,18 @@ END_TEST
  * format, bit for bit against n scalar GEMVs, on the full row range and an inner one. */
 START_TEST(test_tern_gemm_every_n)
 {
-    rng_seed(9);
+    bn_test_rng_seed(9);
     enum { NMAX = 70, ROWS = 16 * 5 + 3 };
     for (int f = 0; f < 2; f++) {
         tcase c = tcase_make(fmts[f], ROWS, 300, TK_RANDOM); /* 2 K slices in each path */
-        int8_t *q = xmalloc(NMAX * c.cols_p);
-        float as[NMAX], ws = rng_float(0.01f, 3.0f);
+        int8_t *q = bn_test_xmalloc(NMAX * c.cols_p);
+        float as[NMAX], ws = bn_test_rng_float(0.01f, 3.0f);
         for (size_t i = 0; i < NMAX; i++) {
             fill_act(q + i * c.cols_p, c.cols, c.cols_p, AK_RANDOM);
-            as[i] = rng_float(0.1f, 300.0f);
+            as[i] = bn_test_rng_float(0.1f, 300.0f);
         }
         const size_t ldy = ROWS + 1, r0s[2] = {0, 16}, r1s[2] = {ROWS, 48};
-        float *y0 = xmalloc(NMAX * ldy * sizeof(float)), *y1 = xmalloc(NMAX * ldy * sizeof(float));
+        float *y0 = bn_test_xmalloc(NMAX * ldy * sizeof(float)), *y1 = bn_test_xmalloc(NMAX * ldy * sizeof(float));
         for (size_t n = 1; n <= NMAX; n++)
             for (int s = 0; s < 2; s++) {
                 for (size_t i = 0; i < n * ldy; i++) y0[i] = -7.0f;
@@ -450,7 +418,7 @@ START_TEST(test_tern_gemm_every_n)
                     for (size_t i = 0; i < n * ldy; i++) y1[i] = -7.0f;
                     (c.fmt == BN_TERN_T5 ? k->gemm_t5 : k->gemm_i2)(c.w, c.rows, c.cols, q, as, n, ws, y1,
                                                                     ldy, r0s[s], r1s[s]);
-                    EXPECT_MSG(y_equal(y0, y1, n * ldy), "gemm %s fmt %d n=%zu [%zu,%zu)",
+                    BN_EXPECT_MSG(y_equal(y0, y1, n * ldy), "gemm %s fmt %d n=%zu [%zu,%zu)",
                                bn_isa_name((bn_isa)isa), c.fmt, n, r0s[s], r1s[s]);
                 }
             }
@@ -463,9 +431,9 @@ END_TEST
 /* The public entry points route through the forced variant. */
 START_TEST(test_tern_dispatch_public)
 {
-    rng_seed(8);
+    bn_test_rng_seed(8);
     tcase c = tcase_make(BN_TERN_T5, 40, 333, TK_RANDOM);
-    int8_t *q = xmalloc(c.cols_p);
+    int8_t *q = bn_test_xmalloc(c.cols_p);
     fill_act(q, c.cols, c.cols_p, AK_RANDOM);
     float y0[40], y1[40];
     gemv_ref(&bn_ktab_scalar, &c, q, 3.0f, 0.5f, y0, 0, 40);
@@ -491,15 +459,15 @@ static void assert_close(const float *a, const float *b, size_t n, double rel, d
 {
     for (size_t i = 0; i < n; i++) {
         double d = fabs((double)a[i] - (double)b[i]);
-        EXPECT_MSG(d <= abs_tol + rel * fabs((double)a[i]), "%s [%zu]: %.9g vs %.9g", what, i, a[i], b[i]);
+        BN_EXPECT_MSG(d <= abs_tol + rel * fabs((double)a[i]), "%s [%zu]: %.9g vs %.9g", what, i, a[i], b[i]);
     }
 }
 
 START_TEST(test_rmsnorm_naive)
 {
-    rng_seed(9);
+    bn_test_rng_seed(9);
     float x[2560], w[2560], out[2560];
-    for (int i = 0; i < 2560; i++) x[i] = rng_float(-4, 4), w[i] = rng_float(0, 2);
+    for (int i = 0; i < 2560; i++) x[i] = bn_test_rng_float(-4, 4), w[i] = bn_test_rng_float(0, 2);
     bn_rmsnorm_scalar(out, x, w, 2560, 1e-5f);
     double ss = 0;
     for (int i = 0; i < 2560; i++) ss += (double)x[i] * x[i];
@@ -515,8 +483,8 @@ START_TEST(test_rope_neox)
     EXPECT(inv[0] == 1.0f);
     EXPECT(fabs(inv[1] - pow(500000.0, -2.0 / 128)) < 1e-7);
     float x[2 * 128], x0[2 * 128];
-    rng_seed(10);
-    for (int i = 0; i < 256; i++) x0[i] = x[i] = rng_float(-1, 1);
+    bn_test_rng_seed(10);
+    for (int i = 0; i < 256; i++) x0[i] = x[i] = bn_test_rng_float(-1, 1);
     bn_rope_neox(x, 2, 128, 0, inv); /* position 0 is the identity */
     ck_assert_mem_eq(x, x0, sizeof x);
     int pos = 777;
@@ -535,9 +503,9 @@ END_TEST
 
 START_TEST(test_softmax_naive)
 {
-    rng_seed(11);
+    bn_test_rng_seed(11);
     float x[1000], y[1000];
-    for (int i = 0; i < 1000; i++) x[i] = rng_float(-30, 30);
+    for (int i = 0; i < 1000; i++) x[i] = bn_test_rng_float(-30, 30);
     memcpy(y, x, sizeof x);
     bn_softmax_scalar(y, 1000);
     double mx = -INFINITY, sum = 0, tot = 0;
@@ -571,7 +539,7 @@ START_TEST(test_f16_all_halves)
                 EXPECT((back[i] & 0x7c00) == 0x7c00 && (back[i] & 0x3ff));
                 continue;
             }
-            EXPECT_MSG(back[i] == h[i], "%s half %04x -> %g -> %04x", bn_isa_name((bn_isa)isa), i, f[i], back[i]);
+            BN_EXPECT_MSG(back[i] == h[i], "%s half %04x -> %g -> %04x", bn_isa_name((bn_isa)isa), i, f[i], back[i]);
             EXPECT(bn_f32_bits(f[i]) == bn_f32_bits(bn_f16_to_f32((uint16_t)i)));
         }
     }
@@ -581,12 +549,12 @@ END_TEST
 START_TEST(test_f32_to_f16_rounding)
 {
     /* ties to even and overflow, scalar vs SIMD on random bit patterns */
-    rng_seed(12);
+    bn_test_rng_seed(12);
     enum { N = 4099 };
-    float *f = xmalloc(N * sizeof(float));
-    uint16_t *a = xmalloc(N * 2), *b = xmalloc(N * 2);
+    float *f = bn_test_xmalloc(N * sizeof(float));
+    uint16_t *a = bn_test_xmalloc(N * 2), *b = bn_test_xmalloc(N * 2);
     for (int i = 0; i < N; i++) {
-        uint32_t u = rng_u32() << 1 ^ rng_u32();
+        uint32_t u = bn_test_rng_u32() << 1 ^ bn_test_rng_u32();
         if ((u & 0x7f800000u) == 0x7f800000u) u &= ~0x00800000u; /* no NaN/inf here */
         if (i % 3 == 0) u = (u & 0x8fffffffu) | 0x38000000u;     /* around half range */
         f[i] = bn_f32_from_bits(u);
@@ -607,13 +575,13 @@ END_TEST
 
 START_TEST(test_float_variants)
 {
-    rng_seed(13);
+    bn_test_rng_seed(13);
     FOR_EACH_ISA(isa) {
         const bn_ktab *k = bn_ktab_get((bn_isa)isa);
         for (int it = 0; it < 20; it++) {
-            size_t n = (size_t)rng_int(1, 7000);
-            float *x = xmalloc(n * 4), *w = xmalloc(n * 4), *a = xmalloc(n * 4), *b = xmalloc(n * 4);
-            for (size_t i = 0; i < n; i++) x[i] = rng_float(-5, 5), w[i] = rng_float(-2, 2);
+            size_t n = (size_t)bn_test_rng_int(1, 7000);
+            float *x = bn_test_xmalloc(n * 4), *w = bn_test_xmalloc(n * 4), *a = bn_test_xmalloc(n * 4), *b = bn_test_xmalloc(n * 4);
+            for (size_t i = 0; i < n; i++) x[i] = bn_test_rng_float(-5, 5), w[i] = bn_test_rng_float(-2, 2);
             bn_rmsnorm_scalar(a, x, w, n, 1e-5f);
             k->rmsnorm(b, x, w, n, 1e-5f);
             assert_close(a, b, n, 1e-5, 1e-6, "rmsnorm");
@@ -632,22 +600,22 @@ END_TEST
 
 START_TEST(test_attn_variants)
 {
-    rng_seed(14);
+    bn_test_rng_seed(14);
     const int hd = 128;
     const size_t stride = 640, maxpos = 1100;
-    uint16_t *k = xmalloc(maxpos * stride * 2), *v = xmalloc(maxpos * stride * 2);
+    uint16_t *k = bn_test_xmalloc(maxpos * stride * 2), *v = bn_test_xmalloc(maxpos * stride * 2);
     for (size_t i = 0; i < maxpos * stride; i++) {
-        k[i] = bn_f32_to_f16(rng_float(-2, 2));
-        v[i] = bn_f32_to_f16(rng_float(-2, 2));
+        k[i] = bn_f32_to_f16(bn_test_rng_float(-2, 2));
+        v[i] = bn_f32_to_f16(bn_test_rng_float(-2, 2));
     }
-    float q[128], o0[128], o1[128], *sc = xmalloc(maxpos * 4);
-    for (int i = 0; i < hd; i++) q[i] = rng_float(-2, 2);
+    float q[128], o0[128], o1[128], *sc = bn_test_xmalloc(maxpos * 4);
+    for (int i = 0; i < hd; i++) q[i] = bn_test_rng_float(-2, 2);
     size_t npos[] = {1, 2, 7, 16, 33, 1100};
     /* naive in double for the scalar reference */
     for (size_t t = 0; t < sizeof npos / sizeof npos[0]; t++) {
         size_t np = npos[t];
         bn_attn_head_scalar(o0, q, k, v, np, stride, hd, 0.0883883f, sc);
-        double *p = xmalloc(np * sizeof(double)), mx = -INFINITY, sum = 0;
+        double *p = bn_test_xmalloc(np * sizeof(double)), mx = -INFINITY, sum = 0;
         for (size_t j = 0; j < np; j++) {
             double s = 0;
             for (int d = 0; d < hd; d++) s += (double)q[d] * bn_f16_to_f32(k[j * stride + d]);
@@ -658,7 +626,7 @@ START_TEST(test_attn_variants)
         for (int d = 0; d < hd; d++) {
             double e = 0;
             for (size_t j = 0; j < np; j++) e += p[j] / sum * bn_f16_to_f32(v[j * stride + d]);
-            EXPECT_MSG(fabs(e - o0[d]) < 1e-4, "attn naive %zu %d", np, d);
+            BN_EXPECT_MSG(fabs(e - o0[d]) < 1e-4, "attn naive %zu %d", np, d);
         }
         free(p);
         FOR_EACH_ISA(isa) {
@@ -668,8 +636,8 @@ START_TEST(test_attn_variants)
         }
     }
     /* the GQA group entry point: n_q single-head calls of the same variant, bit for bit */
-    float qg[5 * 128], og[5 * 128], oh[5 * 128], *scg = xmalloc(5 * maxpos * 4);
-    for (int i = 0; i < 5 * 128; i++) qg[i] = rng_float(-2, 2);
+    float qg[5 * 128], og[5 * 128], oh[5 * 128], *scg = bn_test_xmalloc(5 * maxpos * 4);
+    for (int i = 0; i < 5 * 128; i++) qg[i] = bn_test_rng_float(-2, 2);
     for (int isa = 0; isa < BN_ISA_COUNT; isa++) {
         if (!bn_kernels_isa_supported((bn_isa)isa)) continue;
         const bn_ktab *kt = bn_ktab_get((bn_isa)isa);
@@ -679,7 +647,7 @@ START_TEST(test_attn_variants)
                 kt->attn_group(og, qg, nq, k + 256, v + 256, np, stride, hd, 0.0883883f, scg);
                 for (int h = 0; h < nq; h++)
                     kt->attn_head(oh + h * 128, qg + h * 128, k + 256, v + 256, np, stride, hd, 0.0883883f, sc);
-                EXPECT_MSG(memcmp(og, oh, (size_t)nq * 128 * 4) == 0, "attn_group %s n_q=%d n_pos=%zu",
+                BN_EXPECT_MSG(memcmp(og, oh, (size_t)nq * 128 * 4) == 0, "attn_group %s n_q=%d n_pos=%zu",
                            bn_isa_name((bn_isa)isa), nq, np);
             }
     }
@@ -690,16 +658,16 @@ END_TEST
 
 START_TEST(test_lm_head_variants)
 {
-    rng_seed(15);
+    bn_test_rng_seed(15);
     for (int it = 0; it < 8; it++) {
-        size_t rows = (size_t)rng_int(1, 40), cols = (size_t)rng_int(1, 1500);
+        size_t rows = (size_t)bn_test_rng_int(1, 40), cols = (size_t)bn_test_rng_int(1, 1500);
         if (it == 0) cols = 2560, rows = 37;
         if (it == 2) cols = 9000, rows = 6; /* beyond the VNNI kernel's activation buffer */
         size_t cp = bn_round_up(cols, 64);
-        float *m = xmalloc(rows * cols * 4), *sc = xmalloc(rows * 4), *x = xmalloc(cp * 4);
-        int8_t *w = xmalloc(rows * cp), *qx = xmalloc(cp);
-        uint16_t *h = xmalloc(rows * cols * 2);
-        for (size_t i = 0; i < rows * cols; i++) m[i] = rng_float(-1, 1), h[i] = bn_f32_to_f16(m[i]);
+        float *m = bn_test_xmalloc(rows * cols * 4), *sc = bn_test_xmalloc(rows * 4), *x = bn_test_xmalloc(cp * 4);
+        int8_t *w = bn_test_xmalloc(rows * cp), *qx = bn_test_xmalloc(cp);
+        uint16_t *h = bn_test_xmalloc(rows * cols * 2);
+        for (size_t i = 0; i < rows * cols; i++) m[i] = bn_test_rng_float(-1, 1), h[i] = bn_f32_to_f16(m[i]);
         if (it == 1) for (size_t i = 0; i < rows * cols; i++) m[i] = i % 2 ? -1.0f : 1.0f;
         for (size_t r = 0; r < rows; r++) bn_quant_rows_i8(m + r * cols, cols, cp, w + r * cp, sc + r);
         for (size_t r = 0; r < rows; r++)
@@ -707,10 +675,10 @@ START_TEST(test_lm_head_variants)
                 EXPECT(w[r * cp + c] >= -127);
                 EXPECT(fabs(w[r * cp + c] * sc[r] - m[r * cols + c]) <= sc[r] * 0.5001 + 1e-7);
             }
-        for (size_t c = 0; c < cols; c++) x[c] = rng_float(-3, 3);
+        for (size_t c = 0; c < cols; c++) x[c] = bn_test_rng_float(-3, 3);
         float xs = bn_quant_act_scalar(x, cols, cp, qx);
         if (it == 1) memset(qx, 0x80, cols); /* -128 everywhere */
-        float *y0 = xmalloc(rows * 4), *y1 = xmalloc(rows * 4);
+        float *y0 = bn_test_xmalloc(rows * 4), *y1 = bn_test_xmalloc(rows * 4);
         bn_gemv_i8row_scalar(w, sc, cols, cp, qx, xs, y0, 0, rows);
         for (size_t r = 0; r < rows; r++) {
             int32_t acc = 0;
@@ -718,8 +686,8 @@ START_TEST(test_lm_head_variants)
             float e = (float)acc / xs * sc[r];
             EXPECT(memcmp(&e, &y0[r], 4) == 0);
         }
-        float *f16ref = xmalloc(rows * 4);
-        double *mag = xmalloc(rows * sizeof(double));
+        float *f16ref = bn_test_xmalloc(rows * 4);
+        double *mag = bn_test_xmalloc(rows * sizeof(double));
         bn_gemv_f16_scalar(h, cols, x, f16ref, 0, rows);
         for (size_t r = 0; r < rows; r++) {
             mag[r] = 0;
@@ -731,13 +699,13 @@ START_TEST(test_lm_head_variants)
             for (size_t r = 0; r < rows; r++) y1[r] = y0[r];
             y1[r0] = -1;
             k->gemv_i8row(w, sc, cols, cp, qx, xs, y1 + 0, r0, rows);
-            EXPECT_MSG(y_equal(y0, y1, rows), "i8row %s", bn_isa_name((bn_isa)isa));
+            BN_EXPECT_MSG(y_equal(y0, y1, rows), "i8row %s", bn_isa_name((bn_isa)isa));
             for (size_t r = 0; r < rows; r++) y1[r] = f16ref[r];
             y1[r0] = -1;
             k->gemv_f16(h, cols, x, y1, r0, rows);
             /* dot products of mixed-sign terms: the error bound scales with sum |terms| */
             for (size_t r = 0; r < rows; r++)
-                EXPECT_MSG(fabs(f16ref[r] - y1[r]) <= 1e-6 * mag[r] + 1e-6, "f16 gemv %s row %zu",
+                BN_EXPECT_MSG(fabs(f16ref[r] - y1[r]) <= 1e-6 * mag[r] + 1e-6, "f16 gemv %s row %zu",
                               bn_isa_name((bn_isa)isa), r);
         }
         free(f16ref), free(mag);
@@ -775,9 +743,5 @@ int main(int argc, char **argv)
         puts(bn_isa_name(bn_kernels_isa()));
         return 0;
     }
-    SRunner *sr = srunner_create(kernels_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return bn_test_run(kernels_suite()) ? EXIT_FAILURE : EXIT_SUCCESS;
 }

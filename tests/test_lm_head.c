@@ -18,73 +18,43 @@
 #include "model/source_synth.h"
 #include "model/synth.h"
 #include "text/tokenizer.h"
+#include "testutil.h"
 
-/* Check's ck_assert records a mark point per call; these call into Check only on failure. */
-#define EXPECT_MSG(expr, ...) \
-    do { if (!(expr)) ck_abort_msg(__VA_ARGS__); } while (0)
-
-static uint64_t rng_state;
-static void rng_seed(uint64_t s) { rng_state = s * 0x9E3779B97F4A7C15ull + 1; }
-static uint32_t rng_u32(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (uint32_t)(rng_state >> 11);
-}
-static int rng_int(int lo, int hi) { return lo + (int)(rng_u32() % (uint32_t)(hi - lo + 1)); }
-static float rng_float(float lo, float hi) { return lo + (hi - lo) * (float)(rng_u32() & 0xffffff) / 16777216.0f; }
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    ck_assert_ptr_nonnull(p);
-    return p;
-}
-
-static int isa_ok(int isa)
-{
-    static int reported[BN_ISA_COUNT];
-    if (bn_kernels_isa_supported((bn_isa)isa)) return 1;
-    if (!reported[isa]) {
-        printf("test_lm_head: SKIP variant %s (not supported on this CPU/build)\n", bn_isa_name((bn_isa)isa));
-        reported[isa] = 1;
-    }
-    return 0;
-}
-#define FOR_EACH_ISA(isa) for (int isa = 0; isa < BN_ISA_COUNT; isa++) if (isa_ok(isa))
+/* Every variant this CPU supports, scalar included (the skipped ones are printed once). */
+#define FOR_EACH_ISA(isa) \
+    for (int isa = 0; isa < BN_ISA_COUNT; isa++) if (bn_test_isa_ok("test_lm_head", isa))
 
 /* ---- batched int8 GEMM == m GEMV calls --------------------------------------------------- */
 
 /* rows x cp int8 weights in [-127, 127] (extremes included), m activation rows of stride ldq. */
 static void i8_case(size_t rows, size_t cols, size_t m, int extreme)
 {
-    size_t cp = bn_round_up(cols, 64), ldq = cp + 64 * (size_t)rng_int(0, 1);
-    int8_t *w = xmalloc(rows * cp), *q = xmalloc(m * ldq);
-    float *sc = xmalloc(rows * 4), *xs = xmalloc(m * 4);
-    float *want = xmalloc(m * rows * 4), *got = xmalloc(m * rows * 4);
+    size_t cp = bn_round_up(cols, 64), ldq = cp + 64 * (size_t)bn_test_rng_int(0, 1);
+    int8_t *w = bn_test_xmalloc(rows * cp), *q = bn_test_xmalloc(m * ldq);
+    float *sc = bn_test_xmalloc(rows * 4), *xs = bn_test_xmalloc(m * 4);
+    float *want = bn_test_xmalloc(m * rows * 4), *got = bn_test_xmalloc(m * rows * 4);
     for (size_t r = 0; r < rows; r++) {
-        sc[r] = rng_float(1e-4f, 1e-2f);
+        sc[r] = bn_test_rng_float(1e-4f, 1e-2f);
         for (size_t c = 0; c < cp; c++)
-            w[r * cp + c] = c >= cols ? 0 : (int8_t)(extreme ? (c + r) % 2 ? 127 : -127 : rng_int(-127, 127));
+            w[r * cp + c] = c >= cols ? 0 : (int8_t)(extreme ? (c + r) % 2 ? 127 : -127 : bn_test_rng_int(-127, 127));
     }
     for (size_t t = 0; t < m; t++) {
-        xs[t] = rng_float(1.0f, 100.0f);
+        xs[t] = bn_test_rng_float(1.0f, 100.0f);
         for (size_t c = 0; c < ldq; c++)
-            q[t * ldq + c] = c >= cols ? 0 : (int8_t)(extreme ? (c % 2 ? -128 : 127) : rng_int(-128, 127));
+            q[t * ldq + c] = c >= cols ? 0 : (int8_t)(extreme ? (c % 2 ? -128 : 127) : bn_test_rng_int(-128, 127));
     }
     for (size_t t = 0; t < m; t++)
         bn_gemv_i8row_scalar(w, sc, cols, cp, q + t * ldq, xs[t], want + t * rows, 0, rows);
     FOR_EACH_ISA(isa) {
         const bn_ktab *k = bn_ktab_get((bn_isa)isa);
         /* any row range: the first and last rows of the block untouched, and tails of 1..3 */
-        size_t r0 = rows > 5 ? (size_t)rng_int(0, 3) : 0, r1 = rows > 5 ? rows - (size_t)rng_int(0, 2) : rows;
+        size_t r0 = rows > 5 ? (size_t)bn_test_rng_int(0, 3) : 0, r1 = rows > 5 ? rows - (size_t)bn_test_rng_int(0, 2) : rows;
         for (size_t i = 0; i < m * rows; i++) got[i] = -1.0f;
         k->gemm_i8row(w, sc, cols, cp, q, ldq, xs, m, got, rows, r0, r1);
         for (size_t t = 0; t < m; t++)
             for (size_t r = 0; r < rows; r++) {
                 float e = r >= r0 && r < r1 ? want[t * rows + r] : -1.0f;
-                EXPECT_MSG(memcmp(&e, &got[t * rows + r], 4) == 0,
+                BN_EXPECT_MSG(memcmp(&e, &got[t * rows + r], 4) == 0,
                            "gemm_i8row %s rows=%zu cols=%zu m=%zu token %zu row %zu: %g != %g",
                            bn_isa_name((bn_isa)isa), rows, cols, m, t, r, got[t * rows + r], e);
             }
@@ -94,8 +64,8 @@ static void i8_case(size_t rows, size_t cols, size_t m, int extreme)
 
 START_TEST(gemm_i8row_equals_gemv)
 {
-    rng_seed(21);
-    for (size_t m = 1; m <= 70; m++) i8_case((size_t)rng_int(1, 23), (size_t)rng_int(1, 300), m, 0);
+    bn_test_rng_seed(21);
+    for (size_t m = 1; m <= 70; m++) i8_case((size_t)bn_test_rng_int(1, 23), (size_t)bn_test_rng_int(1, 300), m, 0);
     i8_case(37, 2560, 8, 0);     /* the 2b4t row width */
     i8_case(9, 9000, 3, 0);      /* beyond the decode kernel's activation buffer */
     i8_case(13, 200, 5, 1);      /* +-127 weights against -128/127 activations: no saturation */
@@ -105,12 +75,12 @@ END_TEST
 
 START_TEST(gemm_i8row_public_dispatch)
 {
-    rng_seed(22);
+    bn_test_rng_seed(22);
     size_t rows = 20, cols = 100, cp = 128, m = 3;
-    int8_t *w = xmalloc(rows * cp), *q = xmalloc(m * cp);
+    int8_t *w = bn_test_xmalloc(rows * cp), *q = bn_test_xmalloc(m * cp);
     float sc[20], xs[3], want[60], got[60];
-    for (size_t i = 0; i < rows * cp; i++) w[i] = (int8_t)(i % cp < cols ? rng_int(-127, 127) : 0);
-    for (size_t i = 0; i < m * cp; i++) q[i] = (int8_t)(i % cp < cols ? rng_int(-128, 127) : 0);
+    for (size_t i = 0; i < rows * cp; i++) w[i] = (int8_t)(i % cp < cols ? bn_test_rng_int(-127, 127) : 0);
+    for (size_t i = 0; i < m * cp; i++) q[i] = (int8_t)(i % cp < cols ? bn_test_rng_int(-128, 127) : 0);
     for (size_t r = 0; r < rows; r++) sc[r] = 0.01f;
     for (size_t t = 0; t < m; t++) xs[t] = 3.0f + (float)t;
     for (size_t t = 0; t < m; t++) bn_gemv_i8row(w, sc, cols, cp, q + t * cp, xs[t], want + t * rows, 0, rows);
@@ -122,38 +92,17 @@ END_TEST
 
 /* ---- models ------------------------------------------------------------------------------- */
 
-static const char *tmpdir(void)
-{
-    const char *d = getenv("BN_TEST_TMPDIR");
-    return d && *d ? d : "/tmp";
-}
-
 /* Writes the synthetic model `shape` (seed 1) to dir/name unless it is there; opens it. */
 static bn_model *synth_open(const char *shape, const char *name)
 {
     char path[512];
-    snprintf(path, sizeof path, "%s/%s", tmpdir(), name);
-    mkdir(tmpdir(), 0700);
+    snprintf(path, sizeof path, "%s/%s", bn_test_tmpdir(), name);
+    mkdir(bn_test_tmpdir(), 0700);
     bn_error err = {{0}};
     struct stat st;
-    if (stat(path, &st) != 0) {
-        bn_synth sy = {.seed = 1};
-        ck_assert_msg(bn_synth_shape(shape, &sy.cfg, &err) == 0, "%s", err.msg);
-        bn_vocab *v = bn_vocab_builtin(sy.cfg.n_vocab, &err);
-        ck_assert_msg(v != NULL, "%s", err.msg);
-        sy.cfg.bos = v->bos, sy.cfg.eos = v->eos, sy.cfg.eot = v->eot;
-        bn_source *src = NULL;
-        bn_pack_opts po;
-        bn_pack_opts_default(&po);
-        ck_assert_msg(bn_source_open_synth(&sy, v, &src, &err) == 0, "%s", err.msg);
-        int rc = bn_pack_write(src, path, &po, &err);
-        bn_source_close(src);
-        bn_vocab_free(v);
-        ck_assert_msg(rc == 0, "%s", err.msg);
-    }
-    bn_model *m = NULL;
-    ck_assert_msg(bn_model_open(path, &m, &err) == 0, "%s", err.msg);
-    return m;
+    if (stat(path, &st) != 0)
+        ck_assert_msg(bn_test_pack_synth(shape, NULL, path, &err) == 0, "%s", err.msg);
+    return bn_test_open_model(path);
 }
 
 static bn_engine *engine(const bn_model *m, int head, uint32_t n_seq)
@@ -163,10 +112,7 @@ static bn_engine *engine(const bn_model *m, int head, uint32_t n_seq)
     o.n_threads = 2;
     o.lm_head = head;
     o.n_seq = n_seq;
-    bn_engine *e = NULL;
-    bn_error err = {{0}};
-    ck_assert_msg(bn_engine_create(m, &o, &e, &err) == 0, "%s", err.msg);
-    return e;
+    return bn_test_engine(m, &o);
 }
 
 /* ---- the batched engine head == the single-token head --------------------------------- */
@@ -182,7 +128,7 @@ static void batch_equals_one(const bn_model *m, int head, uint32_t n)
         ids[i] = (int32_t)((i * 37 + 11) % (V - 3)) + 3;
         toks[i] = (bn_batch_tok){ids[i], 0, 1};
     }
-    float *want = xmalloc((size_t)n * V * 4), *got = xmalloc((size_t)n * V * 4);
+    float *want = bn_test_xmalloc((size_t)n * V * 4), *got = bn_test_xmalloc((size_t)n * V * 4);
     bn_error err = {{0}};
     FOR_EACH_ISA(isa) {
         ck_assert_int_eq(bn_kernels_force((bn_isa)isa), 0);
@@ -191,7 +137,7 @@ static void batch_equals_one(const bn_model *m, int head, uint32_t n)
         bn_engine_reset(e);
         ck_assert_msg(bn_engine_eval_batch(e, toks, n, got, &err) == 0, "%s", err.msg);
         for (uint32_t t = 0; t < n; t++)
-            EXPECT_MSG(memcmp(want + (size_t)t * V, got + (size_t)t * V, (size_t)V * 4) == 0,
+            BN_EXPECT_MSG(memcmp(want + (size_t)t * V, got + (size_t)t * V, (size_t)V * 4) == 0,
                        "%s head %d: batched logits of token %u of %u differ", bn_isa_name((bn_isa)isa),
                        head, t, n);
         bn_engine_free(e);
@@ -242,10 +188,10 @@ static uint32_t check_h(bn_engine *scr, bn_engine *ref, const float *h, float ma
     bn_lm_head_one(ref, h, yf);
     bn_engine_lm_stats(scr, &st, 1);
     uint32_t a = argmax(yf, V), b = argmax(ys, V);
-    EXPECT_MSG(a == b, "%s: screened argmax %u (%.9g) != f16 argmax %u (%.9g)", what, b, ys[b], a, yf[a]);
+    BN_EXPECT_MSG(a == b, "%s: screened argmax %u (%.9g) != f16 argmax %u (%.9g)", what, b, ys[b], a, yf[a]);
     for (uint32_t r = 0; r < V; r++)
         if (yf[r] >= yf[a] - margin)
-            EXPECT_MSG(memcmp(&ys[r], &yf[r], 4) == 0, "%s: row %u within the margin %g: %.9g != %.9g",
+            BN_EXPECT_MSG(memcmp(&ys[r], &yf[r], 4) == 0, "%s: row %u within the margin %g: %.9g != %.9g",
                        what, r, margin, ys[r], yf[r]);
     ck_assert_uint_eq(st.tokens, 1);
     return (uint32_t)st.rescored;
@@ -269,8 +215,8 @@ static void screen_exactness(const char *shape, const char *file, int n_rand, in
     bn_model *m = synth_open(shape, file);
     ck_assert_ptr_nonnull(m->lm_head_i8_err);
     const uint32_t E = m->cfg.n_embd, V = m->cfg.n_vocab;
-    float *h = xmalloc(E * 4), *t = xmalloc(E * 4), *wa = xmalloc(E * 4), *wb = xmalloc(E * 4);
-    float *ys = xmalloc((size_t)V * 4), *yf = xmalloc((size_t)V * 4);
+    float *h = bn_test_xmalloc(E * 4), *t = bn_test_xmalloc(E * 4), *wa = bn_test_xmalloc(E * 4), *wb = bn_test_xmalloc(E * 4);
+    float *ys = bn_test_xmalloc((size_t)V * 4), *yf = bn_test_xmalloc((size_t)V * 4);
     uint64_t rescored = 0, n = 0;
     uint32_t most = 0;
     FOR_EACH_ISA(isa) {
@@ -278,19 +224,19 @@ static void screen_exactness(const char *shape, const char *file, int n_rand, in
         ck_assert_int_eq(bn_kernels_force((bn_isa)isa), 0);
         bn_engine *scr = engine(m, BN_LM_HEAD_SCREEN, 1), *ref = engine(m, BN_LM_HEAD_F16, 1);
         char what[96];
-        rng_seed(31);
+        bn_test_rng_seed(31);
         for (int it = 0; it < n_rand + n_tie; it++) {
             if (it < n_rand) {
                 float sc = it % 3 == 0 ? 1.0f : it % 3 == 1 ? 1e-3f : 50.0f;
-                for (uint32_t i = 0; i < E; i++) h[i] = sc * rng_float(-1, 1) * (i % 7 == 0 ? 4.0f : 1.0f);
+                for (uint32_t i = 0; i < E; i++) h[i] = sc * bn_test_rng_float(-1, 1) * (i % 7 == 0 ? 4.0f : 1.0f);
             } else {
-                uint32_t a = (uint32_t)rng_int(0, (int)V - 1), b = (uint32_t)rng_int(0, (int)V - 1);
+                uint32_t a = (uint32_t)bn_test_rng_int(0, (int)V - 1), b = (uint32_t)bn_test_rng_int(0, (int)V - 1);
                 row_f32(m, a, wa), row_f32(m, b, wb);
                 double aa = 0, ab = 0, bb = 0;
                 for (uint32_t i = 0; i < E; i++) aa += wa[i] * wa[i], ab += wa[i] * wb[i], bb += wb[i] * wb[i];
                 double det = aa * bb - ab * ab, al = (bb - ab) / det, be = (aa - ab) / det;
                 for (uint32_t i = 0; i < E; i++)
-                    t[i] = (float)(al * wa[i] + be * wb[i]) * 40.0f + 1e-3f * rng_float(-1, 1);
+                    t[i] = (float)(al * wa[i] + be * wb[i]) * 40.0f + 1e-3f * bn_test_rng_float(-1, 1);
                 aim(m, t, h);
             }
             snprintf(what, sizeof what, "%s %s state %d", shape, bn_isa_name((bn_isa)isa), it);
@@ -339,7 +285,7 @@ START_TEST(screen_greedy_positions_tiny)
         ck_assert_msg(bn_engine_eval(scr, &id, 1, NULL, &err) == 0, "%s", err.msg);
         ck_assert_msg(bn_engine_eval(ref, &id, 1, NULL, &err) == 0, "%s", err.msg);
         uint32_t a = argmax(bn_engine_logits(ref), V), b = argmax(bn_engine_logits(scr), V);
-        EXPECT_MSG(a == b, "position %d: screened %u != f16 %u", p, b, a);
+        BN_EXPECT_MSG(a == b, "position %d: screened %u != f16 %u", p, b, a);
         id = (int32_t)(p % 5 == 4 ? (uint32_t)(p * 31 + 7) % V : a);   /* some forced turns */
     }
     bn_lm_stats st;
@@ -375,15 +321,15 @@ START_TEST(old_file_without_bounds)
 {
     bn_model *m0 = synth_open("tiny", "lmh-tiny.bnpk");
     char src[512], dst[512];
-    snprintf(src, sizeof src, "%s/lmh-tiny.bnpk", tmpdir());
-    snprintf(dst, sizeof dst, "%s/lmh-tiny-1.0.bnpk", tmpdir());
+    snprintf(src, sizeof src, "%s/lmh-tiny.bnpk", bn_test_tmpdir());
+    snprintf(dst, sizeof dst, "%s/lmh-tiny-1.0.bnpk", bn_test_tmpdir());
     bn_model_close(m0);
     FILE *f = fopen(src, "rb");
     ck_assert_ptr_nonnull(f);
     fseek(f, 0, SEEK_END);
     size_t len = (size_t)ftell(f);
     fseek(f, 0, SEEK_SET);
-    uint8_t *buf = xmalloc(len);
+    uint8_t *buf = bn_test_xmalloc(len);
     ck_assert_uint_eq(fread(buf, 1, len, f), len);
     fclose(f);
     bn_file_header hd;
@@ -422,7 +368,7 @@ START_TEST(stored_bounds_hold)
 {
     bn_model *m = synth_open("tiny", "lmh-tiny.bnpk");
     const uint32_t E = m->cfg.n_embd, cp = m->lm_head_cols_padded;
-    float *w = xmalloc(E * 4);
+    float *w = bn_test_xmalloc(E * 4);
     for (uint32_t r = 0; r < m->cfg.n_vocab; r++) {
         row_f32(m, r, w);
         double e2 = 0, n2 = 0, s = m->lm_head_i8_scale[r];
@@ -430,9 +376,9 @@ START_TEST(stored_bounds_hold)
             double q = (double)m->lm_head_i8[(size_t)r * cp + i] * s;
             e2 += (w[i] - q) * (w[i] - q), n2 += q * q;
         }
-        EXPECT_MSG(m->lm_head_i8_err[r] >= sqrt(e2) && m->lm_head_i8_err[r] <= sqrt(e2) * 1.0001 + 1e-30,
+        BN_EXPECT_MSG(m->lm_head_i8_err[r] >= sqrt(e2) && m->lm_head_i8_err[r] <= sqrt(e2) * 1.0001 + 1e-30,
                    "row %u err %g vs %g", r, m->lm_head_i8_err[r], sqrt(e2));
-        EXPECT_MSG(m->lm_head_i8_norm[r] >= sqrt(n2) && m->lm_head_i8_norm[r] <= sqrt(n2) * 1.0001 + 1e-30,
+        BN_EXPECT_MSG(m->lm_head_i8_norm[r] >= sqrt(n2) && m->lm_head_i8_norm[r] <= sqrt(n2) * 1.0001 + 1e-30,
                    "row %u norm %g vs %g", r, m->lm_head_i8_norm[r], sqrt(n2));
     }
     free(w);
@@ -464,9 +410,5 @@ static Suite *lm_head_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(lm_head_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return bn_test_run(lm_head_suite()) ? EXIT_FAILURE : EXIT_SUCCESS;
 }

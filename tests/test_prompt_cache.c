@@ -14,6 +14,7 @@
 #include "server/channel.h"
 #include "server/prompt_cache.h"
 #include "testutil.h"
+#include "worker_harness.h"   /* its inline helpers only: no worker is linked */
 
 /* ---- the cache alone ------------------------------------------------------------------- */
 
@@ -425,21 +426,10 @@ static Suite *pcache_suite(void)
 
 int main(void)
 {
-    char tiny[512], cmd[2048];
+    char tiny[512];
     snprintf(tiny, sizeof tiny, "%s", bn_test_path("pcache_tiny.bnpk"));
-    const char *bitnet = getenv("BN_BITNET");
-    snprintf(cmd, sizeof cmd, "'%s' mkmodel tiny '%s' >/dev/null", bitnet && *bitnet ? bitnet : "./bitnet",
-             tiny);
-    bn_error err = {{0}};
-    if (bn_test_sh(cmd) || bn_model_open(tiny, &m_tiny, &err)) {
-        fprintf(stderr, "test_prompt_cache: cannot make or open the tiny model: %s\n", err.msg);
-        return EXIT_FAILURE;
-    }
-    SRunner *sr = srunner_create(pcache_suite());
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    if (bn_tw_open_model("test_prompt_cache", "tiny", tiny, &m_tiny, NULL)) return EXIT_FAILURE;
+    int failed = bn_tw_run_nofork(pcache_suite());
     bn_model_close(m_tiny);
     remove(tiny);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;

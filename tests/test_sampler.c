@@ -7,18 +7,8 @@
 #include <string.h>
 
 #include "engine/engine.h"
-
-/* ---- allocation counting (-Wl,--wrap=malloc,...) ---------------------------------------- */
-void *__real_malloc(size_t n);
-void *__real_calloc(size_t n, size_t m);
-void *__real_realloc(void *p, size_t n);
-void *__wrap_malloc(size_t n);
-void *__wrap_calloc(size_t n, size_t m);
-void *__wrap_realloc(void *p, size_t n);
-static long n_allocs;
-void *__wrap_malloc(size_t n) { n_allocs++; return __real_malloc(n); }
-void *__wrap_calloc(size_t n, size_t m) { n_allocs++; return __real_calloc(n, m); }
-void *__wrap_realloc(void *p, size_t n) { n_allocs++; return __real_realloc(p, n); }
+#include "engine_testutil.h"   /* bn_test_n_allocs: -Wl,--wrap=malloc,... in tests/engine.mk */
+#include "testutil.h"
 
 #define V 8
 
@@ -238,13 +228,13 @@ static void draw_sequence(bn_sampler *s, uint64_t seed, int32_t *out, int n, uin
     float *base = malloc(nv * sizeof *base), *l = malloc(nv * sizeof *l);
     for (uint32_t i = 0; i < nv; i++) base[i] = (float)sin(i * 0.7) * 2.0f;
     bn_sampler_start(s, &p, NULL, 0);
-    long before = n_allocs;
+    long before = bn_test_n_allocs;
     for (int i = 0; i < n; i++) {
         memcpy(l, base, nv * sizeof *l);
         out[i] = bn_sampler_sample(s, l);
         bn_sampler_accept(s, out[i]);
     }
-    ck_assert_int_eq(n_allocs, before);   /* nothing allocated in the token loop */
+    ck_assert_int_eq(bn_test_n_allocs, before);   /* nothing allocated in the token loop */
     free(base);
     free(l);
 }
@@ -278,14 +268,14 @@ START_TEST(no_allocation_with_every_filter)
     float *l = malloc(nv * sizeof *l);
     int32_t prompt[3] = {1, 2, 3};
     bn_sampler_start(s, &p, prompt, 3);
-    long before = n_allocs;
+    long before = bn_test_n_allocs;
     int32_t ids[20];
     for (int i = 0; i < 20; i++) {   /* no ck_assert inside: Check itself allocates */
         for (uint32_t j = 0; j < nv; j++) l[j] = (float)((j * 2654435761u) % 1000) / 300.0f;
         ids[i] = bn_sampler_sample(s, l);
         bn_sampler_accept(s, ids[i]);
     }
-    ck_assert_int_eq(n_allocs, before);
+    ck_assert_int_eq(bn_test_n_allocs, before);
     for (int i = 0; i < 20; i++) ck_assert(ids[i] >= 0 && ids[i] < (int32_t)nv);
     free(l);
     bn_sampler_free(s);
@@ -342,9 +332,5 @@ static Suite *sampler_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(sampler_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return bn_test_run(sampler_suite()) ? EXIT_FAILURE : EXIT_SUCCESS;
 }

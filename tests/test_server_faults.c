@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "server_harness.h"
 
@@ -22,18 +21,6 @@
 #define LONG_STREAM "{\"prompt\":\"a\",\"max_tokens\":3500,\"ignore_eos\":true,\"stream\":true}"
 #define LONG_PLAIN "{\"prompt\":\"a\",\"max_tokens\":3500,\"ignore_eos\":true}"
 #define SHORT_PLAIN "{\"prompt\":\"hello\",\"max_tokens\":8,\"ignore_eos\":true}"
-
-static void teardown_all(void)
-{
-    bn_srv_stop_all();
-}
-
-static bn_srv *start(const char *conf)
-{
-    bn_srv *s = bn_srv_start(conf, NULL);
-    ck_assert_msg(s != NULL, "bitnetd did not start with:\n%s", conf);
-    return s;
-}
 
 /* A short completion must succeed with exactly 8 tokens. */
 static void assert_short_ok(bn_srv *s, const char *what)
@@ -77,27 +64,6 @@ static void send_only(bn_srv *s, bn_conn *c, const char *body)
     char *req = bn_http_format("POST", "/v1/completions", NULL, body, &n);
     ck_assert_int_eq(bn_conn_send(c, req, n, BN_HTTP_MS), 0);
     free(req);
-}
-
-static int queue_length(bn_srv *s)
-{
-    json_t *j;
-    int len = -1;
-    if (bn_http_get_json(s->port, "/health", &j) == 200)
-        len = (int)IJ(json_object_get(j, "queue"), "length");
-    json_decref(j);
-    return len;
-}
-
-static int wait_queue_length(bn_srv *s, int want, int timeout_ms)
-{
-    double end = bn_now() + timeout_ms / 1000.0;
-    int len;
-    while ((len = queue_length(s)) != want && bn_now() < end) {
-        struct timespec ts = {0, 20 * 1000000L};
-        nanosleep(&ts, NULL);
-    }
-    return len;
 }
 
 /* A 503 for a full or timed-out queue: Retry-After in whole seconds and the OpenAI body. */
@@ -148,7 +114,7 @@ static long trickle(bn_srv *s, size_t limit, int check)
  * slow machine cannot drop the trickler before the checks). */
 START_TEST(slow_client_does_not_block)
 {
-    bn_srv *s = start("client_timeout = 60s\n");
+    bn_srv *s = bn_srv_start_ok("client_timeout = 60s\n");
     long closed = trickle(s, 8, 1);
     ck_assert_msg(closed < 0 || closed > 6, "the slow connection was dropped after %ld bytes, "
                   "before the other clients were checked", closed);
@@ -162,7 +128,7 @@ END_TEST
  * nginx's client_header_timeout does, not only the gap between two bytes. */
 START_TEST(slow_client_dropped)
 {
-    bn_srv *s = start("client_timeout = 2s\n");
+    bn_srv *s = bn_srv_start_ok("client_timeout = 2s\n");
     long closed = trickle(s, 45, 0);
     ck_assert_msg(closed >= 0, "a client sending 1 byte / 200 ms kept its connection for 45 bytes "
                                "(9 s, client_timeout 2s)");
@@ -174,7 +140,7 @@ END_TEST
 /* A connection that sends nothing is closed after client_timeout. */
 START_TEST(idle_client)
 {
-    bn_srv *s = start("client_timeout = 1s\n");
+    bn_srv *s = bn_srv_start_ok("client_timeout = 1s\n");
     bn_conn c;
     ck_assert_int_eq(bn_conn_open(&c, s->port), 0);
     ck_assert_msg(bn_conn_wait_closed(&c, 10000) == 1, "an idle connection stayed open 10 s");
@@ -201,7 +167,7 @@ END_TEST
  * queued stream gets ": ping" comments; once the running one is cancelled the queued finish. */
 START_TEST(queue_full)
 {
-    bn_srv *s = start("slots = 1\nqueue_size = 2\nping_interval = 200ms\nqueue_timeout = 60s\n");
+    bn_srv *s = bn_srv_start_ok("slots = 1\nqueue_size = 2\nping_interval = 200ms\nqueue_timeout = 60s\n");
     bn_sse run, q1;
     open_running_stream(s, &run, LONG_STREAM);
 
@@ -211,7 +177,7 @@ START_TEST(queue_full)
     ck_assert_int_eq(q1.head.status, 200);
     bn_conn q2;
     send_only(s, &q2, "{\"prompt\":\"c\",\"max_tokens\":5,\"ignore_eos\":true}");
-    ck_assert_int_eq(wait_queue_length(s, 2, 10000), 2);
+    ck_assert_int_eq(bn_srv_wait_queue_length(s->port, 2, 10000), 2);
 
     bn_http_resp r;   /* the queue is full: plain and streaming requests are refused */
     ck_assert_int_eq(bn_http_req(s->port, "POST", "/v1/completions", NULL, SHORT_PLAIN, &r,
@@ -251,7 +217,7 @@ START_TEST(queue_full)
     json_decref(j);
     bn_http_resp_free(&r);
     bn_conn_close(&q2);
-    ck_assert_int_eq(queue_length(s), 0);
+    ck_assert_int_eq(bn_srv_queue_length(s->port), 0);
     ck_assert(bn_srv_metric(s->port, "bitnetd_requests_rejected_total", NULL) >= 2);
     bn_srv_stop(s, 10000);
 }
@@ -261,7 +227,7 @@ END_TEST
  * then [DONE] when its head was already sent for pings). */
 START_TEST(queue_timeout)
 {
-    bn_srv *s = start("slots = 1\nqueue_size = 4\nqueue_timeout = 500ms\nping_interval = 200ms\n");
+    bn_srv *s = bn_srv_start_ok("slots = 1\nqueue_size = 4\nqueue_timeout = 500ms\nping_interval = 200ms\n");
     bn_sse run;
     open_running_stream(s, &run, LONG_STREAM);
     bn_http_resp r;
@@ -314,7 +280,7 @@ static void assert_cancelled(bn_srv *s, double g0, int cancelled_max, const char
 
 START_TEST(cancel_stream)
 {
-    bn_srv *s = start("");
+    bn_srv *s = bn_srv_start_ok("");
     double g0 = gen_tokens(s);
     bn_sse run;
     open_running_stream(s, &run, LONG_STREAM);
@@ -331,7 +297,7 @@ END_TEST
 
 START_TEST(cancel_nonstream)
 {
-    bn_srv *s = start("");
+    bn_srv *s = bn_srv_start_ok("");
     double g0 = gen_tokens(s);
     bn_conn c;
     send_only(s, &c, LONG_PLAIN);
@@ -345,7 +311,7 @@ END_TEST
 /* 4000 prompt tokens in 64-token prefill chunks: the client leaves during the prefill. */
 START_TEST(cancel_prefill)
 {
-    bn_srv *s = start("prefill_chunk = 64\n");
+    bn_srv *s = bn_srv_start_ok("prefill_chunk = 64\n");
     double g0 = gen_tokens(s);
     size_t cap = 32768, n = 0;
     char *body = malloc(cap);
@@ -368,31 +334,9 @@ END_TEST
 
 /* ---- killed workers ---------------------------------------------------------------------- */
 
-/* Polls /v1/status until worker 0 runs a new, idle process; returns its restarts count. */
-static long wait_respawn(bn_srv *s, pid_t old)
-{
-    double end = bn_now() + 30;
-    while (bn_now() < end) {
-        json_t *j;
-        if (bn_http_get_json(s->port, "/v1/status", &j) == 200) {
-            json_t *w = json_array_get(json_object_get(j, "workers"), 0);
-            pid_t pid = (pid_t)IJ(w, "pid");
-            const char *st = SJ(w, "state");
-            long restarts = IJ(w, "restarts");
-            int ok = pid > 0 && pid != old && st && !strcmp(st, "idle");
-            json_decref(j);
-            if (ok) return restarts;
-        }
-        struct timespec ts = {0, 50 * 1000000L};
-        nanosleep(&ts, NULL);
-    }
-    ck_abort_msg("worker 0 was not respawned within 30 s");
-    return -1;
-}
-
 START_TEST(kill_worker_streaming)
 {
-    bn_srv *s = start("workers = 2\n");
+    bn_srv *s = bn_srv_start_ok("workers = 2\n");
     /* both workers up first: with slots, a worker that is not ready yet would leave both
      * streams to the other one (the picker spreads by busy slots among ready workers) */
     ck_assert_int_eq(bn_srv_wait_workers(s->port, "idle", 30000), 0);
@@ -427,7 +371,7 @@ START_TEST(kill_worker_streaming)
     bn_stream_result_free(&ra);
     bn_stream_result_free(&rb);
 
-    ck_assert_int_eq(wait_respawn(s, pids[0]), 1);
+    ck_assert_int_eq(bn_srv_wait_respawn(s->port, pids[0]), 1);
     ck_assert(!bn_pid_alive(pids[0]));
     assert_short_ok(s, "after a worker was killed");
     assert_short_ok(s, "after a worker was killed (2)");
@@ -437,7 +381,7 @@ END_TEST
 
 START_TEST(kill_worker_nonstreaming)
 {
-    bn_srv *s = start("");
+    bn_srv *s = bn_srv_start_ok("");
     bn_conn c;
     send_only(s, &c, LONG_PLAIN);
     ck_assert_int_eq(bn_srv_wait_workers(s->port, "busy", 10000), 0);
@@ -453,21 +397,13 @@ START_TEST(kill_worker_nonstreaming)
     json_decref(j);
     bn_http_resp_free(&r);
     bn_conn_close(&c);
-    ck_assert_int_eq(wait_respawn(s, pid), 1);
+    ck_assert_int_eq(bn_srv_wait_respawn(s->port, pid), 1);
     assert_short_ok(s, "after a worker was killed");
     bn_srv_stop(s, 10000);
 }
 END_TEST
 
-/* One case per test: a failure's teardown stops only that test's server. */
-#define ADD(s, t)                                          \
-    do {                                                   \
-        TCase *tc_ = tcase_create(#t);                     \
-        tcase_add_checked_fixture(tc_, NULL, teardown_all); \
-        tcase_set_timeout(tc_, 120);                       \
-        tcase_add_test(tc_, t);                            \
-        suite_add_tcase(s, tc_);                           \
-    } while (0)
+#define ADD(s, t) BN_SRV_ADD_TEST(s, t, 120)   /* one case per test */
 
 static Suite *suite(void)
 {

@@ -25,18 +25,6 @@
 #define BATCH_LONG "{\"prompt\":\"batch job\",\"max_tokens\":3000,\"ignore_eos\":true,\"stream\":true," \
                    "\"priority\":5}"
 
-static void teardown_all(void)
-{
-    bn_srv_stop_all();
-}
-
-static bn_srv *start(const char *conf)
-{
-    bn_srv *s = bn_srv_start(conf, NULL);
-    ck_assert_msg(s != NULL, "bitnetd did not start with:\n%s", conf);
-    return s;
-}
-
 static void sleep_ms(int ms)
 {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -76,24 +64,6 @@ static char *seeded_body(size_t n, int seed, const char *extra)
 }
 
 /* ---- server state ------------------------------------------------------------------------- */
-
-static int queue_length(bn_srv *s)
-{
-    json_t *j;
-    int len = -1;
-    if (bn_http_get_json(s->port, "/health", &j) == 200) len = (int)IJ(json_object_get(j, "queue"), "length");
-    json_decref(j);
-    return len;
-}
-
-/* Polls until the queue holds want requests (bounded); returns the last length seen. */
-static int wait_queue_length(bn_srv *s, int want, int timeout_ms)
-{
-    double end = bn_now() + timeout_ms / 1000.0;
-    int len;
-    while ((len = queue_length(s)) != want && bn_now() < end) sleep_ms(20);
-    return len;
-}
 
 /* workers[i].requests of /v1/status (requests dispatched to each worker): how many workers. */
 static int worker_requests(bn_srv *s, long *req, int max)
@@ -144,27 +114,6 @@ static double metric(bn_srv *s, const char *name)
     double v = bn_srv_metric(s->port, name, NULL);
     ck_assert_msg(v >= 0, "/metrics has no %s", name);
     return v;
-}
-
-/* Polls /v1/status until worker 0 runs a new, idle process; returns its restarts count. */
-static long wait_respawn(bn_srv *s, pid_t old)
-{
-    double end = bn_now() + 30;
-    while (bn_now() < end) {
-        json_t *j;
-        if (bn_http_get_json(s->port, "/v1/status", &j) == 200) {
-            json_t *w = json_array_get(json_object_get(j, "workers"), 0);
-            pid_t pid = (pid_t)IJ(w, "pid");
-            const char *st = SJ(w, "state");
-            long restarts = IJ(w, "restarts");
-            int ok = pid > 0 && pid != old && st && !strcmp(st, "idle");
-            json_decref(j);
-            if (ok) return restarts;
-        }
-        sleep_ms(50);
-    }
-    ck_abort_msg("worker 0 was not respawned within 30 s");
-    return -1;
 }
 
 /* ---- streams ------------------------------------------------------------------------------ */
@@ -283,7 +232,7 @@ START_TEST(same_results_with_and_without_slots)
     ref_long[0] = got_long[0] = 0;
 
     /* without slots: one at a time, on a worker that behaves as before slots existed */
-    bn_srv *r = start("slots = 1\nprompt_cache_mb = 0\nprefill_chunk = 64\n");
+    bn_srv *r = bn_srv_start_ok("slots = 1\nprompt_cache_mb = 0\nprefill_chunk = 64\n");
     bn_sse s;
     sse_open_ok(&s, r->port, "/v1/completions", NULL, lb);
     read_running(&s, L_PREFIX_EVENTS, ref_long, sizeof ref_long);
@@ -295,7 +244,7 @@ START_TEST(same_results_with_and_without_slots)
     bn_srv_stop(r, 10000);
 
     /* with slots: the long one runs throughout, the four join it (at different steps) */
-    bn_srv *b = start("slots = 5\nprefill_chunk = 64\n");
+    bn_srv *b = bn_srv_start_ok("slots = 5\nprefill_chunk = 64\n");
     long busy, total;
     worker_slots(b, 0, &busy, &total);
     ck_assert_int_eq(total, 5);
@@ -303,7 +252,7 @@ START_TEST(same_results_with_and_without_slots)
     sse_open_ok(&l, b->port, "/v1/completions", NULL, lb);
     read_running(&l, 4, got_long, sizeof got_long);
     for (int i = 0; i < N_CMP; i++) sse_open_ok(&c[i], b->port, paths[i], NULL, bodies[i]);
-    ck_assert_int_eq(queue_length(b), 0);   /* all five on the one worker */
+    ck_assert_int_eq(bn_srv_queue_length(b->port), 0);   /* all five on the one worker */
     for (int i = 0; i < N_CMP; i++) cmp_collect(&c[i], &got[i], "with slots");
     /* the long request is still running: the four ran beside it, not after it */
     ck_assert_int_eq((long)metric(b, "vllm:num_requests_running"), 1);
@@ -363,7 +312,7 @@ static json_t *post_on(bn_srv *s, const char *body, int *worker)
 
 START_TEST(affinity_after_side_requests)
 {
-    bn_srv *s = start("workers = 2\nslots = 2\n");
+    bn_srv *s = bn_srv_start_ok("workers = 2\nslots = 2\n");
     ck_assert_int_eq(bn_srv_wait_workers(s->port, "idle", 30000), 0);
     int conv[CONV_LEN + 12], w1, w;
     make_ids(conv, CONV_LEN, 50);
@@ -408,35 +357,49 @@ END_TEST
 
 /* ---- 3. priority under saturation --------------------------------------------------------- */
 
+/* One batch request running on the only free slot and two more queued behind it. */
+static void batch_backlog(bn_srv *s, bn_sse *b1, bn_sse *b2, bn_sse *b3)
+{
+    sse_open_ok(b1, s->port, "/v1/completions", NULL, BATCH_LONG);
+    read_running(b1, 1, NULL, 0);
+    sse_send(b2, s->port, "/v1/completions", NULL, BATCH_LONG);
+    ck_assert_msg(bn_srv_wait_queue_length(s->port, 1, 10000) == 1,
+                  "the second batch request did not queue (did it take the reserved slot?)");
+    sse_send(b3, s->port, "/v1/completions", NULL, BATCH_LONG);
+    ck_assert_int_eq(bn_srv_wait_queue_length(s->port, 2, 10000), 2);
+}
+
+/* A slot has freed: the older waiting batch request (b2) runs, the newer (b3) still waits.
+ * Closes both. */
+static void oldest_batch_runs_next(bn_srv *s, bn_sse *b2, bn_sse *b3)
+{
+    sse_head(b2, BN_HTTP_MS);
+    read_running(b2, 1, NULL, 0);
+    ck_assert_int_eq(bn_srv_wait_queue_length(s->port, 1, 10000), 1);
+    bn_sse_close(b2);
+    bn_sse_close(b3);
+}
+
 /* One slot: a batch request runs, two more batch requests wait, then an interactive one
  * arrives. When the slot frees, the interactive one runs first: it has its first token while
  * both batch requests queued before it are still waiting. */
 START_TEST(priority_queue_order)
 {
-    bn_srv *s = start("slots = 1\nreserved_slots = 0\nping_interval = 60s\n");
+    bn_srv *s = bn_srv_start_ok("slots = 1\nreserved_slots = 0\nping_interval = 60s\n");
     bn_sse b1, b2, b3, in;
-    sse_open_ok(&b1, s->port, "/v1/completions", NULL, BATCH_LONG);
-    read_running(&b1, 1, NULL, 0);
-    sse_send(&b2, s->port, "/v1/completions", NULL, BATCH_LONG);
-    ck_assert_int_eq(wait_queue_length(s, 1, 10000), 1);
-    sse_send(&b3, s->port, "/v1/completions", NULL, BATCH_LONG);
-    ck_assert_int_eq(wait_queue_length(s, 2, 10000), 2);
+    batch_backlog(s, &b1, &b2, &b3);
     sse_send(&in, s->port, "/v1/completions", NULL,
              "{\"prompt\":\"interactive\",\"max_tokens\":3000,\"ignore_eos\":true,\"stream\":true,\"priority\":0}");
-    ck_assert_int_eq(wait_queue_length(s, 3, 10000), 3);
+    ck_assert_int_eq(bn_srv_wait_queue_length(s->port, 3, 10000), 3);
 
     bn_sse_close(&b1);   /* the slot frees */
     sse_head(&in, BN_HTTP_MS);
     read_running(&in, 1, NULL, 0);
-    ck_assert_msg(queue_length(s) == 2, "the interactive request has its first token, yet %d of the 2 batch "
-                  "requests queued before it are still waiting", queue_length(s));
+    ck_assert_msg(bn_srv_queue_length(s->port) == 2, "the interactive request has its first token, yet %d of the 2 batch "
+                  "requests queued before it are still waiting", bn_srv_queue_length(s->port));
 
     bn_sse_close(&in);   /* then the batch requests, oldest first */
-    sse_head(&b2, BN_HTTP_MS);
-    read_running(&b2, 1, NULL, 0);
-    ck_assert_int_eq(wait_queue_length(s, 1, 10000), 1);
-    bn_sse_close(&b2);
-    bn_sse_close(&b3);
+    oldest_batch_runs_next(s, &b2, &b3);
     bn_srv_stop(s, 10000);
 }
 END_TEST
@@ -445,33 +408,24 @@ END_TEST
  * arriving later starts at once and finishes while the batch requests queued before it wait. */
 START_TEST(priority_reserved_slot)
 {
-    bn_srv *s = start("slots = 2\nreserved_slots = 1\nping_interval = 60s\n");
+    bn_srv *s = bn_srv_start_ok("slots = 2\nreserved_slots = 1\nping_interval = 60s\n");
     bn_sse b1, b2, b3, in;
-    sse_open_ok(&b1, s->port, "/v1/completions", NULL, BATCH_LONG);
-    read_running(&b1, 1, NULL, 0);
-    sse_send(&b2, s->port, "/v1/completions", NULL, BATCH_LONG);
-    ck_assert_msg(wait_queue_length(s, 1, 10000) == 1, "a batch request took the reserved slot");
-    sse_send(&b3, s->port, "/v1/completions", NULL, BATCH_LONG);
-    ck_assert_int_eq(wait_queue_length(s, 2, 10000), 2);
+    batch_backlog(s, &b1, &b2, &b3);
 
     sse_open_ok(&in, s->port, "/v1/completions", NULL,
                 "{\"prompt\":\"interactive\",\"max_tokens\":16,\"ignore_eos\":true," STREAM_USAGE "}");
-    ck_assert_msg(queue_length(s) == 2, "the interactive request has its first token, yet only %d batch "
-                  "requests wait", queue_length(s));
+    ck_assert_msg(bn_srv_queue_length(s->port) == 2, "the interactive request has its first token, yet only %d batch "
+                  "requests wait", bn_srv_queue_length(s->port));
     bn_stream_result r;
     ck_assert_int_eq(bn_sse_collect(&in, &r, 60000), 0);
     bn_sse_close(&in);
     ck_assert(r.done && r.n_errors == 0);
     ck_assert_int_eq(stream_completion_tokens(&r), 16);
     bn_stream_result_free(&r);
-    ck_assert_int_eq(queue_length(s), 2);   /* the reserved slot stays reserved */
+    ck_assert_int_eq(bn_srv_queue_length(s->port), 2);   /* the reserved slot stays reserved */
 
     bn_sse_close(&b1);   /* a batch slot frees: the oldest waiting batch request takes it */
-    sse_head(&b2, BN_HTTP_MS);
-    read_running(&b2, 1, NULL, 0);
-    ck_assert_int_eq(wait_queue_length(s, 1, 10000), 1);
-    bn_sse_close(&b2);
-    bn_sse_close(&b3);
+    oldest_batch_runs_next(s, &b2, &b3);
     bn_srv_stop(s, 10000);
 }
 END_TEST
@@ -507,7 +461,7 @@ static void assert_429(bn_http_resp *r, const char *why, int max_s, const char *
 
 START_TEST(limits_429)
 {
-    bn_srv *s = start("slots = 2\n"
+    bn_srv *s = bn_srv_start_ok("slots = 2\n"
                       "api_keys = sk-solo:solo, sk-meter:metered\napi_keys = sk-free\n"
                       "key_class = solo max_concurrent=1\n"
                       "key_class = metered tokens_per_minute=40\n");
@@ -560,7 +514,7 @@ END_TEST
 
 START_TEST(kill_worker_full_slots)
 {
-    bn_srv *s = start("workers = 2\nslots = 2\n");
+    bn_srv *s = bn_srv_start_ok("workers = 2\nslots = 2\n");
     ck_assert_int_eq(bn_srv_wait_workers(s->port, "idle", 30000), 0);
     char body[256];
     snprintf(body, sizeof body, "{\"prompt\":\"a\",\"max_tokens\":%d,\"ignore_eos\":true," STREAM_USAGE "}",
@@ -570,7 +524,7 @@ START_TEST(kill_worker_full_slots)
         sse_open_ok(&st[i], s->port, "/v1/completions", NULL, body);
         read_running(&st[i], 1, NULL, 0);
     }
-    ck_assert_int_eq(queue_length(s), 0);
+    ck_assert_int_eq(bn_srv_queue_length(s->port), 0);
     long busy0, total0, busy1, total1;
     worker_slots(s, 0, &busy0, &total0);
     worker_slots(s, 1, &busy1, &total1);
@@ -603,7 +557,7 @@ START_TEST(kill_worker_full_slots)
                   failed, finished);
 
     /* the service recovers: a new worker 0, and requests on every slot again */
-    ck_assert_int_eq(wait_respawn(s, pids[0]), 1);
+    ck_assert_int_eq(bn_srv_wait_respawn(s->port, pids[0]), 1);
     ck_assert(!bn_pid_alive(pids[0]));
     for (int i = 0; i < 4; i++)
         sse_open_ok(&st[i], s->port, "/v1/completions", NULL,
@@ -620,15 +574,7 @@ START_TEST(kill_worker_full_slots)
 }
 END_TEST
 
-/* One case per test: a failure's teardown stops only that test's servers. */
-#define ADD(s, t)                                           \
-    do {                                                    \
-        TCase *tc_ = tcase_create(#t);                      \
-        tcase_add_checked_fixture(tc_, NULL, teardown_all); \
-        tcase_set_timeout(tc_, 180);                        \
-        tcase_add_test(tc_, t);                             \
-        suite_add_tcase(s, tc_);                            \
-    } while (0)
+#define ADD(s, t) BN_SRV_ADD_TEST(s, t, 180)   /* one case per test */
 
 static Suite *suite(void)
 {

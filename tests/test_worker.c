@@ -15,23 +15,14 @@
  * workers are killed and reaped at the end whatever happened. */
 #include <check.h>
 #include <limits.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "model/model.h"
-#include "server/channel.h"
-#include "server/worker.h"
-#include "text/tokenizer.h"
-#include "testutil.h"
+#include "worker_harness.h"
 
-#define WAIT_MS 120000   /* per frame: generous for valgrind; a hang fails, it never blocks */
 #define MAX_IDS 512
 
 typedef struct cache_ev {
@@ -42,64 +33,18 @@ typedef struct cache_ev {
 } cache_ev;
 
 typedef struct tworker {
-    const char *name;
-    pid_t pid;
-    int fd;              /* the master's end; -1 once closed */
-    bn_buf in;
-    size_t off;
-    int hello_seen;
-    bn_fr_hello hello;
+    bn_tw c;             /* the channel to the process */
     cache_ev cache[64];  /* CACHE frames since the last cache_reset */
     int n_cache;
 } tworker;
 
 static bn_model *m_tiny;
 static bn_tokenizer *tk_tiny;
-static tworker w1 = {.name = "1 slot", .pid = -1, .fd = -1},
-               w4 = {.name = "4 slots", .pid = -1, .fd = -1},
-               wc = {.name = "2 slots + prompt cache", .pid = -1, .fd = -1};
-
-static long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
+static tworker w1 = {.c = {.name = "1 slot", .pid = -1, .fd = -1}},
+               w4 = {.c = {.name = "4 slots", .pid = -1, .fd = -1}},
+               wc = {.c = {.name = "2 slots + prompt cache", .pid = -1, .fd = -1}};
 
 /* ---- talking to a worker --------------------------------------------------------------- */
-
-static int next_frame(tworker *w, bn_frame *f)
-{
-    long deadline = now_ms() + WAIT_MS;
-    for (;;) {
-        bn_error err = {{0}};
-        long r = w->in.len > w->off ? bn_frame_decode(w->in.p + w->off, w->in.len - w->off, f, &err) : 0;
-        ck_assert_msg(r >= 0, "worker %s sent a bad frame: %s", w->name, err.msg);
-        if (r > 0) {
-            w->off += (size_t)r;
-            return 1;
-        }
-        if (w->off) {
-            memmove(w->in.p, w->in.p + w->off, w->in.len - w->off);
-            w->in.len -= w->off;
-            w->off = 0;
-        }
-        uint8_t tmp[65536];
-        struct pollfd pfd = {.fd = w->fd, .events = POLLIN};
-        long left = deadline - now_ms();
-        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0) return 0;
-        ssize_t got = read(w->fd, tmp, sizeof tmp);
-        if (got <= 0) return 0;
-        ck_assert(bn_buf_append(&w->in, tmp, (size_t)got) == 0);
-    }
-}
-
-static void send_buf(tworker *w, bn_buf *b)
-{
-    bn_error err = {{0}};
-    ck_assert_msg(bn_chan_write_all(w->fd, b, &err) == 0, "%s", err.msg);
-    b->len = 0;
-}
 
 static void put_simple(bn_buf *b, uint16_t type, uint64_t id)
 {
@@ -137,23 +82,6 @@ static void put_generate(bn_buf *b, const req *q)
     ck_assert(bn_frame_put_generate(b, q->id, &g, q->prompt, &q->stop) == 0);
 }
 
-static void wait_hello(tworker *w)
-{
-    if (w->hello_seen) return;
-    bn_frame f;
-    bn_error err = {{0}};
-    ck_assert_msg(next_frame(w, &f), "worker %s: no HELLO", w->name);
-    if (f.type == BN_FR_ERROR) {
-        bn_fr_error e;
-        const char *msg = "";
-        bn_frame_get_error(&f, &e, &msg, &err);
-        ck_abort_msg("worker %s failed to start: %.*s", w->name, (int)e.msg_len, msg);
-    }
-    ck_assert_int_eq(f.type, BN_FR_HELLO);
-    ck_assert(bn_frame_get_fixed(&f, &w->hello, sizeof w->hello, &err) == 0);
-    w->hello_seen = 1;
-}
-
 /* What came back for one request. */
 typedef struct result {
     uint64_t id;
@@ -181,7 +109,7 @@ static void pump(tworker *w, result **rs, int n, uint32_t until_chunks)
         if (!open || (until_chunks && rs[0]->n_ids >= until_chunks)) return;
         bn_frame f;
         bn_error err = {{0}};
-        ck_assert_msg(next_frame(w, &f), "worker %s: no frame while %d requests are open", w->name, open);
+        ck_assert_msg(bn_tw_next_frame(&w->c, &f), "worker %s: no frame while %d requests are open", w->c.name, open);
         seq++;
         if (f.type == BN_FR_CACHE) {
             bn_cache_view v;
@@ -197,9 +125,9 @@ static void pump(tworker *w, result **rs, int n, uint32_t until_chunks)
         result *r = NULL;
         for (int i = 0; i < n; i++)
             if (rs[i]->id == f.id) r = rs[i];
-        ck_assert_msg(r != NULL, "worker %s: frame type %u for unexpected id %llu", w->name, f.type,
+        ck_assert_msg(r != NULL, "worker %s: frame type %u for unexpected id %llu", w->c.name, f.type,
                       (unsigned long long)f.id);
-        ck_assert_msg(!ended(r), "worker %s: frame type %u after the end of %llu", w->name, f.type,
+        ck_assert_msg(!ended(r), "worker %s: frame type %u after the end of %llu", w->c.name, f.type,
                       (unsigned long long)f.id);
         switch (f.type) {
         case BN_FR_PROGRESS: {
@@ -228,18 +156,13 @@ static void pump(tworker *w, result **rs, int n, uint32_t until_chunks)
             r->done = 1;
             r->end_seq = seq;
             break;
-        case BN_FR_ERROR: {
-            bn_fr_error e;
-            const char *msg;
-            ck_assert(bn_frame_get_error(&f, &e, &msg, &err) == 0);
+        case BN_FR_ERROR:
             r->error = 1;
-            r->err_code = e.code;
-            snprintf(r->err_msg, sizeof r->err_msg, "%.*s", (int)e.msg_len, msg);
+            r->err_code = bn_tw_error_of(&f, r->err_msg, sizeof r->err_msg);
             r->end_seq = seq;
             break;
-        }
         default:
-            ck_abort_msg("worker %s: unexpected frame type %u", w->name, f.type);
+            ck_abort_msg("worker %s: unexpected frame type %u", w->c.name, f.type);
         }
     }
 }
@@ -260,7 +183,7 @@ static void run_together(tworker *w, const req *qs, int n, result **rs)
         put_generate(&b, &qs[i]);
         rs[i] = new_result(qs[i].id);
     }
-    send_buf(w, &b);
+    bn_tw_send(&w->c, &b);
     bn_buf_free(&b);
     pump(w, rs, n, 0);
 }
@@ -274,10 +197,7 @@ static result *run_one(tworker *w, const req *q)
 
 static void send_reset(tworker *w)
 {
-    bn_buf b = {0};
-    put_simple(&b, BN_FR_RESET, 0);
-    send_buf(w, &b);
-    bn_buf_free(&b);
+    bn_tw_send_simple(&w->c, BN_FR_RESET, 0);
 }
 
 static void assert_done(const result *r, const char *what)
@@ -312,13 +232,13 @@ static void make_prompt(int32_t *p, uint32_t n, uint32_t seed)
 
 START_TEST(hello_reports_the_slots)
 {
-    wait_hello(&w1);
-    wait_hello(&w4);
-    wait_hello(&wc);
-    ck_assert_int_eq(w1.hello.n_slots, 1);
-    ck_assert_int_eq(w4.hello.n_slots, 4);
-    ck_assert_int_eq(wc.hello.n_slots, 2);
-    ck_assert(w4.hello.kv_bytes >= 4 * w1.hello.kv_bytes - 4096);   /* a region per slot */
+    bn_tw_wait_hello(&w1.c);
+    bn_tw_wait_hello(&w4.c);
+    bn_tw_wait_hello(&wc.c);
+    ck_assert_int_eq(w1.c.hello.n_slots, 1);
+    ck_assert_int_eq(w4.c.hello.n_slots, 4);
+    ck_assert_int_eq(wc.c.hello.n_slots, 2);
+    ck_assert(w4.c.hello.kv_bytes >= 4 * w1.c.hello.kv_bytes - 4096);   /* a region per slot */
 }
 END_TEST
 
@@ -334,8 +254,8 @@ START_TEST(slots_decode_bit_identically_to_one_at_a_time)
         {.id = 103, .prompt = p[2], .n_prompt = len[2], .max_tokens = 50, .sampled = 1, .seed = 99},
         {.id = 104, .prompt = p[3], .n_prompt = len[3], .max_tokens = 35, .ignore_eos = 1},
     };
-    wait_hello(&w1);
-    wait_hello(&w4);
+    bn_tw_wait_hello(&w1.c);
+    bn_tw_wait_hello(&w4.c);
 
     /* alone, one at a time, on the one-slot worker (each from an empty cache) */
     result *alone[4], *together[4];
@@ -408,7 +328,7 @@ START_TEST(cancel_of_one_slot_leaves_the_others)
         {.id = 203, .prompt = p[2], .n_prompt = 30, .max_tokens = 60, .ignore_eos = 1, .sampled = 1,
          .seed = 3},
     };
-    wait_hello(&w4);
+    bn_tw_wait_hello(&w4.c);
     send_reset(&w4);
     bn_buf b = {0};
     result *rs[3];
@@ -416,12 +336,12 @@ START_TEST(cancel_of_one_slot_leaves_the_others)
         put_generate(&b, &qs[i]);
         rs[i] = new_result(qs[i].id);
     }
-    send_buf(&w4, &b);
+    bn_tw_send(&w4.c, &b);
     pump(&w4, rs, 3, 2);   /* 202 has two tokens */
     ck_assert(!ended(rs[0]));
     put_simple(&b, BN_FR_CANCEL, 202);
     put_simple(&b, BN_FR_CANCEL, 999);   /* not running: ignored */
-    send_buf(&w4, &b);
+    bn_tw_send(&w4.c, &b);
     pump(&w4, rs, 3, 0);
     assert_done(rs[0], "cancelled");
     ck_assert_int_eq(rs[0]->d.finish, BN_FINISH_CANCELLED);
@@ -456,7 +376,7 @@ START_TEST(generate_beyond_the_slots_is_refused_for_its_id_only)
         qs[i] = (req){.id = 301 + (uint64_t)i, .prompt = p[i], .n_prompt = 20, .max_tokens = 12,
                       .ignore_eos = 1};
     }
-    wait_hello(&w4);
+    bn_tw_wait_hello(&w4.c);
     result *rs[5];
     run_together(&w4, qs, 5, rs);
     for (int i = 0; i < 4; i++) {
@@ -480,7 +400,7 @@ START_TEST(generate_beyond_the_slots_is_refused_for_its_id_only)
     put_generate(&b, &bad);
     ck_assert(bn_frame_put(&b, BN_FR_GENERATE, 314, "short", 5) == 0);
     put_generate(&b, &good[1]);
-    send_buf(&w4, &b);
+    bn_tw_send(&w4.c, &b);
     bn_buf_free(&b);
     result *r[4] = {new_result(311), new_result(312), new_result(314), new_result(313)};
     pump(&w4, r, 4, 0);
@@ -507,8 +427,8 @@ START_TEST(the_prompt_cache_serves_a_second_turn)
     make_prompt(pa, 40, 31);
     make_prompt(pb, 30, 32);
     make_prompt(pc, 30, 33);
-    wait_hello(&wc);
-    wait_hello(&w1);
+    bn_tw_wait_hello(&wc.c);
+    bn_tw_wait_hello(&w1.c);
     send_reset(&wc);
     wc.n_cache = 0;
 
@@ -578,7 +498,7 @@ START_TEST(the_prompt_cache_serves_a_second_turn)
     req e = {.id = 407, .prompt = pb, .n_prompt = 30, .max_tokens = 20, .ignore_eos = 1};
     put_generate(&buf, &e);
     put_simple(&buf, BN_FR_RESET, 0);
-    send_buf(&wc, &buf);
+    bn_tw_send(&wc.c, &buf);
     bn_buf_free(&buf);
     result *re = new_result(407);
     pump(&wc, &re, 1, 0);
@@ -600,21 +520,6 @@ START_TEST(the_prompt_cache_serves_a_second_turn)
 }
 END_TEST
 
-/* Waits (bounded) for pid to exit; returns its wait status, or -1 if it is still running. */
-static int reap(pid_t pid, long timeout_ms)
-{
-    long deadline = now_ms() + timeout_ms;
-    int status;
-    do {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid) return status;
-        if (r < 0) return -1;
-        struct timespec ts = {0, 20 * 1000000L};
-        nanosleep(&ts, NULL);
-    } while (now_ms() < deadline);
-    return -1;
-}
-
 START_TEST(eof_with_active_slots_exits)
 {
     static int32_t p[2][30];
@@ -622,20 +527,20 @@ START_TEST(eof_with_active_slots_exits)
     make_prompt(p[1], 30, 42);
     req qs[2] = {{.id = 501, .prompt = p[0], .n_prompt = 30, .max_tokens = 200, .ignore_eos = 1},
                  {.id = 502, .prompt = p[1], .n_prompt = 30, .max_tokens = 200, .ignore_eos = 1}};
-    wait_hello(&w4);
+    bn_tw_wait_hello(&w4.c);
     bn_buf b = {0};
     put_generate(&b, &qs[0]);
     put_generate(&b, &qs[1]);
-    send_buf(&w4, &b);
+    bn_tw_send(&w4.c, &b);
     bn_buf_free(&b);
     result *rs[2] = {new_result(501), new_result(502)};
     pump(&w4, rs, 2, 1);
     ck_assert(!ended(rs[0]) && !ended(rs[1]));
-    close(w4.fd);
-    w4.fd = -1;
-    int st = reap(w4.pid, WAIT_MS);
+    close(w4.c.fd);
+    w4.c.fd = -1;
+    int st = bn_tw_reap(w4.c.pid, BN_TW_WAIT_MS);
     ck_assert_msg(st != -1, "the 4-slot worker did not exit after EOF");
-    w4.pid = -1;
+    w4.c.pid = -1;
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status 0x%x", st);
     free(rs[0]);
     free(rs[1]);
@@ -643,44 +548,6 @@ START_TEST(eof_with_active_slots_exits)
 END_TEST
 
 /* ---- set-up ---------------------------------------------------------------------------- */
-
-static int start_workers(tworker **ws, bn_worker_spec *specs, int n)
-{
-    int sv[8][2];
-    for (int i = 0; i < n; i++)
-        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv[i])) return -1;
-    for (int i = 0; i < n; i++) {
-        fflush(NULL);
-        pid_t pid = fork();
-        if (pid < 0) return -1;
-        if (pid == 0) {
-            for (int j = 0; j < n; j++) {
-                close(sv[j][0]);
-                if (j != i) close(sv[j][1]);
-            }
-            specs[i].fd = sv[i][1];
-            _exit(bn_worker_main(&specs[i]));
-        }
-        ws[i]->pid = pid;
-    }
-    for (int i = 0; i < n; i++) {
-        close(sv[i][1]);
-        ws[i]->fd = sv[i][0];
-    }
-    return 0;
-}
-
-static void stop_workers(tworker **ws, int n)
-{
-    for (int i = 0; i < n; i++) {
-        if (ws[i]->fd >= 0) close(ws[i]->fd);
-        if (ws[i]->pid > 0) {
-            kill(ws[i]->pid, SIGKILL);
-            waitpid(ws[i]->pid, NULL, 0);
-        }
-        bn_buf_free(&ws[i]->in);
-    }
-}
 
 static Suite *worker_suite(void)
 {
@@ -698,43 +565,21 @@ static Suite *worker_suite(void)
 
 int main(void)
 {
-    char tiny[512], cmd[2048];
+    char tiny[512];
     snprintf(tiny, sizeof tiny, "%s", bn_test_path("worker_tiny.bnpk"));
-    const char *bitnet = getenv("BN_BITNET");
-    snprintf(cmd, sizeof cmd, "'%s' mkmodel tiny '%s' >/dev/null", bitnet && *bitnet ? bitnet : "./bitnet",
-             tiny);
-    bn_error err = {{0}};
-    if (bn_test_sh(cmd) || bn_model_open(tiny, &m_tiny, &err) ||
-        !(tk_tiny = bn_tokenizer_new(m_tiny->vocab, &err))) {
-        fprintf(stderr, "test_worker: cannot make or open the tiny model: %s\n", err.msg);
-        return EXIT_FAILURE;
-    }
+    if (bn_tw_open_model("test_worker", "tiny", tiny, &m_tiny, &tk_tiny)) return EXIT_FAILURE;
     enum { NW = 3 };
-    tworker *ws[NW] = {&w1, &w4, &wc};
+    bn_tw *ws[NW] = {&w1.c, &w4.c, &wc.c};
     static const uint32_t slots[NW] = {1, 4, 2};
     bn_worker_spec specs[NW];
-    memset(specs, 0, sizeof specs);
     for (int i = 0; i < NW; i++) {
-        specs[i].index = i;
-        bn_engine_opts_default(&specs[i].eopts);
-        specs[i].eopts.n_threads = 1;   /* a shared machine: one thread per worker */
-        specs[i].model = m_tiny;
-        specs[i].tok = tk_tiny;
+        bn_tw_spec(&specs[i], i, m_tiny, tk_tiny);
         specs[i].n_slots = slots[i];
         specs[i].prefill_chunk = 16;    /* joins take several steps: real interleaving */
     }
     specs[2].prompt_cache_bytes = 64u << 20;
-    if (start_workers(ws, specs, NW)) {
-        perror("test_worker: starting the workers");
-        stop_workers(ws, NW);
-        return EXIT_FAILURE;
-    }
-    SRunner *sr = srunner_create(worker_suite());
-    srunner_set_fork_status(sr, CK_NOFORK);   /* the workers' state is shared across tests */
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    stop_workers(ws, NW);
+    /* in order, with the workers' state shared across tests */
+    int failed = bn_tw_run_suite("test_worker", worker_suite(), ws, specs, NW);
     bn_tokenizer_free(tk_tiny);
     bn_model_close(m_tiny);
     remove(tiny);
