@@ -49,7 +49,7 @@ START_TEST(cli_decode_round_trip)
 {
     char ids[4096], out[4096];
     ck_assert_int_eq(runf(ids, sizeof ids, "%s tokenize -m %s '%s'", "caf\xc3\xa9 <|eot_id|> the end"), 0);
-    char cmd[8192];
+    char cmd[16384];   /* two paths and 4 KiB of ids: room for all of them */
     ids[strcspn(ids, "\n")] = 0;
     snprintf(cmd, sizeof cmd, "%s tokenize -m %s --decode '%s'", bitnet, model, ids);
     ck_assert_int_eq(run(cmd, out, sizeof out), 0);
