@@ -3,6 +3,8 @@
  * and its Retry-After (on a virtual clock: no timing), the fair-share running counts, the
  * refcount that outlives a reload, and construction errors. */
 #include <check.h>
+
+#include "testutil.h"
 #include <string.h>
 
 #include "server/config.h"
@@ -283,9 +285,5 @@ int main(void)
     tcase_add_test(t, refcount);
     tcase_add_test(t, new_errors);
     suite_add_tcase(s, t);
-    SRunner *r = srunner_create(s);
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? 1 : 0;
+    return bn_test_run(s) ? 1 : 0;
 }

@@ -3,6 +3,8 @@
  * the master uses to keep reserved slots for interactive requests; and O(1) removal of any
  * node, the chosen one included, keeping the order of the rest. */
 #include <check.h>
+
+#include "testutil.h"
 #include <limits.h>
 
 #include "server/queue.h"
@@ -174,9 +176,5 @@ int main(void)
     tcase_add_test(t, max_priority_filter);
     tcase_add_test(t, remove_keeps_order);
     suite_add_tcase(s, t);
-    SRunner *r = srunner_create(s);
-    srunner_run_all(r, CK_NORMAL);
-    int failed = srunner_ntests_failed(r);
-    srunner_free(r);
-    return failed ? 1 : 0;
+    return bn_test_run(s) ? 1 : 0;
 }
