@@ -92,6 +92,9 @@ void bn_rope_neox(float *x, int n_heads, int head_dim, int pos, const float *inv
 void bn_softmax(float *x, size_t n);
 /* out[i] = relu(g[i])^2 * u[i] */
 void bn_relu2_mul(float *out, const float *g, const float *u, size_t n);
+/* out[i] = silu(g[i]) * u[i] = g[i] / (1 + exp(-g[i])) * u[i] (the Llama FFN); SIMD variants
+ * agree with the scalar one to a few ulps (tests bound it), and each is deterministic. */
+void bn_silu_mul(float *out, const float *g, const float *u, size_t n);
 
 /* ---- attention over an f16 KV cache --------------------------------------------------- */
 /* One query head over n_past+1 cached positions (causal), head_dim dims:

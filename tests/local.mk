@@ -23,6 +23,7 @@ include $(srcdir)/tests/text.mk
 include $(srcdir)/tests/model.mk
 include $(srcdir)/tests/gguf.mk
 include $(srcdir)/tests/hf.mk
+include $(srcdir)/tests/tl.mk
 include $(srcdir)/tests/engine.mk
 include $(srcdir)/tests/server.mk
 include $(srcdir)/tests/fuzz/local.mk

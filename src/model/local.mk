@@ -2,6 +2,8 @@ noinst_LIBRARIES += libbnmodel.a
 libbnmodel_a_CFLAGS = $(AM_CFLAGS) $(BN_EXT_CFLAGS)
 libbnmodel_a_SOURCES = \
 	src/model/model.h src/model/model_format.h \
+	src/model/tensor_table.c src/model/tensor_table.h src/model/family.c src/model/family.h \
+	src/model/tl_layout.c src/model/tl_layout.h \
 	src/model/model_file.c src/model/model_write.c src/model/model_write.h src/model/model_tokenizer.c src/model/model_tokenizer.h \
 	src/model/ternarize.c src/model/ternarize.h \
 	src/model/source.c src/model/source.h \

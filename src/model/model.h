@@ -27,7 +27,10 @@ typedef struct bn_config {
     float norm_eps;        /* 1e-5 */
     uint32_t act;          /* enum bn_act */
     uint32_t tied;         /* lm_head == token embedding */
-    int32_t bos, eos, eot; /* -1 when absent */
+    int32_t bos, eos, eot; /* -1 when absent; bos is the id prepended to prompts, -1 = none */
+    uint32_t no_sub_norms; /* 1: plain Llama block, no attn_sub_norm/ffn_sub_norm (Llama3-8B-1.58,
+                            * Falcon3); 0: BitNet block with both (2B-4T, 1bitLLM). Negative so
+                            * that a zeroed or older config means today's BitNet block. */
 } bn_config;
 
 /* Checks the config for sanity and overflow (dims > 0, divisibility, sizes that fit). */
@@ -52,7 +55,8 @@ typedef struct bn_tensor {
     uint64_t checksum;    /* XXH3-64 of the data */
 } bn_tensor;
 
-/* Per-layer weights, resolved once at open. */
+/* Per-layer weights, resolved once at open. attn_sub_norm/ffn_sub_norm are NULL when
+ * cfg.no_sub_norms. */
 typedef struct bn_layer_weights {
     const float *attn_norm, *attn_sub_norm, *ffn_norm, *ffn_sub_norm;
     const bn_tensor *wq, *wk, *wv, *wo, *wgate, *wup, *wdown;

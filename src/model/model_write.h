@@ -4,9 +4,16 @@
 
 #include "model/source.h"
 
+/* Called after each tensor is written: tensor i (1-based) of n, bytes written so far of the
+ * file's total, and the tensor's name. For a progress display; must not fail. */
+typedef void (*bn_pack_progress_fn)(void *user, uint32_t i, uint32_t n, uint64_t bytes_done,
+                                    uint64_t bytes_total, const char *name);
+
 typedef struct bn_pack_opts {
     bn_tern_fmt tern;      /* packing of the ternary tensors (default BN_TERN_T5) */
     int lm_head_i8;        /* also store an int8 per-row copy of the lm_head (default 1) */
+    bn_pack_progress_fn progress; /* NULL (default): silent */
+    void *progress_user;
 } bn_pack_opts;
 
 void bn_pack_opts_default(bn_pack_opts *o);

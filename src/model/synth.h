@@ -21,15 +21,24 @@
 typedef struct bn_synth {
     bn_config cfg;
     uint64_t seed;
+    uint32_t family;     /* enum bn_family (model/family.h); 0 reads as BN_FAM_BITNET */
 } bn_synth;
 
 /* Shapes: "tiny" (unit tests), "small" (benchmarks on a laptop), "2b4t" (BitNet-b1.58-2B-4T),
  * optionally followed by ",key=value" overrides (n_embd, n_layer, n_head, n_head_kv, n_ff,
  * n_vocab, n_ctx_max, rope_theta), e.g. "2b4t,n_layer=2". */
 int bn_synth_shape(const char *spec, bn_config *cfg, bn_error *err);
+/* The same, also giving the shape's family: family presets ("1bitllm-large", "1bitllm-3b",
+ * "llama3-8b-1.58", "falcon3-1b-1.58", "falcon3-3b-1.58", ... and "tiny-<family>" for tests)
+ * and the overrides family=NAME, head_dim, norm_eps, act=relu2|silu, tied=0|1, sub_norms=0|1.
+ * Sets out->cfg and out->family; leaves out->seed alone. */
+int bn_synth_parse(const char *spec, bn_synth *out, bn_error *err);
 
 /* Ternary codes t[rows*cols] in {-1,0,1} (row-major, out x in) and the per-tensor scale of
- * the linear tensor `name` (GGUF-style: "blk.3.attn_q"). cols must be a multiple of 16. */
+ * the linear tensor `name` (GGUF-style: "blk.3.attn_q"). cols must be a multiple of 16.
+ * For families whose HF form divides by weight_scale (BN_HFW_PACKED_DIV) the scale is of the
+ * form 1.0f / b with b a bf16 value, so that a bf16 weight_scale = b written by the HF writer
+ * reads back (1.0f / b) bit-exactly on every route. */
 void bn_synth_ternary(const bn_synth *s, const char *name, size_t rows, size_t cols,
                       int8_t *t, float *scale);
 /* The latent ("master", bf16-exact) weights whose absmean ternarization gives exactly the

@@ -161,4 +161,16 @@ int bn_vocab_load_hf_mem(const char *json, size_t len, const char *config_json, 
 bn_vocab *bn_vocab_builtin(uint32_t n_vocab, bn_error *err);
 uint32_t bn_vocab_builtin_min(void);
 
+/* Built-in vocabularies in the shape of each family's real one, for synthetic models:
+ *  BN_VOCAB_LLAMA3   bn_vocab_builtin() (2B-4T, Llama3-8B-1.58: chat LLAMA3 for the latter is
+ *                    set by the caller if needed)
+ *  BN_VOCAB_SPM      SentencePiece like Llama-2 / 1bitLLM: <unk> 0, <s> 1, </s> 2, <0x00>..<0xFF>
+ *                    3..258, scored pieces with U+2581, then the added <pad> and </line> as the
+ *                    last two ids (USER_DEFINED); model SPM, space_prefix 1, chat NONE, bos 1, eos 2
+ *  BN_VOCAB_FALCON3  byte-level BPE with Falcon3's specials first (<|endoftext|> = id 11 = eos,
+ *                    <|system|>, <|user|>, <|assistant|>), pre FALCON3, chat FALCON3, no bos
+ * A pure function of (kind, n_vocab); NULL with err set if n_vocab is too small. */
+enum bn_vocab_kind { BN_VOCAB_LLAMA3 = 1, BN_VOCAB_SPM = 2, BN_VOCAB_FALCON3 = 3 };
+bn_vocab *bn_vocab_builtin_kind(enum bn_vocab_kind kind, uint32_t n_vocab, bn_error *err);
+
 #endif

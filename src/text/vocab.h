@@ -26,6 +26,15 @@ enum bn_token_type {
 enum bn_pre_kind {
     BN_PRE_LLAMA3 = 1,   /* Llama-3 / tiktoken cl100k-style split (BitNet-b1.58-2B-4T) */
     BN_PRE_GPT2 = 2,     /* GPT-2's original split */
+    BN_PRE_FALCON3 = 3,  /* Falcon3 / Falcon-E: punctuation runs, GPT-2 split, single digits,
+                          * applied in sequence (bitnet-families.md s.3); unused for SPM */
+};
+
+/* Tokenizer model. */
+enum bn_tok_model {
+    BN_TOKM_BPE = 0,     /* byte-level BPE with ranked merges (Llama-3, Falcon3) */
+    BN_TOKM_SPM = 1,     /* SentencePiece BPE: score-ordered pieces, U+2581 for space, byte
+                          * fallback <0xXX> (1bitLLM's Llama-2 tokenizer.model) */
 };
 
 /* Chat template families (text/chat_template.c renders them). */
@@ -33,6 +42,7 @@ enum bn_chat_kind {
     BN_CHAT_NONE = 0,
     BN_CHAT_BITNET = 1,  /* "System: ...<|eot_id|>User: ...<|eot_id|>Assistant: " (model facts s.5) */
     BN_CHAT_LLAMA3 = 2,  /* <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|> */
+    BN_CHAT_FALCON3 = 3, /* "<|role|>\n" content "\n" per message, then "<|assistant|>\n" */
 };
 
 typedef struct bn_vocab {
@@ -47,6 +57,9 @@ typedef struct bn_vocab {
     uint32_t chat;          /* enum bn_chat_kind: the model's own chat format */
     uint32_t ignore_merges; /* tokenizer.json model.ignore_merges: whole pre-token in vocab wins */
     char *chat_template;    /* the source's template text, NUL-terminated, may be NULL */
+    uint32_t model;         /* enum bn_tok_model (0 = byte-level BPE, as before) */
+    uint32_t space_prefix;  /* SPM: prepend " " before the first fragment (add_dummy_prefix) */
+    float *scores;          /* SPM: n_tokens piece scores (merge priority), else NULL; owned */
 
     /* private: string -> id index, built by bn_vocab_index() */
     uint32_t *index_slots;

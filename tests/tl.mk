@@ -1,0 +1,1 @@
+# TL1/TL2 layout tests (tests/test_tl.c) are registered here by their owner.
