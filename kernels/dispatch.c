@@ -17,6 +17,7 @@ const bn_ktab bn_ktab_scalar = {
     .rmsnorm = bn_rmsnorm_scalar,
     .softmax = bn_softmax_scalar,
     .relu2_mul = bn_relu2_mul_scalar,
+    .silu_mul = bn_silu_mul_scalar,
     .attn_head = bn_attn_head_scalar,
     .attn_group = bn_attn_group_scalar,
     .gemv_f16 = bn_gemv_f16_scalar,
@@ -161,6 +162,11 @@ void bn_softmax(float *x, size_t n) { tab()->softmax(x, n); }
 void bn_relu2_mul(float *out, const float *g, const float *u, size_t n)
 {
     tab()->relu2_mul(out, g, u, n);
+}
+
+void bn_silu_mul(float *out, const float *g, const float *u, size_t n)
+{
+    tab()->silu_mul(out, g, u, n);
 }
 
 void bn_attn_head(float *out, const float *q, const uint16_t *k, const uint16_t *v, size_t n_pos,

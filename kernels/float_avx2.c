@@ -1,12 +1,14 @@
 /* AVX2 + FMA + F16C float kernels, the int8/f16 lm_head GEMVs, and the AVX2 dispatch table.
  * Reductions (sums of squares, dot products, softmax sums) run in 8 lanes and then a tree, so
  * they differ from the sequential scalar sums in the last bits; elementwise steps use the same
- * operations in the same order as the scalar code. The int8 lm_head is exact. */
+ * operations in the same order as the scalar code (silu's vector exp aside: a few ulp from
+ * expf, bounded by the tests). The int8 lm_head is exact. */
 #include "simd_x86.h"
 #include "float_x86.h"
 #include "half.h"
 
 #include <immintrin.h>
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -58,6 +60,39 @@ static inline __m256 exp256(__m256 x)
     return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
+/* exp(x) over the whole float range, for silu: the reduction and polynomial of exp256, with x
+ * clamped to [-80, 89] and 2^n applied as 2^(n-1) * 2 so that n = 128 (x up to ln(FLT_MAX))
+ * stays finite and larger x overflow to inf as expf does. Below -80 the result (< 2^-115) is
+ * too small to change 1 + exp(x), which is all silu uses it for. NaN stays NaN. */
+static inline __m256 exp256_wide(__m256 x)
+{
+    x = _mm256_min_ps(_mm256_set1_ps(89.0f), _mm256_max_ps(_mm256_set1_ps(-80.0f), x));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    /* (r + r^2 P(r)) + 1, as Cephes: adding 1 last rounds once, near the result */
+    p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    /* n in [-115, 128]: the biased exponent of 2^(n-1) is in [11, 254] */
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(126)), 23);
+    return _mm256_mul_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), _mm256_set1_ps(2.0f));
+}
+
+/* silu(g) = x / (1 + exp(-x)), x = max(g, -FLT_MAX), as bn_silu_one (max_ps returns its second
+ * operand when either is NaN, so NaN passes through). */
+static inline __m256 silu256(__m256 g)
+{
+    const __m256 x = _mm256_max_ps(_mm256_set1_ps(-FLT_MAX), g);
+    const __m256 e = exp256_wide(_mm256_xor_ps(x, _mm256_set1_ps(-0.0f)));
+    return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
 void bn_rmsnorm_avx2(float *out, const float *x, const float *w, size_t n, float eps)
 {
     __m256d a0 = _mm256_setzero_pd(), a1 = a0;
@@ -93,6 +128,14 @@ void bn_relu2_mul_avx2(float *out, const float *g, const float *u, size_t n)
     }
 }
 
+void bn_silu_mul_avx2(float *out, const float *g, const float *u, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(silu256(_mm256_loadu_ps(g + i)), _mm256_loadu_ps(u + i)));
+    for (; i < n; i++) out[i] = bn_silu_one(g[i]) * u[i];
+}
+
 void bn_softmax_avx2(float *x, size_t n)
 {
     if (n == 0) return;
@@ -121,36 +164,58 @@ static inline __m256 ld_h8(const uint16_t *p)
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
 }
 
-/* q . k_p for one position; head_dim a multiple of 16. */
+/* q . k_p for one position, any head_dim: 16 dimensions per step in two FMA chains, then one
+ * step of 8, then the last head_dim % 8 in scalar. */
 static inline float dot_f16_256(const float *q, const uint16_t *k, int hd)
 {
     __m256 a = _mm256_setzero_ps(), b = a;
-    for (int d = 0; d < hd; d += 16) {
+    int d = 0;
+    for (; d + 16 <= hd; d += 16) {
         a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), ld_h8(k + d), a);
         b = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8), ld_h8(k + d + 8), b);
     }
-    return hsum256(_mm256_add_ps(a, b));
+    if (d + 8 <= hd) {
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), ld_h8(k + d), a);
+        d += 8;
+    }
+    float s = hsum256(_mm256_add_ps(a, b));
+    for (; d < hd; d++) s += q[d] * bn_f16_to_f32(k[d]);
+    return s;
 }
 
+/* out[d0 .. d0 + 8*NR) = sum_p scratch[p] * v_p over all positions, NR registers (a constant
+ * at every call, so the accumulators stay in registers). */
+static inline __attribute__((always_inline)) void attn_v_block_256(float *out, const float *scratch,
+                                                                   const uint16_t *v, size_t n_pos,
+                                                                   size_t kv_stride, int d0, int NR)
+{
+    __m256 acc[8];
+    _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) acc[j] = _mm256_setzero_ps();
+    for (size_t p = 0; p < n_pos; p++) {
+        const __m256 a = _mm256_broadcast_ss(scratch + p);
+        const uint16_t *vp = v + p * kv_stride + d0;
+        _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) acc[j] = _mm256_fmadd_ps(a, ld_h8(vp + 8 * j), acc[j]);
+    }
+    _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) _mm256_storeu_ps(out + d0 + 8 * j, acc[j]);
+}
+
+/* Any head_dim: V in blocks of 64 dimensions (8 registers), then 32, then 8, then the last
+ * head_dim % 8 dimensions in scalar (1bitLLM-3B's 100 = 64 + 32 + 4). */
 void bn_attn_head_avx2(float *out, const float *q, const uint16_t *k, const uint16_t *v,
                        size_t n_pos, size_t kv_stride, int head_dim, float scale, float *scratch)
 {
-    if (head_dim % 64 != 0) {
-        bn_attn_head_scalar(out, q, k, v, n_pos, kv_stride, head_dim, scale, scratch);
-        return;
-    }
     for (size_t p = 0; p < n_pos; p++) scratch[p] = dot_f16_256(q, k + p * kv_stride, head_dim) * scale;
     bn_softmax_avx2(scratch, n_pos);
-    /* out += p_j * v_j, 64 dimensions (8 registers) at a time */
-    for (int d0 = 0; d0 < head_dim; d0 += 64) {
-        __m256 acc[8];
-        for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+    int d0 = 0;
+    for (; d0 + 64 <= head_dim; d0 += 64) attn_v_block_256(out, scratch, v, n_pos, kv_stride, d0, 8);
+    if (d0 + 32 <= head_dim) attn_v_block_256(out, scratch, v, n_pos, kv_stride, d0, 4), d0 += 32;
+    for (; d0 + 8 <= head_dim; d0 += 8) attn_v_block_256(out, scratch, v, n_pos, kv_stride, d0, 1);
+    if (d0 < head_dim) {
+        for (int d = d0; d < head_dim; d++) out[d] = 0.0f;
         for (size_t p = 0; p < n_pos; p++) {
-            const __m256 a = _mm256_broadcast_ss(scratch + p);
-            const uint16_t *vp = v + p * kv_stride + d0;
-            for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(a, ld_h8(vp + 8 * j), acc[j]);
+            const uint16_t *vp = v + p * kv_stride;
+            for (int d = d0; d < head_dim; d++) out[d] += scratch[p] * bn_f16_to_f32(vp[d]);
         }
-        for (int j = 0; j < 8; j++) _mm256_storeu_ps(out + d0 + 8 * j, acc[j]);
     }
 }
 
@@ -310,6 +375,7 @@ const bn_ktab bn_ktab_avx2 = {
     .rmsnorm = bn_rmsnorm_avx2,
     .softmax = bn_softmax_avx2,
     .relu2_mul = bn_relu2_mul_avx2,
+    .silu_mul = bn_silu_mul_avx2,
     .attn_head = bn_attn_head_avx2,
     .attn_group = bn_attn_group_avx2,
     .gemv_f16 = bn_gemv_f16_avx2,

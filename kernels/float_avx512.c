@@ -4,6 +4,7 @@
 #include "float_x86.h"
 #include "half.h"
 
+#include <float.h>
 #include <immintrin.h>
 
 static inline __m512 ld_h16(const uint16_t *p)
@@ -75,6 +76,47 @@ static inline __m512 exp512(__m512 x)
     return _mm512_maskz_mul_ps(ok, p, _mm512_castsi512_ps(e));
 }
 
+/* exp over the whole float range for silu: exp256_wide in float_avx2.c, 16 lanes wide. */
+static inline __m512 exp512_wide(__m512 x)
+{
+    x = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(_mm512_set1_ps(-80.0f), x));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    /* (r + r^2 P(r)) + 1, as Cephes: adding 1 last rounds once, near the result */
+    p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(126)), 23);
+    return _mm512_mul_ps(_mm512_mul_ps(p, _mm512_castsi512_ps(e)), _mm512_set1_ps(2.0f));
+}
+
+/* silu(g) = x / (1 + exp(-x)), x = max(g, -FLT_MAX): as bn_silu_one and silu256. */
+static inline __m512 silu512(__m512 g)
+{
+    const __m512 x = _mm512_max_ps(_mm512_set1_ps(-FLT_MAX), g);
+    const __m512 e = exp512_wide(_mm512_xor_ps(x, _mm512_set1_ps(-0.0f)));
+    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
+/* The tail is one masked vector (masked-off lanes load 0: silu(0) * 0, never stored). */
+static void silu_mul_avx512(float *out, const float *g, const float *u, size_t n)
+{
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(silu512(_mm512_loadu_ps(g + i)), _mm512_loadu_ps(u + i)));
+    if (i < n) {
+        const __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+        const __m512 v = _mm512_mul_ps(silu512(_mm512_maskz_loadu_ps(k, g + i)), _mm512_maskz_loadu_ps(k, u + i));
+        _mm512_mask_storeu_ps(out + i, k, v);
+    }
+}
+
 static void softmax_avx512(float *x, size_t n)
 {
     if (n == 0) return;
@@ -115,13 +157,110 @@ static inline __m128 hsum4x512(__m512 a, __m512 b, __m512 c, __m512 d)
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-/* head_dim == 128 (the model's): q and the output accumulators live in 8 zmm each.
- * QK: 4 positions per step, so four independent FMA chains hide the latency. */
+/* f16 row segment of n <= 16 values (the rest of the lanes 0): head_dim tails. */
+static inline __m512 ld_h16_n(const uint16_t *p, __mmask16 m)
+{
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+/* q . k for one position, any head_dim: whole 16-lane blocks, then one masked block. */
+static inline __m512 dot_any_512(const float *q, const uint16_t *kp, int nfull, __mmask16 mt)
+{
+    __m512 a = _mm512_setzero_ps();
+    for (int j = 0; j < nfull; j++) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * j), ld_h16(kp + 16 * j), a);
+    if (mt) a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mt, q + 16 * nfull), ld_h16_n(kp + 16 * nfull, mt), a);
+    return a;
+}
+
+/* out[d0 .. d0 + 16*NR) (the last register masked by ml) = sum_p scratch[p] * v_p, even and
+ * odd positions in two accumulator sets; NR is a constant at every call (registers). */
+static inline __attribute__((always_inline)) void attn_v_block_512(float *out, const float *scratch,
+                                                                   const uint16_t *v, size_t n_pos,
+                                                                   size_t kv_stride, int d0, int NR,
+                                                                   __mmask16 ml)
+{
+    __m512 o[8], o2[8];
+    _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) o[j] = o2[j] = _mm512_setzero_ps();
+    size_t p = 0;
+    for (; p + 2 <= n_pos; p += 2) {
+        const __m512 w0 = _mm512_set1_ps(scratch[p]), w1 = _mm512_set1_ps(scratch[p + 1]);
+        const uint16_t *v0 = v + p * kv_stride + d0, *v1 = v0 + kv_stride;
+        _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {
+            const __mmask16 m = j == NR - 1 ? ml : (__mmask16)0xffff;
+            o[j] = _mm512_fmadd_ps(w0, ld_h16_n(v0 + 16 * j, m), o[j]);
+            o2[j] = _mm512_fmadd_ps(w1, ld_h16_n(v1 + 16 * j, m), o2[j]);
+        }
+    }
+    if (p < n_pos) {
+        const __m512 w0 = _mm512_set1_ps(scratch[p]);
+        _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {
+            const __mmask16 m = j == NR - 1 ? ml : (__mmask16)0xffff;
+            o[j] = _mm512_fmadd_ps(w0, ld_h16_n(v + p * kv_stride + d0 + 16 * j, m), o[j]);
+        }
+    }
+    _Pragma("GCC unroll 8") for (int j = 0; j < NR; j++) {
+        const __mmask16 m = j == NR - 1 ? ml : (__mmask16)0xffff;
+        _mm512_mask_storeu_ps(out + d0 + 16 * j, m, _mm512_add_ps(o[j], o2[j]));
+    }
+}
+
+/* Any head_dim other than 128 (64, 96, 100, 256, ...): QK for 4 positions per step as below
+ * with q re-read from L1, the head_dim % 16 tail by masked loads; V in blocks of up to 128
+ * dimensions (8 registers per position set), the last register of a block masked. */
+static __attribute__((noinline)) void attn_head_any_avx512(float *out, const float *q, const uint16_t *k, const uint16_t *v,
+                                 size_t n_pos, size_t kv_stride, int hd, float scale, float *scratch)
+{
+    const int nfull = hd / 16;
+    const __mmask16 mt = (__mmask16)((1u << (hd % 16)) - 1);
+    const __m128 vscale = _mm_set1_ps(scale);
+    size_t p = 0;
+    for (; p + 4 <= n_pos; p += 4) { /* four positions: four independent FMA chains */
+        const uint16_t *k0 = k + p * kv_stride, *k1 = k0 + kv_stride, *k2 = k1 + kv_stride, *k3 = k2 + kv_stride;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int j = 0; j < nfull; j++) {
+            const __m512 qj = _mm512_loadu_ps(q + 16 * j);
+            a0 = _mm512_fmadd_ps(qj, ld_h16(k0 + 16 * j), a0);
+            a1 = _mm512_fmadd_ps(qj, ld_h16(k1 + 16 * j), a1);
+            a2 = _mm512_fmadd_ps(qj, ld_h16(k2 + 16 * j), a2);
+            a3 = _mm512_fmadd_ps(qj, ld_h16(k3 + 16 * j), a3);
+        }
+        if (mt) {
+            const int j = nfull;
+            const __m512 qj = _mm512_maskz_loadu_ps(mt, q + 16 * j);
+            a0 = _mm512_fmadd_ps(qj, ld_h16_n(k0 + 16 * j, mt), a0);
+            a1 = _mm512_fmadd_ps(qj, ld_h16_n(k1 + 16 * j, mt), a1);
+            a2 = _mm512_fmadd_ps(qj, ld_h16_n(k2 + 16 * j, mt), a2);
+            a3 = _mm512_fmadd_ps(qj, ld_h16_n(k3 + 16 * j, mt), a3);
+        }
+        _mm_storeu_ps(scratch + p, _mm_mul_ps(hsum4x512(a0, a1, a2, a3), vscale));
+    }
+    for (; p < n_pos; p++)
+        scratch[p] = _mm512_reduce_add_ps(dot_any_512(q, k + p * kv_stride, nfull, mt)) * scale;
+    softmax_avx512(scratch, n_pos);
+    for (int d0 = 0; d0 < hd; d0 += 128) {
+        const int w = hd - d0 < 128 ? hd - d0 : 128, nr = (w + 15) / 16;
+        const __mmask16 ml = w % 16 ? (__mmask16)((1u << (w % 16)) - 1) : (__mmask16)0xffff;
+        switch (nr) {
+        case 1: attn_v_block_512(out, scratch, v, n_pos, kv_stride, d0, 1, ml); break;
+        case 2: attn_v_block_512(out, scratch, v, n_pos, kv_stride, d0, 2, ml); break;
+        case 3: attn_v_block_512(out, scratch, v, n_pos, kv_stride, d0, 3, ml); break;
+        case 4: attn_v_block_512(out, scratch, v, n_pos, kv_stride, d0, 4, ml); break;
+        case 5: attn_v_block_512(out, scratch, v, n_pos, kv_stride, d0, 5, ml); break;
+        case 6: attn_v_block_512(out, scratch, v, n_pos, kv_stride, d0, 6, ml); break;
+        case 7: attn_v_block_512(out, scratch, v, n_pos, kv_stride, d0, 7, ml); break;
+        default: attn_v_block_512(out, scratch, v, n_pos, kv_stride, d0, 8, ml); break;
+        }
+    }
+}
+
+/* head_dim == 128 (2B-4T, Llama3): q and the output accumulators live in 8 zmm each.
+ * QK: 4 positions per step, so four independent FMA chains hide the latency. Every other
+ * head_dim takes attn_head_any_avx512. */
 static void attn_head_avx512(float *out, const float *q, const uint16_t *k, const uint16_t *v,
                              size_t n_pos, size_t kv_stride, int head_dim, float scale, float *scratch)
 {
     if (head_dim != 128) {
-        bn_attn_head_avx2(out, q, k, v, n_pos, kv_stride, head_dim, scale, scratch);
+        attn_head_any_avx512(out, q, k, v, n_pos, kv_stride, head_dim, scale, scratch);
         return;
     }
     __m512 qv[8];
@@ -472,6 +611,7 @@ const bn_ktab bn_ktab_avx512 = {
     .rmsnorm = bn_rmsnorm_avx2,
     .softmax = softmax_avx512,
     .relu2_mul = bn_relu2_mul_avx2,
+    .silu_mul = silu_mul_avx512,
     .attn_head = attn_head_avx512,
     .attn_group = attn_group_avx512,
     .gemv_f16 = gemv_f16_avx512,
@@ -490,6 +630,7 @@ const bn_ktab bn_ktab_avx512vnni = {
     .rmsnorm = bn_rmsnorm_avx2,
     .softmax = softmax_avx512,
     .relu2_mul = bn_relu2_mul_avx2,
+    .silu_mul = silu_mul_avx512,
     .attn_head = attn_head_avx512,
     .attn_group = attn_group_avx512,
     .gemv_f16 = gemv_f16_avx512,

@@ -70,6 +70,12 @@ void bn_relu2_mul_scalar(float *out, const float *g, const float *u, size_t n)
     }
 }
 
+void bn_silu_mul_scalar(float *out, const float *g, const float *u, size_t n)
+{
+    /* g[i] is read before out[i] is written, so out may alias g or u (the engine passes out == g) */
+    for (size_t i = 0; i < n; i++) out[i] = bn_silu_one(g[i]) * u[i];
+}
+
 void bn_attn_head_scalar(float *out, const float *q, const uint16_t *k, const uint16_t *v,
                          size_t n_pos, size_t kv_stride, int head_dim, float scale, float *scratch)
 {

@@ -7,6 +7,7 @@
 
 void bn_rmsnorm_avx2(float *out, const float *x, const float *w, size_t n, float eps);
 void bn_relu2_mul_avx2(float *out, const float *g, const float *u, size_t n);
+void bn_silu_mul_avx2(float *out, const float *g, const float *u, size_t n);
 void bn_softmax_avx2(float *x, size_t n);
 void bn_attn_head_avx2(float *out, const float *q, const uint16_t *k, const uint16_t *v,
                        size_t n_pos, size_t kv_stride, int head_dim, float scale, float *scratch);

@@ -9,6 +9,9 @@
 #endif
 #include "kernels.h"
 
+#include <float.h>
+#include <math.h>
+
 /* ---- packing geometry (see ternary_pack.c for the full layout description) ------------ */
 /* Both formats tile 16 rows: one 64-byte "chunk" holds 16 rows x 4 columns per decoded plane,
  * i.e. exactly one zmm (or two ymm) whose dword r belongs to row r. */
@@ -61,6 +64,7 @@ typedef struct bn_ktab {
                        float *y, size_t ldy, size_t r0, size_t r1);
     void (*f16_to_f32)(const uint16_t *in, float *out, size_t n);
     void (*f32_to_f16)(const float *in, uint16_t *out, size_t n);
+    void (*silu_mul)(float *out, const float *g, const float *u, size_t n);
 } bn_ktab;
 
 extern const bn_ktab bn_ktab_scalar;
@@ -112,6 +116,16 @@ void bn_tern_gemm_t5_scalar(const uint8_t *w, size_t rows, size_t cols, const in
 void bn_rmsnorm_scalar(float *out, const float *x, const float *w, size_t n, float eps);
 void bn_softmax_scalar(float *x, size_t n);
 void bn_relu2_mul_scalar(float *out, const float *g, const float *u, size_t n);
+void bn_silu_mul_scalar(float *out, const float *g, const float *u, size_t n);
+/* silu(g) = g / (1 + expf(-g)), the reference every variant is tested against (SIMD variants
+ * use it for their scalar tails). g is clamped to -FLT_MAX first so that g = -inf gives
+ * -FLT_MAX / (1 + inf) = -0, the limit, instead of -inf / inf = NaN; below -88.7 expf(-g)
+ * overflows to inf and the quotient is -0 as well. g = +inf gives inf; NaN stays NaN. */
+static inline float bn_silu_one(float g)
+{
+    const float x = g < -FLT_MAX ? -FLT_MAX : g;
+    return x / (1.0f + expf(-x));
+}
 void bn_attn_head_scalar(float *out, const float *q, const uint16_t *k, const uint16_t *v,
                          size_t n_pos, size_t kv_stride, int head_dim, float scale, float *scratch);
 void bn_attn_group_scalar(float *out, const float *q, int n_q, const uint16_t *k, const uint16_t *v,
