@@ -28,3 +28,4 @@ include $(srcdir)/tests/engine.mk
 include $(srcdir)/tests/server.mk
 include $(srcdir)/tests/fuzz/local.mk
 include $(srcdir)/tests/faults.mk
+include $(srcdir)/tests/cli.mk

@@ -226,7 +226,7 @@ static const char *head_name(int h) { return h == BN_LM_HEAD_I8 ? "i8" : "f16"; 
 START_TEST(greedy_identical_every_variant)
 {
     const char *paths[2] = {path_t5, path_i2};
-    bn_isa chosen = bn_kernels_isa();   /* restored afterwards: tests share one process */
+    bn_isa chosen = bn_kernels_isa();   /* bn_test_isa_fixture restores it, even after a failure */
     uint64_t proposed = 0, accepted = 0, passes = 0, tokens = 0;
     outcome *plain = malloc(sizeof *plain), *d = malloc(sizeof *d);
     bn_sampling g;
@@ -235,7 +235,7 @@ START_TEST(greedy_identical_every_variant)
     for (int pi = 0; pi < 2; pi++) {
         bn_model *m = bn_test_open_model(paths[pi]);
         for (int isa = 0; isa < BN_ISA_COUNT; isa++) {
-            if (!bn_kernels_isa_supported((bn_isa)isa) || (vg && isa != (int)chosen)) continue;
+            if (!bn_test_isa_ok("test_draft", isa) || (vg && isa != (int)chosen)) continue;
             ck_assert_int_eq(bn_kernels_force((bn_isa)isa), 0);
             for (int h = BN_LM_HEAD_F16; h <= BN_LM_HEAD_I8; h++) {
                 bn_engine *e = new_engine(m, 0, h);
@@ -269,7 +269,6 @@ START_TEST(greedy_identical_every_variant)
         }
         bn_model_close(m);
     }
-    bn_kernels_force(chosen);
     fprintf(stderr, "greedy: %llu tokens in %llu passes, %llu of %llu drafts accepted\n",
             (unsigned long long)tokens, (unsigned long long)passes, (unsigned long long)accepted,
             (unsigned long long)proposed);
@@ -352,7 +351,12 @@ START_TEST(sampling_identical_per_seed)
     }
     fprintf(stderr, "sampling: lookup kept %llu drafts; %llu of %d texts ended by EOS\n",
             (unsigned long long)accepted, (unsigned long long)stops, seeds);
-    if (!vg) ck_assert(stops > 0);   /* EOS inside a pass: also stops_inside_a_pass */
+    /* EOS inside a pass (stops_inside_a_pass checks it on purpose-made texts too) */
+    if (vg)
+        fprintf(stderr, "SKIP: sampling_identical_per_seed: an EOS ending among %d seeds is only "
+                        "asserted with the full 24 (BN_VALGRIND)\n", seeds);
+    else
+        ck_assert(stops > 0);
     bn_drafter_free(dk);
     free(plain);
     free(d);
@@ -709,6 +713,7 @@ static Suite *draft_suite(void)
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {   /* CK_RUN_CASE=name */
         TCase *tc = tcase_create(cases[i].name);
+        bn_test_isa_fixture(tc);   /* greedy forces every variant */
         tcase_set_timeout(tc, 900);
         tcase_add_test(tc, cases[i].t);
         suite_add_tcase(s, tc);
@@ -723,8 +728,8 @@ int main(void)
     snprintf(path_i2, sizeof path_i2, "%s/draft_tiny_i2.%ld.bin", bn_test_tmpdir(), (long)getpid());
     /* written by a child: this process starts its first OpenMP team afterwards */
     if (bn_test_pack_pair_forked("test_draft", SHAPE, path_t5, path_i2)) return EXIT_FAILURE;
-    int failed = bn_test_run(draft_suite());
+    int rc = bn_test_exit("test_draft", draft_suite());
     remove(path_t5);
     remove(path_i2);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return rc;
 }

@@ -283,34 +283,14 @@ static long run_faults(const char *name, fault_op op, void *ctx, const char *dir
 
 static char model_path[512], pack_dir[512];
 
-static bn_vocab *synth_vocab(bn_synth *sy, bn_error *err)
-{
-    *sy = (bn_synth){.seed = 1};
-    if (bn_synth_shape("tiny", &sy->cfg, err)) return NULL;
-    bn_vocab *v = bn_vocab_builtin(sy->cfg.n_vocab, err);
-    if (!v) return NULL;
-    sy->cfg.bos = v->bos;
-    sy->cfg.eos = v->eos;
-    sy->cfg.eot = v->eot;
-    return v;
-}
-
+/* The tiny synthetic model with the int8 lm_head (the default packing options), written by the
+ * shared helper: the same code path bn_pack_write's fault runs exercise. */
 static int pack(const char *path, bn_error *err)
 {
-    bn_synth sy;
-    bn_vocab *v = synth_vocab(&sy, err);
-    if (!v) return -1;
-    bn_source *src = NULL;
     bn_pack_opts po;
     bn_pack_opts_default(&po);
     po.lm_head_i8 = 1;
-    int rc = bn_source_open_synth(&sy, v, &src, err);
-    if (rc == 0) {
-        rc = bn_pack_write(src, path, &po, err);
-        bn_source_close(src);
-    }
-    bn_vocab_free(v);
-    return rc;
+    return bn_test_pack_synth("tiny", &po, path, err);
 }
 
 static void setup(void)
@@ -361,6 +341,7 @@ static int op_model_open(void *ctx, char *msg, size_t n)
     return 0;
 }
 
+/* bn_model_open of the tiny model under every allocation failure. */
 START_TEST(model_open)
 {
     ck_assert_int_gt(run_faults("bn_model_open", op_model_open, NULL, NULL), 0);
@@ -377,6 +358,7 @@ static int op_pack_write(void *ctx, char *msg, size_t n)
     return 0;
 }
 
+/* bn_pack_write of the tiny model: a failed write leaves its directory empty. */
 START_TEST(pack_write)
 {
     char dir[600], path[700];
@@ -398,6 +380,7 @@ static int op_tokenizer_new(void *ctx, char *msg, size_t n)
     return 0;
 }
 
+/* bn_tokenizer_new over the tiny model's vocabulary. */
 START_TEST(tokenizer_new)
 {
     bn_model *m = NULL;
@@ -454,6 +437,7 @@ static int op_vocab_hf(void *ctx, char *msg, size_t n)
     return rc;
 }
 
+/* A tokenizer.json + tokenizer_config.json loaded from memory, then a tokenizer built on it. */
 START_TEST(vocab_hf)
 {
     make_small_json();
@@ -483,6 +467,7 @@ static int op_engine_create(void *ctx, char *msg, size_t n)
     return 0;
 }
 
+/* bn_engine_create with one sequence and with three (the extra KV caches). */
 START_TEST(engine_create)
 {
     bn_model *m = NULL;
@@ -534,7 +519,6 @@ static int op_api_parse(void *ctx, char *msg, size_t n)
     bn_api_request_free(&r);
     if (rc) {
         OK(e.status >= 400, "status %d", e.status);
-        /* a valid body may fail only for want of memory: then it must not blame the client */
         /* a valid body may fail only for want of memory, and then must not blame the client;
          * except that jansson 2.14 reports some failed allocations in its lexer as syntax
          * errors, which no caller can tell apart (counted, not failed) */
@@ -548,6 +532,8 @@ static int op_api_parse(void *ctx, char *msg, size_t n)
     return 0;
 }
 
+/* bn_api_parse of each API_CASES body: a valid body fails only as a 5xx (or jansson's
+ * misreport, counted), an invalid one fails every run. */
 START_TEST(api_parse)
 {
     const api_case *c = &API_CASES[_i];
@@ -555,13 +541,14 @@ START_TEST(api_parse)
     snprintf(name, sizeof name, "bn_api_parse #%d", _i);
     if (c->ok) {
         misreported = 0;
-        run_faults(name, op_api_parse, (void *)c, NULL);
+        ck_assert_int_gt(run_faults(name, op_api_parse, (void *)c, NULL), 0);
         fprintf(stderr, "faults: %-28s %ld out-of-memory runs reported as invalid JSON (jansson)\n",
                 name, misreported);
         return;
     }
     /* an invalid body: every run fails; stop once a run hits no injected failure */
-    for (long k = 1; k < MAX_STEPS; k++) {
+    long k;
+    for (k = 1; k < MAX_STEPS; k++) {
         long before = n_live;
         n_calls = n_failed = 0;
         fail_at = k;
@@ -575,6 +562,8 @@ START_TEST(api_parse)
                       n_live - before);
         if (n_failed == 0) break;
     }
+    ck_assert_msg(k < MAX_STEPS, "%s: still failing after %d allocations", name, MAX_STEPS);
+    ck_assert_int_gt(k, 1);   /* the parse allocates: at least one run had a failure injected */
 }
 END_TEST
 
@@ -624,11 +613,12 @@ static int op_builders(void *ctx, char *msg, size_t n)
     return rc;
 }
 
+/* The response builders: under failure NULL or exactly the clean run's text. */
 START_TEST(api_builders)
 {
     build_all(&want);
     for (int i = 0; i < 6; i++) ck_assert_ptr_nonnull(want.s[i]);
-    run_faults("bn_api_* builders", op_builders, NULL, NULL);
+    ck_assert_int_gt(run_faults("bn_api_* builders", op_builders, NULL, NULL), 0);
     for (int i = 0; i < 6; i++) free(want.s[i]);
 }
 END_TEST
@@ -669,6 +659,7 @@ static int op_config(void *ctx, char *msg, size_t n)
     return rc ? fail_msg(msg, n, err.msg) : 0;
 }
 
+/* bn_config_load_string of a realistic bitnetd.conf. */
 START_TEST(config_load)
 {
     ck_assert_int_gt(run_faults("bn_config_load_string", op_config, NULL, NULL), 0);
@@ -692,6 +683,7 @@ static int op_limits(void *ctx, char *msg, size_t n)
     return 0;
 }
 
+/* bn_limits_new from that config's keys and classes. */
 START_TEST(limits_new)
 {
     bn_srv_config c;
@@ -760,6 +752,7 @@ static int op_channel(void *ctx, char *msg, size_t n)
     return rc;
 }
 
+/* The channel's encoders, decoder and blocking reader. */
 START_TEST(channel)
 {
     ck_assert_int_gt(run_faults("channel encode/decode", op_channel, NULL, NULL), 0);

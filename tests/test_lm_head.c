@@ -1,5 +1,8 @@
 /* lm_head tests: the batched int8 GEMM against the per-token GEMV (every variant, bit for bit),
- * and the batched engine head against the single-token head. Fixed seeds; no timings. */
+ * the batched engine head against the single-token head, and the screened head (int8 screen +
+ * f16 rescoring) against the exact f16 head: the same argmax, rows within the margin exact, on
+ * random and adversarial near-tie states, through the engine, and on 1.0 files without bounds.
+ * Fixed seeds; no timings. Tests that force kernel variants run under bn_test_isa_fixture. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -73,6 +76,7 @@ START_TEST(gemm_i8row_equals_gemv)
 }
 END_TEST
 
+/* The public bn_gemm_i8row (dispatched to the CPU's variant) equals m bn_gemv_i8row calls. */
 START_TEST(gemm_i8row_public_dispatch)
 {
     bn_test_rng_seed(22);
@@ -92,11 +96,13 @@ END_TEST
 
 /* ---- models ------------------------------------------------------------------------------- */
 
-/* Writes the synthetic model `shape` (seed 1) to dir/name unless it is there; opens it. */
+/* Writes the synthetic model `shape` (seed 1) to this process's bn_test_path(name) unless an
+ * earlier test of this run wrote it (never a stale file from another run); opens it. main
+ * removes the files. */
 static bn_model *synth_open(const char *shape, const char *name)
 {
     char path[512];
-    snprintf(path, sizeof path, "%s/%s", bn_test_tmpdir(), name);
+    snprintf(path, sizeof path, "%s", bn_test_path(name));
     mkdir(bn_test_tmpdir(), 0700);
     bn_error err = {{0}};
     struct stat st;
@@ -142,10 +148,11 @@ static void batch_equals_one(const bn_model *m, int head, uint32_t n)
                        head, t, n);
         bn_engine_free(e);
     }
-    bn_kernels_force(bn_kernels_isa_supported(BN_ISA_AVX512VNNI) ? BN_ISA_AVX512VNNI : BN_ISA_SCALAR);
+    bn_test_isa_restore();   /* the variant the test started with (the fixture saved it) */
     free(want), free(got);
 }
 
+/* Batched int8 and f16 heads equal the single-token ones for 1..13 tokens, every variant. */
 START_TEST(batch_head_equals_one_tiny)
 {
     bn_model *m = synth_open("tiny", "lmh-tiny.bnpk");
@@ -157,6 +164,7 @@ START_TEST(batch_head_equals_one_tiny)
 }
 END_TEST
 
+/* The same for the screened head. */
 START_TEST(batch_screen_equals_one_tiny)
 {
     bn_model *m = synth_open("tiny", "lmh-tiny.bnpk");
@@ -219,8 +227,9 @@ static void screen_exactness(const char *shape, const char *file, int n_rand, in
     float *ys = bn_test_xmalloc((size_t)V * 4), *yf = bn_test_xmalloc((size_t)V * 4);
     uint64_t rescored = 0, n = 0;
     uint32_t most = 0;
+    const bn_isa chosen = bn_kernels_isa();   /* before the loop forces others */
     FOR_EACH_ISA(isa) {
-        if (!all_isa && isa != (int)bn_kernels_isa() && isa != BN_ISA_SCALAR) continue;
+        if (!all_isa && isa != (int)chosen && isa != BN_ISA_SCALAR) continue;
         ck_assert_int_eq(bn_kernels_force((bn_isa)isa), 0);
         bn_engine *scr = engine(m, BN_LM_HEAD_SCREEN, 1), *ref = engine(m, BN_LM_HEAD_F16, 1);
         char what[96];
@@ -252,17 +261,19 @@ static void screen_exactness(const char *shape, const char *file, int n_rand, in
     }
     printf("test_lm_head: %s: rows rescored per state %.1f mean, %u max (of %u)\n", shape,
            (double)rescored / (double)(n ? n : 1), most, V);
-    bn_kernels_force(bn_kernels_isa_supported(BN_ISA_AVX512VNNI) ? BN_ISA_AVX512VNNI : BN_ISA_SCALAR);
+    bn_test_isa_restore();   /* the variant the test started with (the fixture saved it) */
     free(h), free(t), free(wa), free(wb), free(ys), free(yf);
     bn_model_close(m);
 }
 
+/* Screened == f16 where it matters on tiny: 60 random and 60 near-tie states, every variant. */
 START_TEST(screen_exact_tiny)
 {
     screen_exactness("tiny", "lmh-tiny.bnpk", 60, 60, 1);
 }
 END_TEST
 
+/* The same on the 2B-4T head shape (16384 rows of 2560), for the default variant and scalar. */
 START_TEST(screen_exact_2b4t_shape)
 {
     /* CI's valgrind pass (BN_VALGRIND) checks fewer states on this shape; make check all */
@@ -297,6 +308,8 @@ START_TEST(screen_greedy_positions_tiny)
 }
 END_TEST
 
+/* bn_lm_margin: 0 for greedy and untruncated sampling, T ln(1/min_p) with min_p, infinite with
+ * penalties; bn_lm_margin_exact leaves out under 2^-24 of the top token's probability. */
 START_TEST(margin_rule)
 {
     bn_sampling s;
@@ -321,8 +334,8 @@ START_TEST(old_file_without_bounds)
 {
     bn_model *m0 = synth_open("tiny", "lmh-tiny.bnpk");
     char src[512], dst[512];
-    snprintf(src, sizeof src, "%s/lmh-tiny.bnpk", bn_test_tmpdir());
-    snprintf(dst, sizeof dst, "%s/lmh-tiny-1.0.bnpk", bn_test_tmpdir());
+    snprintf(src, sizeof src, "%s", bn_test_path("lmh-tiny.bnpk"));
+    snprintf(dst, sizeof dst, "%s", bn_test_path("lmh-tiny-1.0.bnpk"));
     bn_model_close(m0);
     FILE *f = fopen(src, "rb");
     ck_assert_ptr_nonnull(f);
@@ -390,12 +403,14 @@ static Suite *lm_head_suite(void)
 {
     Suite *s = suite_create("lm_head");
     TCase *tc = tcase_create("int8");
+    bn_test_isa_fixture(tc);
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, gemm_i8row_equals_gemv);
     tcase_add_test(tc, gemm_i8row_public_dispatch);
     tcase_add_test(tc, batch_head_equals_one_tiny);
     suite_add_tcase(s, tc);
     tc = tcase_create("screen");
+    bn_test_isa_fixture(tc);
     tcase_set_timeout(tc, 900);
     tcase_add_test(tc, stored_bounds_hold);
     tcase_add_test(tc, margin_rule);
@@ -410,5 +425,8 @@ static Suite *lm_head_suite(void)
 
 int main(void)
 {
-    return bn_test_run(lm_head_suite()) ? EXIT_FAILURE : EXIT_SUCCESS;
+    int rc = bn_test_exit("test_lm_head", lm_head_suite());
+    static const char *const files[] = {"lmh-tiny.bnpk", "lmh-2b4t.bnpk", "lmh-tiny-1.0.bnpk"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) unlink(bn_test_path(files[i]));
+    return rc;
 }

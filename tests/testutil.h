@@ -157,6 +157,92 @@ static inline int bn_test_isa_ok(const char *prog, int isa)
     return 0;
 }
 
+/* Forced kernel variants (bn_kernels_force) are process-wide, and CK_FORK=no runs every test
+ * in one process: a test that forces a variant and then fails an assertion would leave it
+ * forced for every later test. A test case whose tests force variants registers this checked
+ * fixture: setup records the variant in use, teardown (which Check also runs after a failed
+ * assertion) forces it back.  bn_test_isa_fixture(tc);  or by hand:
+ * tcase_add_checked_fixture(tc, bn_test_isa_save, bn_test_isa_restore). */
+static inline bn_isa *bn_test_isa_saved(void)
+{
+    static bn_isa saved = BN_ISA_COUNT;   /* BN_ISA_COUNT: nothing saved */
+    return &saved;
+}
+static inline void bn_test_isa_save(void) { *bn_test_isa_saved() = bn_kernels_isa(); }
+static inline void bn_test_isa_restore(void)
+{
+    bn_isa *s = bn_test_isa_saved();
+    if (*s != BN_ISA_COUNT && bn_kernels_isa() != *s) bn_kernels_force(*s);
+}
+static inline void bn_test_isa_fixture(TCase *tc)
+{
+    tcase_add_checked_fixture(tc, bn_test_isa_save, bn_test_isa_restore);
+}
+
+/* ---- skips ---------------------------------------------------------------------------------- */
+
+/* Check has no "skipped" result: a test that returns early reads as a pass. So a test that
+ * cannot run here is either not registered at all (BN_TCASE_ADD_TEST_IF: decided in main, the
+ * preferred way) or ends itself with BN_TEST_SKIP (for conditions found inside the test). Both
+ * print "SKIP: <test>: <why>" to stderr and count the skip; bn_test_exit reports the count and
+ * turns "nothing ran but skips" into exit 77 (automake's SKIP). */
+static inline int *bn_test_skip_count(void)   /* [0]: every skip, [1]: those inside a test */
+{
+    static int n[2];
+    return n;
+}
+static inline void bn_test_skip_note(const char *test, const char *why)
+{
+    size_t n = strlen(test);   /* START_TEST(x) defines x_fn: report x */
+    if (n > 3 && !strcmp(test + n - 3, "_fn")) n -= 3;
+    fprintf(stderr, "SKIP: %.*s: %s\n", (int)n, test, why);
+    (*bn_test_skip_count())++;
+}
+/* Registers test tf in tc unless why (a string, evaluated once) is non-NULL: then it is skipped. */
+#define BN_TCASE_ADD_TEST_IF(tc, tf, why)                                                       \
+    do {                                                                                        \
+        const char *bn_why_ = (why);                                                            \
+        if (bn_why_) bn_test_skip_note(#tf, bn_why_);                                           \
+        else tcase_add_test(tc, tf);                                                            \
+    } while (0)
+/* Inside a test: prints "SKIP: <function>: <why>", counts it and returns from the test. */
+#define BN_TEST_SKIP(...)                                                                       \
+    do {                                                                                        \
+        char bn_why_[256];                                                                      \
+        snprintf(bn_why_, sizeof bn_why_, __VA_ARGS__);                                         \
+        bn_test_skip_note(__func__, bn_why_);                                                   \
+        bn_test_skip_count()[1]++;                                                              \
+        return;                                                                                 \
+    } while (0)
+/* NULL if environment variable name is set and non-empty, else "NAME is not set (run through
+ * make check)": for BN_TCASE_ADD_TEST_IF. */
+static inline const char *bn_test_needs_env(const char *name)
+{
+    static char why[8][96];
+    static int i;
+    const char *v = getenv(name);
+    if (v && *v) return NULL;
+    char *w = why[i++ % 8];
+    snprintf(w, sizeof why[0], "%s is not set (run through make check)", name);
+    return w;
+}
+
+/* Runs the suite (bn_test_run) and returns the process's exit status: 1 if a test failed, 77
+ * (SKIP) if no test ran but some were skipped, else 0. Reports the skips on stderr. */
+static inline int bn_test_exit(const char *prog, Suite *s)
+{
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr), ran = srunner_ntests_run(sr);
+    srunner_free(sr);
+    int skips = bn_test_skip_count()[0], inside = bn_test_skip_count()[1];
+    if (skips)
+        fprintf(stderr, "%s: %d test(s) skipped (%d of Check's %d counted runs), not passes\n", prog,
+                skips, inside, ran);
+    if (failed) return 1;
+    return ran - inside == 0 && skips > 0 ? 77 : 0;
+}
+
 /* xorshift64, seeded: the same data on every run and machine. */
 static inline uint64_t *bn_test_rng_state(void)
 {

@@ -17,7 +17,10 @@
 #include "engine/draft.h"
 #include "engine/engine.h"
 
-#define MAX_THREAD_LIST 16
+#define MAX_THREAD_LIST BN_CLI_MAX_THREAD_LIST
+
+/* The engine options bench takes (the table in cli_common.c): -t is a list of counts. */
+#define BENCH_EOPTS (BN_EOPT_THREAD_LIST | BN_EOPT_COMMON)
 
 static void usage(FILE *f)
 {
@@ -26,26 +29,23 @@ static void usage(FILE *f)
             "  -m, --model FILE      packed model file\n"
             "  -p, --n-prompt N      prefill test of N tokens (default 512; 0 = skip)\n"
             "  -n, --n-gen N         decode test of N tokens (default 128; 0 = skip)\n"
-            "  -t, --threads LIST    thread counts, comma-separated (default: physical cores available)\n"
             "  -r, --reps N          repetitions per test, after one warm-up (default 5)\n"
-            "  -b, --batch N         prefill chunk (default 64)\n"
-            "      --lm-head f16|i8|screen  lm_head to use (default: screen if the file has it, else i8)\n"
-            "      --isa NAME        force a kernel variant (scalar, avx2, avx512, avx512vnni)\n"
-            "      --pin             pin threads to CPUs\n"
             "      --roofline        memory bandwidth, decode as a fraction of it, time split\n"
             "      --agreement       top-1 agreement of the int8 and screened heads with f16 over -p positions\n"
             "      --parallel LIST   decode S sequences together (e.g. 1,2,4,8): aggregate and\n"
             "                        per-sequence tok/s of -n steps, after a -p token prompt each\n"
             "      --draft MODE      off|lookup|auto: verify-pass cost, drafted vs plain decoding of\n"
-            "                        -n tokens after -p, speed-up vs acceptance rate (first -t only)\n");
+            "                        -n tokens after -p, speed-up vs acceptance rate (first -t only)\n"
+            "engine:\n");
+    bn_cli_engine_help(f, BENCH_EOPTS, 24);
 }
 
 typedef struct bench_args {
     const char *model;
-    uint32_t n_prompt, n_gen, reps, batch;
-    int threads[MAX_THREAD_LIST], n_threads_list;
+    uint32_t n_prompt, n_gen, reps;
+    bn_cli_engine ce;                            /* -t LIST and the other engine options */
     int parallel[MAX_THREAD_LIST], n_parallel;   /* --parallel sequence counts; 0 = off */
-    int lm_head, pin, roofline, agreement;
+    int roofline, agreement;
     int draft;                                   /* --draft mode; -1 = not asked */
 } bench_args;
 
@@ -291,8 +291,9 @@ static int agreement(bn_engine *e, const int32_t *ids, uint32_t n, bn_error *err
  * (exit 2, without the usage text). */
 static int opt_bad(const char *flag, const bn_error *e)
 {
-    fprintf(stderr, "bitnet bench: %s: %s\n", flag, e->msg);
-    return -1;
+    if (flag) fprintf(stderr, "bitnet bench: %s: %s\n", flag, e->msg);
+    else fprintf(stderr, "bitnet bench: %s\n", e->msg);   /* the message names its flag */
+    return 3;
 }
 static int opt_u32(const char *flag, uint32_t lo, uint32_t hi, uint32_t *out)
 {
@@ -300,67 +301,35 @@ static int opt_u32(const char *flag, uint32_t lo, uint32_t hi, uint32_t *out)
     return bn_parse_u32(optarg, lo, hi, out, &e) ? opt_bad(flag, &e) : 0;
 }
 
-/* "1,2,4": each count checked on its own, in [1, hi]. */
-static int parse_list(const char *s, const char *flag, uint32_t hi, int *out, int *count)
-{
-    *count = 0;
-    for (;;) {
-        size_t n = strcspn(s, ",");
-        if (*count == MAX_THREAD_LIST) {
-            fprintf(stderr, "bitnet bench: %s: at most %d values\n", flag, MAX_THREAD_LIST);
-            return -1;
-        }
-        char *item = strndup(s, n);
-        bn_error e;
-        uint32_t v;
-        int rc = item ? bn_parse_u32(item, 1, hi, &v, &e) : bn_err(&e, "out of memory");
-        free(item);
-        if (rc) return opt_bad(flag, &e);
-        out[(*count)++] = (int)v;
-        if (!s[n]) return 0;
-        s += n + 1;
-    }
-}
-
 static int parse_args(int argc, char **argv, bench_args *a)
 {
-    static const struct option opts[] = {
+    static const struct option own[] = {
         {"model", required_argument, 0, 'm'},  {"n-prompt", required_argument, 0, 'p'},
-        {"n-gen", required_argument, 0, 'n'},  {"threads", required_argument, 0, 't'},
-        {"reps", required_argument, 0, 'r'},   {"batch", required_argument, 0, 'b'},
-        {"lm-head", required_argument, 0, 'L'}, {"isa", required_argument, 0, 'I'},
-        {"pin", no_argument, 0, 'P'},          {"roofline", no_argument, 0, 'R'},
-        {"agreement", no_argument, 0, 'A'},    {"parallel", required_argument, 0, 'S'},
-        {"draft", required_argument, 0, 'D'},  {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+        {"n-gen", required_argument, 0, 'n'},  {"reps", required_argument, 0, 'r'},
+        {"roofline", no_argument, 0, 'R'},     {"agreement", no_argument, 0, 'A'},
+        {"parallel", required_argument, 0, 'S'}, {"draft", required_argument, 0, 'D'},
+        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+    bn_cli_getopt g;
+    bn_cli_getopt_build(&g, own, "m:p:n:r:h", BENCH_EOPTS);
     *a = (bench_args){.n_prompt = 512, .n_gen = 128, .reps = 5, .draft = -1};
+    bn_cli_engine_init(&a->ce);
     int c;
-    enum bn_lm_head_kind head;
+    bn_error e;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:p:n:t:r:b:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, g.shortopts, g.longopts, NULL)) != -1) {
+        int r = bn_cli_engine_opt(&a->ce, BENCH_EOPTS, c, optarg, &e);
+        if (r < 0) return opt_bad(NULL, &e);
+        if (r > 0) continue;
         switch (c) {
         case 'm': a->model = optarg; break;
         case 'p': if (opt_u32("-p/--n-prompt", 0, 1u << 20, &a->n_prompt)) return 3; break;
         case 'n': if (opt_u32("-n/--n-gen", 0, 1u << 20, &a->n_gen)) return 3; break;
-        case 't':
-            if (parse_list(optarg, "-t/--threads", 4096, a->threads, &a->n_threads_list)) return 3;
-            break;
         case 'S':
-            if (parse_list(optarg, "--parallel", BN_MAX_SEQ, a->parallel, &a->n_parallel)) return 3;
+            if (bn_parse_u32_list(optarg, 1, BN_MAX_SEQ, a->parallel, MAX_THREAD_LIST,
+                                  &a->n_parallel, &e))
+                return opt_bad("--parallel", &e);
             break;
         case 'r': if (opt_u32("-r/--reps", 1, 1000000, &a->reps)) return 3; break;
-        case 'b': if (opt_u32("-b/--batch", 0, 4096, &a->batch)) return 3; break;
-        case 'L':
-            if (bn_parse_head_kind(optarg, &head)) return 2;
-            a->lm_head = head;
-            break;
-        case 'I':
-            if (bn_isa_parse(optarg) < 0 || bn_kernels_force((bn_isa)bn_isa_parse(optarg)) != 0) {
-                fprintf(stderr, "bitnet bench: kernel variant '%s' is unknown or unsupported here\n", optarg);
-                return 2;
-            }
-            break;
-        case 'P': a->pin = 1; break;
         case 'R': a->roofline = 1; break;
         case 'A': a->agreement = 1; break;
         case 'D':
@@ -374,7 +343,8 @@ static int parse_args(int argc, char **argv, bench_args *a)
         }
     }
     if (!a->model || optind != argc || a->reps == 0) return 2;
-    if (a->n_threads_list == 0) a->threads[a->n_threads_list++] = 0;
+    if (bn_cli_engine_finish(&a->ce, &e)) return opt_bad(NULL, &e);
+    if (a->ce.n_threads == 0) a->ce.threads[a->ce.n_threads++] = 0;
     return 0;
 }
 
@@ -407,13 +377,9 @@ int cmd_bench(int argc, char **argv)
         printf("| --- | ---: | --- | --- | ---: | ---: | ---: |\n");
     }
     int rc = 0;
-    for (int ti = 0; rc == 0 && ti < a.n_threads_list; ti++) {
+    for (int ti = 0; rc == 0 && ti < a.ce.n_threads; ti++) {
         bn_engine_opts eo;
-        bn_engine_opts_default(&eo);
-        eo.n_threads = a.threads[ti];
-        eo.pin = a.pin;
-        eo.lm_head = a.lm_head;
-        eo.batch = a.batch;
+        bn_cli_engine_opts(&a.ce, a.ce.threads[ti], &eo);
         eo.n_ctx = n_ids > 0 ? n_ids : 1;
         if (a.n_parallel) {   /* every sequence holds its prompt and its generated tokens */
             eo.n_seq = (uint32_t)smax;

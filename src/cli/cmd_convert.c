@@ -42,11 +42,14 @@ int cmd_convert(int argc, char **argv)
     bn_error err = {{0}};
     bn_source *src = NULL;
     double t0 = bn_now();
+    bn_cli_progress prog;
     int rc = bn_source_open(argv[optind], &src, &err);
     if (rc == 0) {
         fprintf(stderr, "converting %s (%s)\n", argv[optind], src->kind);
         if (src->notes) fprintf(stderr, "%s", src->notes);
+        bn_cli_progress_attach(&prog, &po, stderr);   /* a progress line only on a terminal */
         rc = bn_pack_write(src, argv[optind + 1], &po, &err);
+        bn_cli_progress_end(&prog);
     }
     bn_source_close(src);
     if (rc != 0) {

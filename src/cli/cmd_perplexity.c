@@ -13,18 +13,17 @@
 #include "engine/engine.h"
 #include "text/tokenizer.h"
 
+/* The engine options perplexity takes (the table in cli_common.c): -c is the window. */
+#define PPL_EOPTS (BN_EOPT_THREADS | BN_EOPT_WINDOW | BN_EOPT_COMMON)
+
 static void usage(FILE *f)
 {
     fprintf(f,
             "usage: bitnet perplexity -m MODEL -f TEXTFILE [options]\n"
             "  -m, --model FILE      packed model file\n"
             "  -f, --file FILE       text to score (tokenized whole, with BOS)\n"
-            "  -c, --ctx N           window length (default 512, clamped to the model's maximum)\n"
-            "  -t, --threads N       threads (default: physical cores available)\n"
-            "  -b, --batch N         prefill chunk (default 64)\n"
-            "      --lm-head f16|i8|screen  lm_head to use (default: screen, exact, if the file has it)\n"
-            "      --isa NAME        force a kernel variant (scalar, avx2, avx512, avx512vnni)\n"
-            "      --pin             pin threads to CPUs\n");
+            "engine:\n");
+    bn_cli_engine_help(f, PPL_EOPTS, 24);
 }
 
 static void print_chunk(uint32_t chunk, uint32_t n_chunks, double ppl, void *user)
@@ -57,48 +56,30 @@ static int tokenize_file(const bn_model *m, const char *path, int32_t **ids, siz
     return 0;
 }
 
-/* Checked option values: a bad one prints "bitnet perplexity: FLAG: why" (then exit 2). */
-static int opt_u32(const char *flag, uint32_t lo, uint32_t hi, uint32_t *out)
-{
-    bn_error e;
-    if (bn_parse_u32(optarg, lo, hi, out, &e) == 0) return 0;
-    fprintf(stderr, "bitnet perplexity: %s: %s\n", flag, e.msg);
-    return -1;
-}
-
 int cmd_perplexity(int argc, char **argv)
 {
-    static const struct option opts[] = {
+    static const struct option own[] = {
         {"model", required_argument, 0, 'm'}, {"file", required_argument, 0, 'f'},
-        {"ctx", required_argument, 0, 'c'},   {"threads", required_argument, 0, 't'},
-        {"batch", required_argument, 0, 'b'}, {"lm-head", required_argument, 0, 'L'},
-        {"isa", required_argument, 0, 'I'},   {"pin", no_argument, 0, 'P'},
         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
-    const char *model_path = NULL, *file = NULL, *isa = NULL;
-    uint32_t ctx = 512;
-    bn_engine_opts eo;
-    bn_engine_opts_default(&eo);
+    const char *model_path = NULL, *file = NULL;
+    bn_cli_getopt g;
+    bn_cli_getopt_build(&g, own, "m:f:h", PPL_EOPTS);
+    bn_cli_engine ce;
+    bn_cli_engine_init(&ce);
+    ce.eo.n_ctx = 512;   /* the window's default; 0 or more than the model's: its maximum */
     int c;
-    enum bn_lm_head_kind head;
+    bn_error perr;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:f:c:t:b:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, g.shortopts, g.longopts, NULL)) != -1) {
+        int r = bn_cli_engine_opt(&ce, PPL_EOPTS, c, optarg, &perr);
+        if (r < 0) {   /* a bad value: its message names the flag */
+            fprintf(stderr, "bitnet perplexity: %s\n", perr.msg);
+            return 2;
+        }
+        if (r > 0) continue;
         switch (c) {
         case 'm': model_path = optarg; break;
         case 'f': file = optarg; break;
-        case 'c': if (opt_u32("-c/--ctx", 0, 1u << 24, &ctx)) return 2; break;
-        case 't': {
-            uint32_t t;
-            if (opt_u32("-t/--threads", 0, 4096, &t)) return 2;
-            eo.n_threads = (int)t;
-            break;
-        }
-        case 'b': if (opt_u32("-b/--batch", 0, 4096, &eo.batch)) return 2; break;
-        case 'L':
-            if (bn_parse_head_kind(optarg, &head)) { usage(stderr); return 2; }
-            eo.lm_head = head;
-            break;
-        case 'I': isa = optarg; break;
-        case 'P': eo.pin = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -107,10 +88,13 @@ int cmd_perplexity(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (isa && (bn_isa_parse(isa) < 0 || bn_kernels_force((bn_isa)bn_isa_parse(isa)) != 0)) {
-        fprintf(stderr, "bitnet perplexity: kernel variant '%s' is unknown or unsupported here\n", isa);
+    if (bn_cli_engine_finish(&ce, &perr)) {
+        fprintf(stderr, "bitnet perplexity: %s\n", perr.msg);
         return 2;
     }
+    bn_engine_opts eo;
+    bn_cli_engine_opts(&ce, ce.eo.n_threads, &eo);
+    uint32_t ctx = eo.n_ctx;
 
     bn_error err = {{0}};
     bn_model *m = NULL;
@@ -129,7 +113,7 @@ int cmd_perplexity(int argc, char **argv)
     bn_engine_memory(e, &mem);
     fprintf(stderr, "perplexity: %zu chunks, n_ctx=%u, batch %u, %d threads, isa %s, lm_head %s\n",
             n / ctx, ctx, mem.batch, bn_engine_threads(e), bn_isa_name(bn_kernels_isa()),
-            bn_engine_lm_head(e) == BN_LM_HEAD_I8 ? "i8" : "f16");
+            bn_head_kind_name(bn_engine_lm_head(e)));
 
     bn_ppl_result res;
     if (bn_perplexity(e, ids, n, ctx, m->cfg.bos, print_chunk, NULL, &res, &err)) goto out;

@@ -17,6 +17,9 @@
 #include "engine/engine.h"
 #include "text/tokenizer.h"
 
+/* The engine options run takes (the table in cli_common.c). */
+#define RUN_EOPTS (BN_EOPT_THREADS | BN_EOPT_CTX | BN_EOPT_COMMON)
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -25,8 +28,6 @@ static void usage(FILE *f)
             "  -m, --model FILE            packed model file\n"
             "  -p, --prompt TEXT           prompt (with --chat: the system prompt)\n"
             "  -n, --n-predict N           tokens to generate (default -1: until a stop or a full context)\n"
-            "  -t, --threads N             threads (default: physical cores available)\n"
-            "  -c, --ctx N                 context length (default: the model's maximum)\n"
             "      --chat                  interactive chat: one line per user turn, Ctrl-D ends\n"
             "      --stop STR              stop string (repeatable, at most %d)\n"
             "      --temp T                temperature (default 0.8; 0 = greedy)\n"
@@ -37,14 +38,13 @@ static void usage(FILE *f)
             "      --presence-penalty P    OpenAI presence penalty (default 0)\n"
             "      --frequency-penalty P   OpenAI frequency penalty (default 0)\n"
             "      --seed N                sampling seed (default: random, printed)\n"
-            "      --lm-head f16|i8|screen lm_head to use (default: screen, exact, if the file has it)\n"
             "      --draft off|lookup|auto speculative decoding by prompt lookup; the output is the\n"
             "                              same either way (default auto: only where it gains)\n"
             "      --draft-max N           most tokens drafted per pass (default %d, at most %d)\n"
             "      --draft-ngram N         longest n-gram matched (default %d)\n"
-            "      --isa NAME              force a kernel variant (scalar, avx2, avx512, avx512vnni)\n"
-            "      --pin                   pin threads to CPUs\n",
+            "engine:\n",
             BN_STOP_MAX, BN_DRAFT_DEFAULT_K, BN_DRAFT_MAX, BN_DRAFT_DEFAULT_NGRAM);
+    bn_cli_engine_help(f, RUN_EOPTS, 30);
 }
 
 typedef struct run_args {
@@ -54,7 +54,8 @@ typedef struct run_args {
     const char *stops[BN_STOP_MAX];
     size_t n_stops;
     bn_sampling sampling;
-    bn_engine_opts eo;
+    bn_cli_engine ce;          /* engine options as parsed */
+    bn_engine_opts eo;         /* ... resolved by bn_cli_engine_opts */
     int draft;                 /* enum bn_draft_mode */
     uint32_t draft_max, draft_ngram;
     bn_drafter *drafter;       /* made once, reused by every turn */
@@ -245,12 +246,18 @@ static int run_chat(bn_engine *e, const bn_tokenizer *tk, const run_args *a, bn_
 
 enum {
     OPT_CHAT = 256, OPT_STOP, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_REP, OPT_PRES, OPT_FREQ,
-    OPT_SEED, OPT_LMHEAD, OPT_ISA, OPT_PIN, OPT_DRAFT, OPT_DRAFT_MAX, OPT_DRAFT_NGRAM,
+    OPT_SEED, OPT_DRAFT, OPT_DRAFT_MAX, OPT_DRAFT_NGRAM,
 };
 
 /* Checked option values: a bad one prints "bitnet run: FLAG: why" and parse_args returns 3
- * (exit 2, without the usage text). */
-static int opt_bad(const char *flag, const bn_error *e)
+ * (exit 2, without the usage text). opt_bad takes a message that names its flag already (the
+ * engine options'); the opt_* parsers below name theirs. */
+static int opt_bad(const char *msg)
+{
+    fprintf(stderr, "bitnet run: %s\n", msg);
+    return 3;
+}
+static int opt_fail(const char *flag, const bn_error *e)
 {
     fprintf(stderr, "bitnet run: %s: %s\n", flag, e->msg);
     return -1;
@@ -258,7 +265,7 @@ static int opt_bad(const char *flag, const bn_error *e)
 static int opt_long(const char *flag, long lo, long hi, long *out)
 {
     bn_error e;
-    return bn_parse_long(optarg, lo, hi, out, &e) ? opt_bad(flag, &e) : 0;
+    return bn_parse_long(optarg, lo, hi, out, &e) ? opt_fail(flag, &e) : 0;
 }
 static int opt_int(const char *flag, long lo, long hi, int *out)
 {
@@ -270,54 +277,55 @@ static int opt_int(const char *flag, long lo, long hi, int *out)
 static int opt_u32(const char *flag, uint32_t lo, uint32_t hi, uint32_t *out)
 {
     bn_error e;
-    return bn_parse_u32(optarg, lo, hi, out, &e) ? opt_bad(flag, &e) : 0;
+    return bn_parse_u32(optarg, lo, hi, out, &e) ? opt_fail(flag, &e) : 0;
 }
 static int opt_u64(const char *flag, uint64_t *out)
 {
     bn_error e;
-    return bn_parse_u64(optarg, 0, UINT64_MAX, out, &e) ? opt_bad(flag, &e) : 0;
+    return bn_parse_u64(optarg, 0, UINT64_MAX, out, &e) ? opt_fail(flag, &e) : 0;
 }
 static int opt_float(const char *flag, double lo, double hi, float *out)
 {
     bn_error e;
     double v;
-    if (bn_parse_double(optarg, lo, hi, &v, &e)) return opt_bad(flag, &e);
+    if (bn_parse_double(optarg, lo, hi, &v, &e)) return opt_fail(flag, &e);
     *out = (float)v;
     return 0;
 }
 
 static int parse_args(int argc, char **argv, run_args *a)
 {
-    static const struct option opts[] = {
+    static const struct option own[] = {
         {"model", required_argument, 0, 'm'},      {"prompt", required_argument, 0, 'p'},
-        {"n-predict", required_argument, 0, 'n'},  {"threads", required_argument, 0, 't'},
-        {"ctx", required_argument, 0, 'c'},        {"chat", no_argument, 0, OPT_CHAT},
+        {"n-predict", required_argument, 0, 'n'},  {"chat", no_argument, 0, OPT_CHAT},
         {"stop", required_argument, 0, OPT_STOP},  {"temp", required_argument, 0, OPT_TEMP},
         {"top-k", required_argument, 0, OPT_TOPK}, {"top-p", required_argument, 0, OPT_TOPP},
         {"min-p", required_argument, 0, OPT_MINP}, {"repeat-penalty", required_argument, 0, OPT_REP},
         {"presence-penalty", required_argument, 0, OPT_PRES},
         {"frequency-penalty", required_argument, 0, OPT_FREQ},
-        {"seed", required_argument, 0, OPT_SEED},  {"lm-head", required_argument, 0, OPT_LMHEAD},
-        {"isa", required_argument, 0, OPT_ISA},    {"pin", no_argument, 0, OPT_PIN},
+        {"seed", required_argument, 0, OPT_SEED},
         {"draft", required_argument, 0, OPT_DRAFT},
         {"draft-max", required_argument, 0, OPT_DRAFT_MAX},
         {"draft-ngram", required_argument, 0, OPT_DRAFT_NGRAM},
         {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
+    bn_cli_getopt g;
+    bn_cli_getopt_build(&g, own, "m:p:n:h", RUN_EOPTS);
     memset(a, 0, sizeof *a);
     a->n_predict = -1;
     a->draft = BN_DRAFT_AUTO;
     bn_sampling_default(&a->sampling);
-    bn_engine_opts_default(&a->eo);
+    bn_cli_engine_init(&a->ce);
     int c;
-    enum bn_lm_head_kind head;
+    bn_error e;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:p:n:t:c:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, g.shortopts, g.longopts, NULL)) != -1) {
+        int r = bn_cli_engine_opt(&a->ce, RUN_EOPTS, c, optarg, &e);
+        if (r < 0) return opt_bad(e.msg);
+        if (r > 0) continue;
         switch (c) {
         case 'm': a->model = optarg; break;
         case 'p': a->prompt = optarg; break;
         case 'n': if (opt_long("-n/--n-predict", -1, LONG_MAX, &a->n_predict)) return 3; break;
-        case 't': if (opt_int("-t/--threads", 0, 4096, &a->eo.n_threads)) return 3; break;
-        case 'c': if (opt_u32("-c/--ctx", 0, 1u << 24, &a->eo.n_ctx)) return 3; break;
         case OPT_CHAT: a->chat = 1; break;
         case OPT_STOP:
             if (a->n_stops == BN_STOP_MAX || !*optarg) return 2;
@@ -334,17 +342,6 @@ static int parse_args(int argc, char **argv, run_args *a)
             if (opt_u64("--seed", &a->sampling.seed)) return 3;
             a->seed_set = 1;
             break;
-        case OPT_LMHEAD:
-            if (bn_parse_head_kind(optarg, &head)) return 2;
-            a->eo.lm_head = head;
-            break;
-        case OPT_ISA:
-            if (bn_isa_parse(optarg) < 0 || bn_kernels_force((bn_isa)bn_isa_parse(optarg)) != 0) {
-                fprintf(stderr, "bitnet run: kernel variant '%s' is unknown or unsupported here\n", optarg);
-                return 2;
-            }
-            break;
-        case OPT_PIN: a->eo.pin = 1; break;
         case OPT_DRAFT:
             if ((a->draft = bn_draft_mode_parse(optarg)) < 0) {
                 fprintf(stderr, "bitnet run: --draft: '%s' is not off, lookup or auto\n", optarg);
@@ -358,6 +355,8 @@ static int parse_args(int argc, char **argv, run_args *a)
         }
     }
     if (!a->model || optind != argc || (!a->chat && !a->prompt)) return 2;
+    if (bn_cli_engine_finish(&a->ce, &e)) return opt_bad(e.msg);
+    bn_cli_engine_opts(&a->ce, a->ce.eo.n_threads, &a->eo);
     if (!a->seed_set) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
