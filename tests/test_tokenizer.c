@@ -42,10 +42,14 @@ static void assert_round_trip(const bn_tokenizer *tk, const char *s, size_t len)
 
 /* ---- fixture vectors ---- */
 
+/* A fixture case without the fixtures is a skip: said on stderr and counted (main reports it),
+ * never silently passed. */
+static int n_skipped;
 #define NEED_FIXTURES()                                                                 \
     do {                                                                                \
         if (!llama) {                                                                   \
-            printf("SKIPPED: fixtures not found (%s)\n", __func__);                     \
+            fprintf(stderr, "SKIP: %s: the Llama-3 fixtures are not found\n", __func__);  \
+            n_skipped++;                                                                \
             return;                                                                     \
         }                                                                               \
     } while (0)
@@ -395,7 +399,15 @@ START_TEST(chat_text_rendering)
     ck_assert(bn_chat_render_text(BN_CHAT_BITNET, msgs + 1, 1, 0, &text, &len, &err) == 0);
     ck_assert_str_eq(text, "<|begin_of_text|>User: hi<|eot_id|>");
     free(text);
-    ck_assert(bn_chat_render_text(BN_CHAT_NONE, msgs, 1, 0, &text, &len, &err) != 0);
+    /* NONE (base models): BOS, then the contents, trimmed, joined by "\n"; no roles */
+    ck_assert(bn_chat_render_text(BN_CHAT_NONE, msgs, 2, 1, &text, &len, &err) == 0);
+    ck_assert_str_eq(text, "<s>You are a helpful assistant.\nhi");
+    free(text);
+    ck_assert(bn_chat_render_text(BN_CHAT_FALCON3, msgs, 2, 1, &text, &len, &err) == 0);
+    ck_assert_str_eq(text, "<|system|>\n You are a helpful assistant.\n\n<|user|>\nhi\n<|assistant|>\n");
+    free(text);
+    ck_assert(bn_chat_render_text((enum bn_chat_kind)99, msgs, 1, 0, &text, &len, &err) != 0);
+    ck_assert_msg(strstr(err.msg, "99") != NULL, "%s", err.msg);
 }
 END_TEST
 
@@ -426,7 +438,10 @@ START_TEST(chat_kind_selection)
 {
     ck_assert_int_eq(bn_chat_kind_parse("bitnet"), BN_CHAT_BITNET);
     ck_assert_int_eq(bn_chat_kind_parse("llama3"), BN_CHAT_LLAMA3);
+    ck_assert_int_eq(bn_chat_kind_parse("falcon3"), BN_CHAT_FALCON3);
+    ck_assert_int_eq(bn_chat_kind_parse("none"), BN_CHAT_NONE);
     ck_assert_int_eq(bn_chat_kind_parse("chatml"), -1);
+    ck_assert_str_eq(bn_chat_kind_name(BN_CHAT_FALCON3), "falcon3");
     ck_assert_str_eq(bn_chat_kind_name(BN_CHAT_LLAMA3), "llama3");
     bn_vocab v = {0};
     ck_assert_int_eq(bn_chat_kind_of_vocab(&v), BN_CHAT_BITNET);
@@ -434,6 +449,11 @@ START_TEST(chat_kind_selection)
     ck_assert_int_eq(bn_chat_kind_of_vocab(&v), BN_CHAT_LLAMA3);
     v.chat_template = (char *)"{{ 'Human: ' + content + '\\n\\nBITNETAssistant: ' }}";
     ck_assert_int_eq(bn_chat_kind_of_vocab(&v), BN_CHAT_BITNET);
+    v.chat_template = (char *)"{{ '<|user|>\\n' + m }}{{ '<|assistant|>\\n' }}";
+    ck_assert_int_eq(bn_chat_kind_of_vocab(&v), BN_CHAT_FALCON3);
+    v.chat_template = NULL;
+    v.model = BN_TOKM_SPM;   /* a SentencePiece vocabulary without a template: 1bitLLM, none */
+    ck_assert_int_eq(bn_chat_kind_of_vocab(&v), BN_CHAT_NONE);
     v.chat = BN_CHAT_LLAMA3;
     ck_assert_int_eq(bn_chat_kind_of_vocab(&v), BN_CHAT_LLAMA3);
 }
@@ -568,14 +588,14 @@ static void load_fixtures(void)
     const char *dir = getenv("BN_FIXTURES_DIR");
     char json[4096], vec[4096];
     if (!dir || !*dir) {
-        printf("SKIPPED: fixtures not found (BN_FIXTURES_DIR is not set): Llama-3 vector tests will not run\n");
+        fprintf(stderr, "SKIP: fixtures not found (BN_FIXTURES_DIR is not set): Llama-3 vector tests will not run\n");
         return;
     }
     snprintf(json, sizeof json, "%s/tokenizer/llama3-tokenizer.json", dir);
     snprintf(vec, sizeof vec, "%s/tokenizer/llama3-vectors.jsonl", dir);
     FILE *f = fopen(vec, "r");
     if (!f) {
-        printf("SKIPPED: fixtures not found (%s): Llama-3 vector tests will not run\n", vec);
+        fprintf(stderr, "SKIP: fixtures not found (%s): Llama-3 vector tests will not run\n", vec);
         return;
     }
     fclose(f);
@@ -594,6 +614,7 @@ int main(void)
     SRunner *sr = srunner_create(suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
+    if (n_skipped) fprintf(stderr, "SKIP: %d test(s) skipped, not passed\n", n_skipped);
     srunner_free(sr);
     bn_tokenizer_free(llama);
     bn_vocab_free(llama_vocab);

@@ -1,13 +1,17 @@
 # text tests: registered by the text layer
 if HAVE_CHECK
-check_PROGRAMS += tests/test_tokenizer tests/test_tokenizer_stream tests/test_tokenizer_cli
-TESTS += tests/test_tokenizer tests/test_tokenizer_stream tests/test_tokenizer_cli
+check_PROGRAMS += tests/test_tokenizer tests/test_tokenizer_stream tests/test_tokenizer_cli tests/test_spm
+TESTS += tests/test_tokenizer tests/test_tokenizer_stream tests/test_tokenizer_cli tests/test_spm
 tests_test_tokenizer_SOURCES = tests/test_tokenizer.c
 tests_test_tokenizer_CFLAGS = $(TEST_CFLAGS)
 tests_test_tokenizer_LDADD = $(TEST_LIBS)
 tests_test_tokenizer_stream_SOURCES = tests/test_tokenizer_stream.c
 tests_test_tokenizer_stream_CFLAGS = $(TEST_CFLAGS)
 tests_test_tokenizer_stream_LDADD = $(TEST_LIBS)
+# SentencePiece, tokenizer.model, Falcon3's pre-tokenizer and chat, family vocabularies, packed section
+tests_test_spm_SOURCES = tests/test_spm.c
+tests_test_spm_CFLAGS = $(TEST_CFLAGS)
+tests_test_spm_LDADD = $(TEST_LIBS)
 # runs the bitnet binary ($BN_BITNET): tokenize on a `bitnet mkmodel` model and on the fixture
 tests_test_tokenizer_cli_SOURCES = tests/test_tokenizer_cli.c
 tests_test_tokenizer_cli_CFLAGS = $(TEST_CFLAGS)

@@ -1,5 +1,5 @@
-/* Chat templates, rendered in C rather than by a Jinja interpreter: bitnetd knows two formats and
- * writes each down once here (docs: model facts section 5).
+/* Chat templates, rendered in C rather than by a Jinja interpreter: bitnetd knows a few formats
+ * and writes each down once here (docs: model facts section 5, bitnet-families.md s.3).
  *
  * A template is a sequence of control tokens and text. In id mode the control tokens go out as
  * their ids and the text between two control tokens is encoded as ONE raw-text segment (as HF
@@ -8,6 +8,7 @@
  * everything is written out, for debugging and tests. */
 #include "text/tokenizer.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -56,11 +57,12 @@ static int flush_segment(sink *k)
     return rc;
 }
 
-/* A control token by its text. id mode: the vocabulary must have it. */
+/* A control token by its text. id mode: the vocabulary must have it (as a control token, or as
+ * an added token with exactly that text). */
 static int put_control(sink *k, const char *name, int32_t known_id)
 {
     if (!k->tk) return put_text(k, name, strlen(name));
-    int32_t id = known_id >= 0 ? known_id : bn_tokenizer_control_id(k->tk, name);
+    int32_t id = known_id >= 0 ? known_id : bn_tokenizer_marker_id(k->tk, name);
     if (id < 0) return bn_err(k->err, "chat template: the vocabulary has no control token %s", name);
     if (flush_segment(k)) return -1;
     return bn_tokens_push(k->ids, id, k->err);
@@ -136,6 +138,34 @@ static int render_llama3(sink *k, int32_t eot, const bn_chat_msg *m, size_t n, i
     return 0;
 }
 
+/* The fork's falcon3 template: "<|role|>\n" + content + "\n" per message, then "<|assistant|>\n".
+ * Content is NOT trimmed (the fork's renderer does not). <|system|>, <|user|>, <|assistant|> are
+ * token ids; any other role is spelled <|role|> as text. */
+static int render_falcon3(sink *k, const bn_chat_msg *m, size_t n, int gen)
+{
+    for (size_t i = 0; i < n; i++) {
+        const char *role = m[i].role ? m[i].role : "";
+        const char *c = m[i].content ? m[i].content : "";
+        int known = !strcmp(role, "system") || !strcmp(role, "user") || !strcmp(role, "assistant");
+        char marker[64];
+        int ml = snprintf(marker, sizeof marker, "<|%s|>", role);
+        if (ml < 0 || (size_t)ml >= sizeof marker) known = 0;
+        int rc = known ? put_control(k, marker, -1)
+                       : put_text(k, "<|", 2) || put_text(k, role, strlen(role)) || put_text(k, "|>", 2);
+        if (rc || put_text(k, "\n", 1) || put_text(k, c, strlen(c)) || put_text(k, "\n", 1)) return -1;
+    }
+    return gen ? put_control(k, "<|assistant|>", -1) || put_text(k, "\n", 1) : 0;
+}
+
+/* No chat format (base models such as 1bitLLM's): BOS, then the messages' contents (trimmed)
+ * joined by "\n", as one text; roles and the generation prompt add nothing. */
+static int render_none(sink *k, const bn_chat_msg *m, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((i && put_text(k, "\n", 1)) || put_content(k, m[i].content)) return -1;
+    return 0;
+}
+
 static int render(sink *k, enum bn_chat_kind kind, const bn_chat_msg *msgs, size_t n, int gen)
 {
     int32_t bos = -1, eot = -1;
@@ -144,14 +174,19 @@ static int render(sink *k, enum bn_chat_kind kind, const bn_chat_msg *msgs, size
         bos = v->bos;
         eot = v->eot;
     }
-    /* BOS is always written by the renderer (the BitNet template itself has none: HF adds it in
-     * the post-processor). A vocabulary without a BOS token gets none. */
-    if ((!k->tk || bos >= 0) && put_control(k, "<|begin_of_text|>", bos)) return -1;
+    if (kind != BN_CHAT_BITNET && kind != BN_CHAT_LLAMA3 && kind != BN_CHAT_FALCON3 && kind != BN_CHAT_NONE)
+        return bn_err(k->err, "chat template kind %d is not one bitnetd renders", (int)kind);
+    /* BOS is written by the renderer (the BitNet template itself has none: HF adds it in the
+     * post-processor), except for Falcon3, which has no forced BOS. A vocabulary without a BOS
+     * token gets none; text mode spells Llama-3's, or SentencePiece's <s> for NONE. */
+    const char *bos_text = kind == BN_CHAT_NONE ? "<s>" : "<|begin_of_text|>";
+    if (kind != BN_CHAT_FALCON3 && (!k->tk || bos >= 0) && put_control(k, bos_text, bos)) return -1;
     int rc;
     switch (kind) {
     case BN_CHAT_BITNET: rc = render_bitnet(k, eot, msgs, n, gen); break;
     case BN_CHAT_LLAMA3: rc = render_llama3(k, eot, msgs, n, gen); break;
-    default: return bn_err(k->err, "chat template kind %d is not one bitnetd renders", (int)kind);
+    case BN_CHAT_FALCON3: rc = render_falcon3(k, msgs, n, gen); break;
+    default: rc = render_none(k, msgs, n); break;
     }
     return rc ? rc : flush_segment(k);
 }
@@ -180,9 +215,14 @@ int bn_chat_render_text(enum bn_chat_kind kind, const bn_chat_msg *msgs, size_t 
 
 enum bn_chat_kind bn_chat_kind_of_vocab(const bn_vocab *v)
 {
-    if (v->chat == BN_CHAT_BITNET || v->chat == BN_CHAT_LLAMA3) return (enum bn_chat_kind)v->chat;
+    if (v->chat == BN_CHAT_BITNET || v->chat == BN_CHAT_LLAMA3 || v->chat == BN_CHAT_FALCON3)
+        return (enum bn_chat_kind)v->chat;
     const char *t = v->chat_template;
     if (t && strstr(t, "<|start_header_id|>")) return BN_CHAT_LLAMA3;
+    /* the fork's auto-detection of its falcon3 template */
+    if (t && strstr(t, "<|assistant|>") && strstr(t, "<|user|>")) return BN_CHAT_FALCON3;
+    /* SentencePiece models here are 1bitLLM's base models: no chat format */
+    if (!t && v->model == BN_TOKM_SPM) return BN_CHAT_NONE;
     /* "BITNETAssistant" marks the GGUF's placeholder template, which is not the trained format:
      * it and the HF template ("capitalize", "User: ") both mean the BitNet format. */
     return BN_CHAT_BITNET;
@@ -193,6 +233,8 @@ int bn_chat_kind_parse(const char *name)
     if (!name) return -1;
     if (!strcmp(name, "bitnet")) return BN_CHAT_BITNET;
     if (!strcmp(name, "llama3") || !strcmp(name, "llama-3")) return BN_CHAT_LLAMA3;
+    if (!strcmp(name, "falcon3")) return BN_CHAT_FALCON3;
+    if (!strcmp(name, "none")) return BN_CHAT_NONE;
     return -1;
 }
 
@@ -201,6 +243,7 @@ const char *bn_chat_kind_name(enum bn_chat_kind kind)
     switch (kind) {
     case BN_CHAT_BITNET: return "bitnet";
     case BN_CHAT_LLAMA3: return "llama3";
+    case BN_CHAT_FALCON3: return "falcon3";
     default: return "none";
     }
 }

@@ -57,14 +57,47 @@ static const char gpt2_pattern[] =
     "|" WS "+(?!" NOT_WS ")"
     "|" WS "+";
 
+/* Falcon3 / Falcon-E (the fork's FALCON_3 list, bitnet-families.md s.3): three regexes applied
+ * in sequence, each splitting every piece the previous one produced into its matches and the
+ * gaps between them (llama.cpp's unicode_regex_split), so a later regex never sees across an
+ * earlier boundary. 1: runs of punctuation and these symbols (HF's Punctuation pre-tokenizer);
+ * 2: the GPT-2 split (the fork's list omits GPT-2's final "|\s+": the gap rule yields the same
+ * pieces for valid UTF-8, see gpt2_pattern); 3: single ASCII digits. */
+static const char falcon3_punct_pattern[] = "[\\p{P}\\$\\+<=>\\^~\\|`]+";
+static const char digit_pattern[] = "[0-9]";
+
+#define MAX_STAGES 3
+
 struct bn_pretok {
-    pcre2_code *re;
+    pcre2_code *re[MAX_STAGES];
+    int n;
 };
+
+static pcre2_code *compile(const char *pat, bn_error *err)
+{
+    int code;
+    PCRE2_SIZE at;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED,
+                                   PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &code, &at, NULL);
+    if (!re) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(code, msg, sizeof msg);
+        bn_err(err, "pre-tokenizer regex does not compile at offset %zu: %s", (size_t)at, (char *)msg);
+        return NULL;
+    }
+    /* JIT is an optimisation only: pcre2_match() falls back to the interpreter without it. */
+    (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
+    return re;
+}
 
 bn_pretok *bn_pretok_new(enum bn_pre_kind kind, bn_error *err)
 {
-    const char *pat = kind == BN_PRE_LLAMA3 ? llama3_pattern : kind == BN_PRE_GPT2 ? gpt2_pattern : NULL;
-    if (!pat) {
+    const char *pats[MAX_STAGES] = {0};
+    switch (kind) {
+    case BN_PRE_LLAMA3: pats[0] = llama3_pattern; break;
+    case BN_PRE_GPT2: pats[0] = gpt2_pattern; break;
+    case BN_PRE_FALCON3: pats[0] = falcon3_punct_pattern; pats[1] = gpt2_pattern; pats[2] = digit_pattern; break;
+    default:
         bn_err(err, "unknown pre-tokenizer kind %d", (int)kind);
         return NULL;
     }
@@ -73,39 +106,41 @@ bn_pretok *bn_pretok_new(enum bn_pre_kind kind, bn_error *err)
         bn_err(err, "out of memory");
         return NULL;
     }
-    int code;
-    PCRE2_SIZE at;
-    p->re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED,
-                          PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &code, &at, NULL);
-    if (!p->re) {
-        PCRE2_UCHAR msg[256];
-        pcre2_get_error_message(code, msg, sizeof msg);
-        free(p);
-        bn_err(err, "pre-tokenizer regex does not compile at offset %zu: %s", (size_t)at, (char *)msg);
-        return NULL;
-    }
-    /* JIT is an optimisation only: pcre2_match() falls back to the interpreter without it. */
-    (void)pcre2_jit_compile(p->re, PCRE2_JIT_COMPLETE);
+    for (int i = 0; i < MAX_STAGES && pats[i]; i++, p->n++)
+        if (!(p->re[i] = compile(pats[i], err))) {
+            bn_pretok_free(p);
+            return NULL;
+        }
     return p;
 }
 
 void bn_pretok_free(bn_pretok *p)
 {
     if (!p) return;
-    pcre2_code_free(p->re);
+    for (int i = 0; i < p->n; i++) pcre2_code_free(p->re[i]);
     free(p);
 }
 
-int bn_pretok_split(const bn_pretok *p, const char *text, size_t len, bn_pretok_fn fn, void *ctx,
-                    bn_error *err)
+/* One stage: splits text[0..len) with regex `stage` into matches and gaps, and hands each piece
+ * to the next stage (or to fn after the last). The subject is the piece alone, as in llama.cpp,
+ * so lookaheads stop at the piece's end. */
+static int split_stage(const bn_pretok *p, int stage, pcre2_match_data *md, const char *text, size_t len,
+                       bn_pretok_fn fn, void *ctx, bn_error *err);
+
+static int emit(const bn_pretok *p, int stage, pcre2_match_data *md, const char *s, size_t n, bn_pretok_fn fn,
+                void *ctx, bn_error *err)
 {
-    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
-    if (!md) return bn_err(err, "out of memory");
+    return stage + 1 < p->n ? split_stage(p, stage + 1, md, s, n, fn, ctx, err) : fn(ctx, s, n);
+}
+
+static int split_stage(const bn_pretok *p, int stage, pcre2_match_data *md, const char *text, size_t len,
+                       bn_pretok_fn fn, void *ctx, bn_error *err)
+{
     const PCRE2_SPTR subject = (PCRE2_SPTR)text;
     size_t pos = 0;
     int rc = 0;
     while (pos < len) {
-        int m = pcre2_match(p->re, subject, len, pos, 0, md, NULL);
+        int m = pcre2_match(p->re[stage], subject, len, pos, 0, md, NULL);
         size_t start = len, end = len;
         if (m >= 0) {
             const PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
@@ -114,17 +149,26 @@ int bn_pretok_split(const bn_pretok *p, const char *text, size_t len, bn_pretok_
         } else if (m != PCRE2_ERROR_NOMATCH) {
             PCRE2_UCHAR msg[256];
             pcre2_get_error_message(m, msg, sizeof msg);
-            rc = bn_err(err, "pre-tokenizer regex failed at byte %zu: %s", pos, (char *)msg);
-            break;
+            return bn_err(err, "pre-tokenizer regex failed at byte %zu: %s", pos, (char *)msg);
         }
-        if (start > pos && (rc = fn(ctx, text + pos, start - pos)) != 0) break;   /* invalid bytes */
-        if (end > start && (rc = fn(ctx, text + start, end - start)) != 0) break;
+        /* md is reused by the next stage: everything needed from it is in start/end now. */
+        if (start > pos && (rc = emit(p, stage, md, text + pos, start - pos, fn, ctx, err)) != 0) break;  /* gap */
+        if (end > start && (rc = emit(p, stage, md, text + start, end - start, fn, ctx, err)) != 0) break;
         if (end == start && start < len) {   /* cannot happen (no alternative matches empty); */
-            if ((rc = fn(ctx, text + start, 1)) != 0) break;   /* kept so the pieces still tile */
+            if ((rc = emit(p, stage, md, text + start, 1, fn, ctx, err)) != 0) break;   /* kept so the pieces still tile */
             end = start + 1;
         }
         pos = end;
     }
+    return rc;
+}
+
+int bn_pretok_split(const bn_pretok *p, const char *text, size_t len, bn_pretok_fn fn, void *ctx,
+                    bn_error *err)
+{
+    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
+    if (!md) return bn_err(err, "out of memory");
+    int rc = split_stage(p, 0, md, text, len, fn, ctx, err);
     pcre2_match_data_free(md);
     return rc;
 }

@@ -22,5 +22,11 @@ int bn_spm_model_load(const char *path, const char *added_tokens_json, bn_vocab 
                       bn_error *err);
 /* Serializes an SPM vocab as a tokenizer.model (the synthetic HF writer's use); malloc'd. */
 int bn_spm_model_write(const bn_vocab *v, uint8_t **out, size_t *len, bn_error *err);
+/* The form of 1bitLLM's checkpoint: the trailing USER_DEFINED tokens (<pad>, </line>) are left
+ * out of tokenizer.model and written as added_tokens.json ({"<pad>": 32000, ...}, id order);
+ * *added_json is NULL (len 0) if there are none. Both buffers are malloc'd; the caller frees.
+ * bn_spm_model_load(model, added) gives v back. */
+int bn_spm_model_write_hf(const bn_vocab *v, uint8_t **model_out, size_t *model_len, char **added_json,
+                          size_t *added_len, bn_error *err);
 
 #endif

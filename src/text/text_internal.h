@@ -1,5 +1,6 @@
 /* Private to the text layer: the pieces tokenizer.c assembles (pre-tokenizer split, byte-level
- * mapping, BPE merge table). Nothing outside src/text includes this. */
+ * mapping, BPE merge table). Nothing outside src/text includes this, except the
+ * text layer's own unit tests (tests/test_spm.c tests the pre-tokenizer directly). */
 #ifndef BN_TEXT_INTERNAL_H
 #define BN_TEXT_INTERNAL_H
 
@@ -77,9 +78,31 @@ int bn_merge_lookup(const bn_merge_table *mt, int32_t left, int32_t right, uint3
 size_t bn_bpe_scratch_size(size_t n);
 size_t bn_bpe_merge(const bn_merge_table *mt, int32_t *syms, size_t n, void *scratch);
 
+/* ---- spm.c: SentencePiece BPE (vocab->model == BN_TOKM_SPM) ---- */
+
+typedef struct bn_spm bn_spm;
+
+/* Indexes v's ordinary pieces, byte-fallback tokens (all 256 <0xXX> BYTE tokens are required)
+ * and specials. v is borrowed. */
+bn_spm *bn_spm_new(const bn_vocab *v, bn_error *err);
+void bn_spm_free(bn_spm *s);
+/* Encodes text and appends the ids. USER_DEFINED strings are always matched; CONTROL and
+ * UNKNOWN ones only if parse_control. Thread-safe on a shared bn_spm. */
+int bn_spm_encode(const bn_spm *s, const char *text, size_t len, int parse_control, bn_tokens *out,
+                  bn_error *err);
+/* Writes the raw bytes token id stands for into out (never more than its string's length):
+ * U+2581 -> ' ', <0xXX> BYTE tokens -> the byte, specials verbatim. Returns the count. */
+size_t bn_spm_piece_bytes(const bn_vocab *v, uint32_t id, char *out);
+/* Is id a token the special partition splits on (CONTROL, USER_DEFINED, UNKNOWN)? After one,
+ * the encoder starts a new fragment (with its space prefix). */
+int bn_spm_is_special(const bn_vocab *v, uint32_t id);
+
 /* ---- tokenizer.c ---- */
 
 /* The id of the control token whose text is name, or -1. */
 int32_t bn_tokenizer_control_id(const bn_tokenizer *tk, const char *name);
+/* Same, but a non-control token whose raw bytes are exactly name also counts (a vocabulary that
+ * ships template markers such as <|user|> as ordinary added tokens). */
+int32_t bn_tokenizer_marker_id(const bn_tokenizer *tk, const char *name);
 
 #endif

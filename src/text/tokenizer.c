@@ -1,5 +1,7 @@
 /* The tokenizer: assembles the pre-tokenizer, the byte-level tables and the BPE merge table for
  * one vocabulary, and encodes / decodes with them. See tokenizer.h for the contract.
+ * SentencePiece vocabularies (vocab->model == BN_TOKM_SPM) are encoded by spm.c instead; the
+ * decoding side (token bytes, streams, stops) is shared.
  *
  * Encoding a text = split it into pre-tokens (pretokenize.c); for each pre-token, if the model
  * sets ignore_merges and the pre-token's bytes are a whole token, that token; else start from
@@ -20,6 +22,7 @@ struct bn_tokenizer {
     int32_t byte_tok[256];         /* the single-byte token of each byte */
     bn_merge_table merges;
     bn_pretok *pre;
+    bn_spm *spm;                   /* SentencePiece encoder (model SPM), else NULL */
     int32_t *controls;             /* ids of control tokens, for bn_tokenize_special_append */
     size_t n_controls;
     uint8_t control_first[256];    /* is some control token's first byte this byte? */
@@ -68,6 +71,10 @@ static int build_token_bytes(bn_tokenizer *tk, bn_error *err)
         tk->bytes_off[id] = o;
         size_t len;
         const uint8_t *s = (const uint8_t *)bn_vocab_token(v, id, &len);
+        if (v->model == BN_TOKM_SPM) {
+            o += (uint32_t)bn_spm_piece_bytes(v, id, tk->bytes + o);
+            continue;
+        }
         if (token_is_verbatim(v, id)) {
             memcpy(tk->bytes + o, s, len);
             o += (uint32_t)len;
@@ -104,7 +111,7 @@ static int build_indexes(bn_tokenizer *tk, bn_error *err)
     int rc = bn_str_index_build(&tk->bytes_ix, tk->bytes, tk->bytes_off, v->n_tokens, keep, err);
     free(keep);
     if (rc) return rc;
-    for (int b = 0; b < 256; b++) {
+    for (int b = 0; b < 256 && v->model == BN_TOKM_BPE; b++) {   /* SPM: bn_spm_new checks <0xXX> */
         char c = (char)b;
         tk->byte_tok[b] = bn_str_index_find(&tk->bytes_ix, &c, 1);
         if (tk->byte_tok[b] < 0)
@@ -128,9 +135,13 @@ bn_tokenizer *bn_tokenizer_new(const bn_vocab *v, bn_error *err)
         return NULL;
     }
     tk->v = v;
-    if (bn_vocab_validate(v, err) || build_token_bytes(tk, err) || build_indexes(tk, err) ||
-        bn_merge_table_build(&tk->merges, v, &tk->bytes_ix, err) ||
-        !(tk->pre = bn_pretok_new((enum bn_pre_kind)v->pre, err))) {
+    int rc = bn_vocab_validate(v, err) || build_token_bytes(tk, err) || build_indexes(tk, err);
+    if (!rc && v->model == BN_TOKM_SPM)   /* no merge table, no regex split */
+        rc = !(tk->spm = bn_spm_new(v, err));
+    else if (!rc)
+        rc = bn_merge_table_build(&tk->merges, v, &tk->bytes_ix, err) ||
+             !(tk->pre = bn_pretok_new((enum bn_pre_kind)v->pre, err));
+    if (rc) {
         bn_err_prefix(err, "tokenizer");
         bn_tokenizer_free(tk);
         return NULL;
@@ -146,6 +157,7 @@ void bn_tokenizer_free(bn_tokenizer *tk)
     bn_str_index_free(&tk->bytes_ix);
     bn_merge_table_free(&tk->merges);
     bn_pretok_free(tk->pre);
+    bn_spm_free(tk->spm);
     free(tk->controls);
     free(tk);
 }
@@ -197,6 +209,7 @@ static int encode_piece(void *ctx, const char *piece, size_t len)
 int bn_tokenize_append(const bn_tokenizer *tk, const char *text, size_t len, bn_tokens *out,
                        bn_error *err)
 {
+    if (tk->spm) return bn_spm_encode(tk->spm, text, len, 0, out, err);
     encoder e = {.tk = tk, .out = out, .err = err};
     int rc = bn_pretok_split(tk->pre, text, len, encode_piece, &e, err);
     free(e.syms);
@@ -240,9 +253,16 @@ int32_t bn_tokenizer_control_id(const bn_tokenizer *tk, const char *name)
     return id >= 0 && tk->bytes_off[id + 1] - tk->bytes_off[id] == len ? id : -1;
 }
 
+int32_t bn_tokenizer_marker_id(const bn_tokenizer *tk, const char *name)
+{
+    int32_t id = bn_tokenizer_control_id(tk, name);
+    return id >= 0 ? id : bn_str_index_find(&tk->bytes_ix, name, strlen(name));
+}
+
 int bn_tokenize_special_append(const bn_tokenizer *tk, const char *text, size_t len,
                                bn_tokens *out, bn_error *err)
 {
+    if (tk->spm) return bn_spm_encode(tk->spm, text, len, 1, out, err);
     /* HF extracts added tokens leftmost-longest first and encodes the text between them. */
     size_t seg = 0;
     for (size_t i = 0; i < len; i++) {
@@ -279,6 +299,22 @@ int bn_token_is_eog(const bn_tokenizer *tk, int32_t id)
     return id >= 0 && (id == tk->v->eos || id == tk->v->eot);
 }
 
+/* SentencePiece with space_prefix: the encoder put one " " before every raw fragment (at the
+ * start and after each special token), so decoding drops one leading space of the first
+ * ordinary token there; that makes bn_detokenize the exact inverse of bn_tokenize. */
+static size_t prefix_drop(const bn_tokenizer *tk, int32_t id, int *at_fragment_start)
+{
+    const bn_vocab *v = tk->v;
+    if (v->model != BN_TOKM_SPM || !v->space_prefix) return 0;
+    if (bn_spm_is_special(v, (uint32_t)id)) {
+        *at_fragment_start = 1;
+        return 0;
+    }
+    int first = *at_fragment_start;
+    *at_fragment_start = 0;
+    return first && tk->bytes_off[id + 1] > tk->bytes_off[id] && tk->bytes[tk->bytes_off[id]] == ' ';
+}
+
 int bn_detokenize(const bn_tokenizer *tk, const int32_t *ids, size_t n, unsigned flags,
                   char **text, size_t *len, bn_error *err)
 {
@@ -293,12 +329,14 @@ int bn_detokenize(const bn_tokenizer *tk, const int32_t *ids, size_t n, unsigned
     char *buf = malloc(total + 1);
     if (!buf) return bn_err(err, "out of memory decoding %zu tokens", n);
     size_t o = 0;
+    int at_start = 1;
     for (size_t i = 0; i < n; i++) {
+        size_t drop = prefix_drop(tk, ids[i], &at_start);
         if ((flags & BN_DECODE_SKIP_CONTROL) && bn_token_is_control(tk, ids[i])) continue;
         size_t l;
         const char *b = bn_token_bytes(tk, ids[i], &l);
-        memcpy(buf + o, b, l);
-        o += l;
+        memcpy(buf + o, b + drop, l - drop);
+        o += l - drop;
     }
     buf[o] = 0;
     *text = buf;

@@ -1,5 +1,7 @@
-/* Text layer: Llama-3 byte-level BPE (exactly Hugging Face tokenizers' output), streaming
- * decode, stop strings and chat templates.
+/* Text layer: byte-level BPE (Llama-3 exactly as Hugging Face tokenizers; Falcon3 with its
+ * three-regex pre-tokenizer), SentencePiece BPE (vocab->model == BN_TOKM_SPM: Llama-2 /
+ * 1bitLLM, as llama.cpp runs it, see text/spm.c), streaming decode, stop strings and chat
+ * templates.
  *
  * Lifetimes and threads:
  *  - A bn_tokenizer BORROWS its bn_vocab: the vocab must outlive the tokenizer and must not be
@@ -11,7 +13,15 @@
  * Special (control) tokens such as <|eot_id|> are never produced from text by bn_tokenize():
  * the same characters in user text are ordinary text. Control token ids come only from the chat
  * renderer (which emits them directly) or from bn_tokenize_special_append(), for trusted
- * text (debugging, tests). */
+ * text (debugging, tests).
+ *
+ * SentencePiece vocabularies: USER_DEFINED tokens (</line>, <pad>) ARE matched in any text (as
+ * llama.cpp and HF do; they are not template markers); CONTROL and UNKNOWN ones (<s>, </s>,
+ * <unk>) follow the rule above. Every raw fragment (the text, or each piece of it between
+ * special tokens) gets one " " prepended when vocab->space_prefix; bn_detokenize drops that one
+ * space again (at the start and after each special token), so it stays the exact inverse of
+ * bn_tokenize. The stream decoder does not: it decodes a continuation, whose leading space is
+ * real text. */
 #ifndef BN_TEXT_TOKENIZER_H
 #define BN_TEXT_TOKENIZER_H
 
@@ -66,7 +76,8 @@ const char *bn_token_bytes(const bn_tokenizer *tk, int32_t id, size_t *len);
 
 /* Is id a control token (BN_TOK_CONTROL)? False for ids out of range. */
 int bn_token_is_control(const bn_tokenizer *tk, int32_t id);
-/* Does id end generation: the vocab's eos or eot (for BitNet-b1.58-2B-4T: 128001, 128009)? */
+/* Does id end generation: the vocab's eos or eot (for BitNet-b1.58-2B-4T: 128001, 128009;
+ * Llama3-8B-1.58: 128009; Falcon3: 11; 1bitLLM: </s> 2)? */
 int bn_token_is_eog(const bn_tokenizer *tk, int32_t id);
 
 enum {
@@ -74,8 +85,8 @@ enum {
 };
 
 /* Concatenates the bytes of ids into a malloc'd, NUL-terminated buffer (*text, *len excludes the
- * NUL). Exact: no replacement of invalid sequences, so decode(encode(s)) == s for any bytes s.
- * Fails on an out-of-range id. */
+ * NUL). Exact: no replacement of invalid sequences, so decode(encode(s)) == s for any bytes s
+ * (SentencePiece: with the space-prefix rule above). Fails on an out-of-range id. */
 int bn_detokenize(const bn_tokenizer *tk, const int32_t *ids, size_t n, unsigned flags,
                   char **text, size_t *len, bn_error *err);
 
@@ -115,7 +126,8 @@ void bn_stop_matcher_flush(bn_stop_matcher *sm, const char **out, size_t *out_le
 
 typedef struct bn_chat_msg {
     const char *role;     /* "system", "user", "assistant" (other roles are rendered the same way) */
-    const char *content;  /* NUL-terminated UTF-8; trimmed of surrounding whitespace when rendered */
+    const char *content;  /* NUL-terminated UTF-8; trimmed of surrounding whitespace when rendered
+                           * (except by FALCON3, whose reference renderer does not trim) */
 } bn_chat_msg;
 
 /* Renders msgs to token ids: BOS, then per message the template's control tokens as ids and the
@@ -124,7 +136,12 @@ typedef struct bn_chat_msg {
  *   BN_CHAT_BITNET: <|begin_of_text|>System: {c}<|eot_id|>User: {c}<|eot_id|>Assistant: {c}<|eot_id|>
  *                   ... generation prompt "Assistant: " (role capitalized, content trimmed)
  *   BN_CHAT_LLAMA3: <|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\n\n{c}<|eot_id|>
- *                   ... generation prompt <|start_header_id|>assistant<|end_header_id|>\n\n */
+ *                   ... generation prompt <|start_header_id|>assistant<|end_header_id|>\n\n
+ *   BN_CHAT_FALCON3: no BOS; <|{role}|>\n{c}\n per message (content untrimmed; the markers of
+ *                   system/user/assistant are ids), generation prompt <|assistant|>\n; the model
+ *                   stops on eos 11
+ *   BN_CHAT_NONE:   (base models) BOS, then the contents, trimmed, joined by "\n"; no roles, no
+ *                   generation prompt */
 int bn_chat_render(const bn_tokenizer *tk, enum bn_chat_kind kind, const bn_chat_msg *msgs,
                    size_t n, int add_generation_prompt, bn_tokens *out, bn_error *err);
 
@@ -134,17 +151,20 @@ int bn_chat_render_text(enum bn_chat_kind kind, const bn_chat_msg *msgs, size_t 
                         int add_generation_prompt, char **text, size_t *len, bn_error *err);
 
 /* The model's chat format: v->chat if set, else guessed from v->chat_template
- * ("<|start_header_id|>" -> LLAMA3; "BITNETAssistant", "capitalize" or "User: " -> BITNET),
- * else BITNET (the default for BitNet-b1.58-2B-4T). */
+ * ("<|start_header_id|>" -> LLAMA3; "<|assistant|>" and "<|user|>" -> FALCON3; "BITNETAssistant",
+ * "capitalize" or "User: " -> BITNET), else NONE for a SentencePiece vocabulary without a
+ * template (1bitLLM), else BITNET (the default for BitNet-b1.58-2B-4T). */
 enum bn_chat_kind bn_chat_kind_of_vocab(const bn_vocab *v);
-/* "bitnet" / "llama3" (also "llama-3") -> kind; -1 for anything else (config override). */
+/* "bitnet" / "llama3" (also "llama-3") / "falcon3" / "none" -> kind; -1 for anything else
+ * (config override). */
 int bn_chat_kind_parse(const char *name);
 const char *bn_chat_kind_name(enum bn_chat_kind kind);
 
 /* ---- Vocabulary sources (text/vocab_json.c, text/vocab_builtin.c) -------------------- */
 
 /* Loads a Hugging Face tokenizer.json (and optionally tokenizer_config.json, may be NULL, for
- * chat_template / bos / eos). *out is a new vocab the caller frees with bn_vocab_free. Errors
+ * chat_template / bos / eos): byte-level BPE (Llama-3, GPT-2, Falcon3 pre-tokenizers) or the
+ * SentencePiece kind (Llama-2: byte_fallback + U+2581; scores from merge ranks, vocab_json.c). *out is a new vocab the caller frees with bn_vocab_free. Errors
  * name the file and the field, e.g. "tokenizer.json: model.vocab: token id 5 appears twice". */
 int bn_vocab_load_hf(const char *tokenizer_json, const char *tokenizer_config, bn_vocab **out,
                      bn_error *err);

@@ -1,5 +1,6 @@
 #include "text/vocab.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -25,6 +26,12 @@ bn_vocab *bn_vocab_alloc(uint32_t n_tokens, size_t text_bytes, uint32_t n_merges
     return v;
 }
 
+float *bn_vocab_scores_alloc(bn_vocab *v)
+{
+    if (!v->scores) v->scores = calloc(v->n_tokens, sizeof *v->scores);
+    return v->scores;
+}
+
 void bn_vocab_free(bn_vocab *v)
 {
     if (!v) return;
@@ -33,6 +40,7 @@ void bn_vocab_free(bn_vocab *v)
     free(v->type);
     free(v->merges);
     free(v->chat_template);
+    free(v->scores);
     free(v->index_slots);
     free(v);
 }
@@ -116,8 +124,17 @@ int bn_vocab_validate(const bn_vocab *v, bn_error *err)
     for (int i = 0; i < 4; i++)
         if (sp[i] < -1 || sp[i] >= (int32_t)v->n_tokens)
             return bn_err(err, "%s token id %d is outside the vocabulary of %u", names[i], sp[i], v->n_tokens);
-    if (v->pre != BN_PRE_LLAMA3 && v->pre != BN_PRE_GPT2) return bn_err(err, "unknown pre-tokenizer kind %u", v->pre);
-    if (v->chat > BN_CHAT_LLAMA3) return bn_err(err, "unknown chat template kind %u", v->chat);
+    if (v->model != BN_TOKM_BPE && v->model != BN_TOKM_SPM) return bn_err(err, "unknown tokenizer model kind %u", v->model);
+    /* SPM has no pre-tokenizer: its pre field is not looked at. */
+    if (v->model == BN_TOKM_BPE && v->pre != BN_PRE_LLAMA3 && v->pre != BN_PRE_GPT2 && v->pre != BN_PRE_FALCON3)
+        return bn_err(err, "unknown pre-tokenizer kind %u", v->pre);
+    if (v->chat > BN_CHAT_FALCON3) return bn_err(err, "unknown chat template kind %u", v->chat);
+    if (v->space_prefix > 1) return bn_err(err, "space_prefix is %u, not 0 or 1", v->space_prefix);
+    if (v->model == BN_TOKM_SPM) {
+        if (!v->scores) return bn_err(err, "a SentencePiece vocabulary needs piece scores");
+        for (uint32_t i = 0; i < v->n_tokens; i++)   /* NaN would break the merge order */
+            if (isnan(v->scores[i])) return bn_err(err, "token %u has a NaN score", i);
+    }
     return 0;
 }
 
@@ -131,6 +148,14 @@ bn_vocab *bn_vocab_clone(const bn_vocab *v)
     memcpy(c->merges, v->merges, (size_t)v->n_merges * 2 * sizeof *c->merges);
     c->bos = v->bos; c->eos = v->eos; c->eot = v->eot; c->pad = v->pad;
     c->pre = v->pre; c->chat = v->chat; c->ignore_merges = v->ignore_merges;
+    c->model = v->model; c->space_prefix = v->space_prefix;
+    if (v->scores) {
+        if (!bn_vocab_scores_alloc(c)) {
+            bn_vocab_free(c);
+            return NULL;
+        }
+        memcpy(c->scores, v->scores, (size_t)v->n_tokens * sizeof *c->scores);
+    }
     if (v->chat_template && !(c->chat_template = strdup(v->chat_template))) {
         bn_vocab_free(c);
         return NULL;

@@ -70,6 +70,9 @@ typedef struct bn_vocab {
  * Arrays are zeroed; the caller fills tok_off/text/type/merges. Returns NULL on overflow/OOM. */
 bn_vocab *bn_vocab_alloc(uint32_t n_tokens, size_t text_bytes, uint32_t n_merges);
 void bn_vocab_free(bn_vocab *v);
+/* Gives v zeroed scores[n_tokens] (owned by v, freed by bn_vocab_free) unless it has them;
+ * returns v->scores, NULL on OOM. */
+float *bn_vocab_scores_alloc(bn_vocab *v);
 
 static inline const char *bn_vocab_token(const bn_vocab *v, uint32_t id, size_t *len)
 {

@@ -155,3 +155,214 @@ full:
     if (!v) bn_err(err, "built-in vocabulary: out of memory for %u tokens", n_vocab);
     return v;
 }
+
+/* ---- family-shaped vocabularies (bn_vocab_builtin_kind) ---------------------------------- */
+
+/* Falcon3's first ids (Falcon's convention: <|endoftext|> = 11), then the chat markers. */
+static const char *const falcon3_specials[] = {
+    ">>TITLE<<", ">>ABSTRACT<<", ">>INTRODUCTION<<", ">>SUMMARY<<", ">>COMMENT<<", ">>ANSWER<<",
+    ">>QUESTION<<", ">>DOMAIN<<", ">>EMAIL_ADDRESS<<", ">>IP_ADDRESS<<", "<|startoftext|>",
+    "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>",
+};
+#define N_FALCON3_SPECIALS (sizeof falcon3_specials / sizeof falcon3_specials[0])
+#define FALCON3_EOS 11
+
+/* Falcon3 layout: the specials above (control), 256 byte tokens, word merges as many as fit, then
+ * >>UNUSED_N<< control tokens up to n_vocab. */
+static bn_vocab *builtin_falcon3(uint32_t n_vocab, bn_error *err)
+{
+    const uint32_t min = N_FALCON3_SPECIALS + 256;
+    if (n_vocab < min || n_vocab > (1u << 24)) {
+        bn_err(err, "built-in Falcon3 vocabulary: %u tokens requested, it needs %u to %u", n_vocab, min, 1u << 24);
+        return NULL;
+    }
+    builder b = {0};
+    b.cap = n_vocab;
+    b.str = calloc(n_vocab, sizeof *b.str);
+    b.merges = calloc((size_t)n_vocab * 2, sizeof *b.merges);
+    bn_vocab *v = NULL;
+    int rc = !b.str || !b.merges;
+    for (size_t i = 0; i < N_FALCON3_SPECIALS && !rc; i++) rc = add(&b, falcon3_specials[i]);
+    for (uint32_t i = 0; i < 256 && !rc; i++) {
+        char s[5];
+        s[byte_form((uint8_t)i, s)] = 0;
+        rc = add(&b, s);
+    }
+    for (size_t w = 0; w < sizeof words / sizeof words[0] && !rc; w++)
+        for (int spaced = 1; spaced >= 0 && !rc; spaced--) {
+            int r = add_word(&b, words[w], spaced, n_vocab);
+            if (r < 0) rc = 1;
+            if (r > 0) goto full;
+        }
+full:;
+    uint32_t n_real = b.n;
+    char name[64];
+    for (uint32_t i = n_real; i < n_vocab && !rc; i++) {
+        snprintf(name, sizeof name, ">>UNUSED_%u<<", i - n_real);
+        rc = add(&b, name);
+    }
+    size_t text = 0;
+    for (uint32_t i = 0; i < b.n && !rc; i++) text += strlen(b.str[i]);
+    if (!rc && (v = bn_vocab_alloc(n_vocab, text, b.n_merges))) {
+        uint32_t o = 0;
+        for (uint32_t i = 0; i < n_vocab; i++) {
+            v->tok_off[i] = o;
+            memcpy(v->text + o, b.str[i], strlen(b.str[i]));
+            o += (uint32_t)strlen(b.str[i]);
+            v->type[i] = i < N_FALCON3_SPECIALS || i >= n_real ? BN_TOK_CONTROL : BN_TOK_NORMAL;
+        }
+        v->tok_off[n_vocab] = o;
+        memcpy(v->merges, b.merges, (size_t)b.n_merges * 2 * sizeof *v->merges);
+        v->bos = -1;   /* Falcon3 forces no BOS */
+        v->eos = FALCON3_EOS;
+        v->pre = BN_PRE_FALCON3;
+        v->chat = BN_CHAT_FALCON3;
+        v->ignore_merges = 0;   /* the fork's FALCON_3: merges always run */
+    }
+    for (uint32_t i = 0; i < b.n; i++) free(b.str[i]);
+    free(b.str);
+    free(b.merges);
+    if (!v) bn_err(err, "built-in Falcon3 vocabulary: out of memory for %u tokens", n_vocab);
+    return v;
+}
+
+/* SentencePiece (Llama-2 / 1bitLLM) layout:
+ *   0 <unk> (UNKNOWN), 1 <s>, 2 </s> (CONTROL), 3..258 <0x00>..<0xFF> (BYTE), then the single
+ *   characters U+2581 and '!'..'~', then the prefixes of each word of the list, spaced
+ *   ("\u2581t", "\u2581th", "\u2581the") and bare ("th", "the"), as many as fit, scored in list
+ *   order (-1, -2, ...: earlier merges win), then <unused_N> (UNUSED) fillers, then the added
+ *   <pad> and </line> (USER_DEFINED, score -1000 as the converter writes) as the last two ids.
+ * Every word piece is an earlier piece plus one character, so the SPM merge reaches it. */
+#define SPM_FIXED (3 + 256 + 95)
+#define SPM_MIN (SPM_FIXED + 2)
+
+typedef struct {
+    char *text;
+    size_t len, cap;
+    uint32_t *off;
+    uint8_t *type;
+    float *score;
+    uint32_t n, room;
+} spm_builder;
+
+static int spm_add(spm_builder *b, const char *s, uint8_t type, float score)
+{
+    size_t l = strlen(s);
+    if (b->len + l > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 1 << 16;
+        while (cap < b->len + l) cap *= 2;
+        char *t = realloc(b->text, cap);
+        if (!t) return -1;
+        b->text = t;
+        b->cap = cap;
+    }
+    memcpy(b->text + b->len, s, l);
+    b->off[b->n] = (uint32_t)b->len;
+    b->len += l;
+    b->type[b->n] = type;
+    b->score[b->n] = score;
+    b->n++;
+    b->off[b->n] = (uint32_t)b->len;
+    return 0;
+}
+
+static int spm_has(const spm_builder *b, const char *s, uint32_t from)
+{
+    size_t l = strlen(s);
+    for (uint32_t i = from; i < b->n; i++)
+        if (b->off[i + 1] - b->off[i] == l && !memcmp(b->text + b->off[i], s, l)) return 1;
+    return 0;
+}
+
+/* Adds the prefixes (two characters and longer) of word, spaced or bare; 1 when full. */
+static int spm_add_word(spm_builder *b, const char *word, int spaced, float *next_score)
+{
+    char cur[80];
+    size_t cl = 0;
+    if (spaced) memcpy(cur, "\xe2\x96\x81", 3), cl = 3;
+    for (const char *c = word; *c; c++) {
+        cur[cl++] = *c;
+        cur[cl] = 0;
+        if (!spaced && cl < 2) continue;   /* single characters are pieces already */
+        if (spm_has(b, cur, 3 + 256)) continue;
+        if (b->n >= b->room) return 1;
+        if (spm_add(b, cur, BN_TOK_NORMAL, *next_score)) return -1;
+        *next_score -= 1.0f;
+    }
+    return 0;
+}
+
+static bn_vocab *builtin_spm(uint32_t n_vocab, bn_error *err)
+{
+    if (n_vocab < SPM_MIN || n_vocab > (1u << 24)) {
+        bn_err(err, "built-in SentencePiece vocabulary: %u tokens requested, it needs %u to %u", n_vocab, SPM_MIN, 1u << 24);
+        return NULL;
+    }
+    spm_builder b = {0};
+    b.off = calloc((size_t)n_vocab + 1, sizeof *b.off);
+    b.type = calloc(n_vocab, 1);
+    b.score = calloc(n_vocab, sizeof *b.score);
+    b.room = n_vocab - 2;
+    int rc = !b.off || !b.type || !b.score;
+    static const char *const heads[3] = {"<unk>", "<s>", "</s>"};
+    static const uint8_t head_types[3] = {BN_TOK_UNKNOWN, BN_TOK_CONTROL, BN_TOK_CONTROL};
+    for (int i = 0; i < 3 && !rc; i++) rc = spm_add(&b, heads[i], head_types[i], 0.0f);
+    char s[16];
+    for (int i = 0; i < 256 && !rc; i++) {
+        snprintf(s, sizeof s, "<0x%02X>", i);
+        rc = spm_add(&b, s, BN_TOK_BYTE, 0.0f);
+    }
+    if (!rc) rc = spm_add(&b, "\xe2\x96\x81", BN_TOK_NORMAL, -1e6f);
+    for (int c = '!'; c <= '~' && !rc; c++) {
+        s[0] = (char)c;
+        s[1] = 0;
+        rc = spm_add(&b, s, BN_TOK_NORMAL, -1e6f - (float)(c - '!' + 1));
+    }
+    float score = -1.0f;
+    for (size_t w = 0; w < sizeof words / sizeof words[0] && !rc; w++)
+        for (int spaced = 1; spaced >= 0 && !rc; spaced--) {
+            int r = spm_add_word(&b, words[w], spaced, &score);
+            if (r < 0) rc = 1;
+            if (r > 0) goto full;
+        }
+full:
+    for (uint32_t i = 0; b.n < b.room && !rc; i++) {
+        snprintf(s, sizeof s, "<unused_%u>", i);
+        rc = spm_add(&b, s, BN_TOK_UNUSED, 0.0f);
+    }
+    if (!rc) rc = spm_add(&b, "<pad>", BN_TOK_USER_DEFINED, -1000.0f);
+    if (!rc) rc = spm_add(&b, "</line>", BN_TOK_USER_DEFINED, -1000.0f);
+    bn_vocab *v = NULL;
+    if (!rc && (v = bn_vocab_alloc(n_vocab, b.len, 0)) && bn_vocab_scores_alloc(v)) {
+        memcpy(v->tok_off, b.off, ((size_t)n_vocab + 1) * sizeof *v->tok_off);
+        memcpy(v->text, b.text, b.len);
+        memcpy(v->type, b.type, n_vocab);
+        memcpy(v->scores, b.score, (size_t)n_vocab * sizeof *v->scores);
+        v->model = BN_TOKM_SPM;
+        v->space_prefix = 1;
+        v->bos = 1;
+        v->eos = 2;
+        v->pad = (int32_t)n_vocab - 2;
+        v->chat = BN_CHAT_NONE;
+    } else if (v) {
+        bn_vocab_free(v);
+        v = NULL;
+    }
+    free(b.text);
+    free(b.off);
+    free(b.type);
+    free(b.score);
+    if (!v) bn_err(err, "built-in SentencePiece vocabulary: out of memory for %u tokens", n_vocab);
+    return v;
+}
+
+bn_vocab *bn_vocab_builtin_kind(enum bn_vocab_kind kind, uint32_t n_vocab, bn_error *err)
+{
+    switch (kind) {
+    case BN_VOCAB_LLAMA3: return bn_vocab_builtin(n_vocab, err);
+    case BN_VOCAB_SPM: return builtin_spm(n_vocab, err);
+    case BN_VOCAB_FALCON3: return builtin_falcon3(n_vocab, err);
+    }
+    bn_err(err, "built-in vocabulary: unknown kind %d", (int)kind);
+    return NULL;
+}

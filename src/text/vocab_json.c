@@ -1,8 +1,18 @@
 /* Loading a Hugging Face tokenizer.json (and optionally tokenizer_config.json) into a bn_vocab.
  *
- * Only what bitnetd implements is accepted: a BPE model, no normalizer, and a pre-tokenizer that
- * is either the Llama-3 Split regex or GPT-2's ByteLevel split; anything else is refused with an
- * error naming the field rather than silently tokenizing differently from the reference.
+ * Only what bitnetd implements is accepted, in two kinds:
+ *  - byte-level BPE: no normalizer, and a pre-tokenizer that is the Llama-3 Split regex, GPT-2's
+ *    ByteLevel split, or Falcon3's Sequence [Punctuation (Contiguous), ByteLevel, Digits
+ *    (individual_digits)];
+ *  - SentencePiece BPE (Llama-2's tokenizer.json): model.byte_fallback true and U+2581 for space,
+ *    either as the normalizer Sequence [Prepend "\u2581", Replace " " -> "\u2581"] (no
+ *    pre-tokenizer) or as a Metaspace pre-tokenizer (replacement "\u2581", split false; its
+ *    prepend_scheme "first"/"always" or add_prefix_space sets the space prefix). tokenizer.json
+ *    has no piece scores: each piece gets score -rank of the first merge that produces it, and
+ *    a piece no merge produces gets -(n_merges + id), below all of them, so the SentencePiece
+ *    merge order follows the BPE ranks. The merges themselves are not kept.
+ * Anything else is refused with an error naming the field rather than silently tokenizing
+ * differently from the reference.
  * Every error names the file and the field, e.g.
  *   "tokenizer.json: model.vocab: token id 5 appears twice ('a' and 'b')". */
 #include "text/tokenizer.h"
@@ -50,7 +60,7 @@ static int detect_pre(ctx *c, const json_t *pt, uint32_t *kind)
     if (!strcmp(type, "Sequence")) {
         const json_t *list = json_object_get(pt, "pretokenizers");
         if (!json_is_array(list)) return FAIL(c, "pre_tokenizer.pretokenizers: missing or not an array");
-        int found_split = 0, found_gpt2 = 0;
+        int found_split = 0, found_gpt2 = 0, found_punct = 0, found_digits = 0;
         size_t i;
         const json_t *p;
         json_array_foreach(list, i, p) {
@@ -64,9 +74,25 @@ static int detect_pre(ctx *c, const json_t *pt, uint32_t *kind)
             } else if (!strcmp(t, "ByteLevel")) {
                 const json_t *ur = json_object_get(p, "use_regex");
                 if (!ur || json_is_true(ur)) found_gpt2 = 1;
+            } else if (!strcmp(t, "Punctuation")) {   /* Falcon3 */
+                const char *b = json_string_value(json_object_get(p, "behavior"));
+                if (!b || strcmp(b, "Contiguous"))
+                    return FAIL(c, "pre_tokenizer.pretokenizers[%zu].behavior: only Punctuation 'Contiguous' is supported", i);
+                found_punct = 1;
+            } else if (!strcmp(t, "Digits")) {
+                if (!json_is_true(json_object_get(p, "individual_digits")))
+                    return FAIL(c, "pre_tokenizer.pretokenizers[%zu]: only Digits with individual_digits is supported", i);
+                found_digits = 1;
             } else {
                 return FAIL(c, "pre_tokenizer.pretokenizers[%zu].type: '%s' is not supported", i, t);
             }
+        }
+        if (found_punct || found_digits) {
+            if (!found_punct || !found_digits || !found_gpt2 || found_split)
+                return FAIL(c, "pre_tokenizer: Punctuation and Digits are supported only as Falcon3's "
+                               "[Punctuation, ByteLevel, Digits] sequence");
+            *kind = BN_PRE_FALCON3;
+            return 0;
         }
         if (found_split == found_gpt2)
             return FAIL(c, "pre_tokenizer: expected either the Llama-3 Split regex or a ByteLevel split");
@@ -215,19 +241,128 @@ static int apply_config(ctx *c, bn_vocab *v, const json_t *cfg)
 
 static int32_t find_text(const bn_vocab *v, const char *s) { return bn_vocab_find(v, s, strlen(s)); }
 
+/* The first of names that is a token, or -1. */
+static int32_t find_first(const bn_vocab *v, const char *const *names)
+{
+    int32_t id = -1;
+    for (; *names && id < 0; names++) id = find_text(v, *names);
+    return id;
+}
+
+#define METASPACE "\xe2\x96\x81"   /* U+2581 */
+
+static int is_string_eq(const json_t *j, const char *s) { return json_is_string(j) && !strcmp(json_string_value(j), s); }
+
+/* Is this the SentencePiece kind (see the top)? 1 yes (*space_prefix set), 0 no, -1 error. */
+static int detect_spm(ctx *c, const json_t *root, const json_t *model, uint32_t *space_prefix)
+{
+    if (!json_is_true(json_object_get(model, "byte_fallback"))) return 0;
+    const json_t *norm = json_object_get(root, "normalizer"), *pt = json_object_get(root, "pre_tokenizer");
+    if (json_is_object(pt)) {
+        if (!is_string_eq(json_object_get(pt, "type"), "Metaspace"))
+            return FAIL(c, "pre_tokenizer: a byte-fallback BPE model needs the Metaspace pre-tokenizer or none");
+        if (!is_string_eq(json_object_get(pt, "replacement"), METASPACE))
+            return FAIL(c, "pre_tokenizer.replacement: only U+2581 is supported");
+        if (json_is_true(json_object_get(pt, "split")))
+            return FAIL(c, "pre_tokenizer.split: Metaspace splitting is not supported (must be false)");
+        if (norm && !json_is_null(norm)) return FAIL(c, "normalizer: not supported with a Metaspace pre-tokenizer (must be null)");
+        const json_t *scheme = json_object_get(pt, "prepend_scheme");
+        *space_prefix = scheme ? !is_string_eq(scheme, "never") : json_is_true(json_object_get(pt, "add_prefix_space"));
+        return 1;
+    }
+    /* Llama-2's original form: Sequence [Prepend U+2581, Replace " " -> U+2581]. */
+    const json_t *list = json_object_get(norm, "normalizers");
+    if (!is_string_eq(json_object_get(norm, "type"), "Sequence") || !json_is_array(list))
+        return FAIL(c, "normalizer: a byte-fallback BPE model needs Llama-2's [Prepend, Replace] normalizer or a Metaspace pre-tokenizer");
+    int replace = 0;
+    *space_prefix = 0;
+    size_t i;
+    const json_t *n;
+    json_array_foreach(list, i, n) {
+        const json_t *t = json_object_get(n, "type");
+        if (is_string_eq(t, "Prepend") && is_string_eq(json_object_get(n, "prepend"), METASPACE)) {
+            *space_prefix = 1;
+        } else if (is_string_eq(t, "Replace") && is_string_eq(json_object_get(json_object_get(n, "pattern"), "String"), " ") &&
+                   is_string_eq(json_object_get(n, "content"), METASPACE)) {
+            replace = 1;
+        } else {
+            return FAIL(c, "normalizer.normalizers[%zu]: only Prepend U+2581 and Replace ' ' -> U+2581 are supported", i);
+        }
+    }
+    if (!replace) return FAIL(c, "normalizer: no Replace ' ' -> U+2581");
+    return 1;
+}
+
+/* Scores from merge ranks (see the top); also marks <0xXX> pieces BYTE and model.unk_token
+ * UNKNOWN. */
+static int spm_scores(ctx *c, bn_vocab *v, const json_t *model, const json_t *merges)
+{
+    if (!bn_vocab_scores_alloc(v)) return FAIL(c, "out of memory");
+    size_t n_merges = json_array_size(merges);
+    uint8_t *set = calloc(v->n_tokens, 1);
+    char *buf = NULL;
+    if (!set) return FAIL(c, "out of memory");
+    int rc = 0;
+    size_t i;
+    const json_t *m;
+    json_array_foreach(merges, i, m) {
+        const char *l, *r;
+        size_t ll, rl;
+        if (json_is_string(m)) {
+            const char *s = json_string_value(m), *sp = strchr(s, ' ');
+            if (!sp || strchr(sp + 1, ' ')) { rc = FAIL(c, "model.merges[%zu]: not two pieces separated by one space", i); break; }
+            l = s, ll = (size_t)(sp - s), r = sp + 1, rl = strlen(sp + 1);
+        } else if (json_is_array(m) && json_array_size(m) == 2 && json_is_string(json_array_get(m, 0)) &&
+                   json_is_string(json_array_get(m, 1))) {
+            l = json_string_value(json_array_get(m, 0)), ll = json_string_length(json_array_get(m, 0));
+            r = json_string_value(json_array_get(m, 1)), rl = json_string_length(json_array_get(m, 1));
+        } else {
+            rc = FAIL(c, "model.merges[%zu]: neither a \"left right\" string nor a [left, right] pair", i);
+            break;
+        }
+        char *nb = realloc(buf, ll + rl + 1);
+        if (!nb) { rc = FAIL(c, "out of memory"); break; }
+        buf = nb;
+        memcpy(buf, l, ll);
+        memcpy(buf + ll, r, rl);
+        int32_t id = bn_vocab_find(v, buf, ll + rl);
+        if (id < 0 || bn_vocab_find(v, l, ll) < 0 || bn_vocab_find(v, r, rl) < 0) {
+            rc = FAIL(c, "model.merges[%zu]: '%.*s %.*s' names a piece missing from the vocabulary", i,
+                      (int)(ll > 40 ? 40 : ll), l, (int)(rl > 40 ? 40 : rl), r);
+            break;
+        }
+        if (!set[id]) v->scores[id] = -(float)i, set[id] = 1;
+    }
+    for (uint32_t id = 0; id < v->n_tokens && !rc; id++) {
+        size_t len;
+        const char *t = bn_vocab_token(v, id, &len);
+        if (!set[id]) v->scores[id] = -(float)(n_merges + id);
+        if (v->type[id] == BN_TOK_NORMAL && len == 6 && !memcmp(t, "<0x", 3) && t[5] == '>') v->type[id] = BN_TOK_BYTE;
+    }
+    const char *unk = json_string_value(json_object_get(model, "unk_token"));
+    int32_t uid = unk && !rc ? find_text(v, unk) : -1;
+    if (uid >= 0) v->type[uid] = BN_TOK_UNKNOWN;
+    free(set);
+    free(buf);
+    return rc;
+}
+
 static int build_vocab(ctx *c, const json_t *root, bn_vocab **out)
 {
     if (!json_is_object(root)) return FAIL(c, "the top level is not an object");
-    const json_t *norm = json_object_get(root, "normalizer");
-    if (norm && !json_is_null(norm)) return FAIL(c, "normalizer: not supported (must be null)");
     const json_t *model = json_object_get(root, "model");
     if (!json_is_object(model)) return FAIL(c, "model: missing or not an object");
     const char *type = json_string_value(json_object_get(model, "type"));
     if (type && strcmp(type, "BPE")) return FAIL(c, "model.type: '%s' is not supported (only BPE)", type);
     const json_t *merges = json_object_get(model, "merges");
     if (!json_is_array(merges)) return FAIL(c, "model.merges: missing or not an array");
-    uint32_t pre = 0;
-    if (detect_pre(c, json_object_get(root, "pre_tokenizer"), &pre)) return -1;
+    uint32_t space_prefix = 0;
+    int spm = detect_spm(c, root, model, &space_prefix);
+    if (spm < 0) return -1;
+    const json_t *norm = json_object_get(root, "normalizer");
+    if (!spm && norm && !json_is_null(norm)) return FAIL(c, "normalizer: not supported (must be null)");
+    uint32_t pre = BN_PRE_LLAMA3;   /* SPM: unused */
+    if (!spm && detect_pre(c, json_object_get(root, "pre_tokenizer"), &pre)) return -1;
 
     tok_entry *e = NULL;
     uint32_t n = 0;
@@ -238,7 +373,7 @@ static int build_vocab(ctx *c, const json_t *root, bn_vocab **out)
         free(e);
         return FAIL(c, "model: too large");
     }
-    bn_vocab *v = bn_vocab_alloc(n, text_bytes, (uint32_t)json_array_size(merges));
+    bn_vocab *v = bn_vocab_alloc(n, text_bytes, spm ? 0 : (uint32_t)json_array_size(merges));
     if (!v) {
         free(e);
         return FAIL(c, "out of memory for %u tokens", n);
@@ -259,13 +394,21 @@ static int build_vocab(ctx *c, const json_t *root, bn_vocab **out)
         bn_vocab_free(v);
         return -1;
     }
-    if (fill_merges(c, v, merges)) {
+    if (spm ? spm_scores(c, v, model, merges) : fill_merges(c, v, merges)) {
         bn_vocab_free(v);
         return -1;
     }
-    /* Llama-3's names; tokenizer_config.json, when given, overrides them. */
-    v->bos = find_text(v, "<|begin_of_text|>");
-    v->eos = find_text(v, "<|end_of_text|>");
+    if (spm) {
+        v->model = BN_TOKM_SPM;
+        v->space_prefix = space_prefix;
+        v->ignore_merges = 0;
+    }
+    /* The usual names (Llama-3, SentencePiece, Falcon); tokenizer_config.json, when given,
+     * overrides them. */
+    static const char *const bos_names[] = {"<|begin_of_text|>", "<s>", NULL};
+    static const char *const eos_names[] = {"<|end_of_text|>", "</s>", "<|endoftext|>", NULL};
+    v->bos = find_first(v, bos_names);
+    v->eos = find_first(v, eos_names);
     v->eot = find_text(v, "<|eot_id|>");
     *out = v;
     return 0;
