@@ -88,6 +88,15 @@ tests_test_server_slots_SOURCES = tests/test_server_slots.c tests/server_harness
 tests_test_server_slots_CFLAGS = $(TEST_CFLAGS)
 tests_test_server_slots_LDADD = $(TEST_LIBS)
 
+# Every BitNet family (2B-4T, 1bitLLM SentencePiece, Llama3-8B-1.58, Falcon3) served end to
+# end and checked against `bitnet run` / `bitnet tokenize`.
+check_PROGRAMS += tests/test_server_families
+TESTS += tests/test_server_families
+tests_test_server_families_SOURCES = tests/test_server_families.c tests/server_harness.c \
+	tests/server_harness.h
+tests_test_server_families_CFLAGS = $(TEST_CFLAGS)
+tests_test_server_families_LDADD = $(TEST_LIBS)
+
 EXTRA_DIST += tests/test_node_sdk.sh tests/node/package.json tests/node/package-lock.json \
 	tests/node/sdk.test.mjs tests/node/README.md
 
