@@ -255,7 +255,7 @@ START_TEST(test_bad_values)
         {"n_ctx", "99999999999999999999999", "out of range"},
         {"n_ctx", "12k", "not a whole number"},
         {"prefill_chunk", "5000", "out of range (expected 0..4096)"},
-        {"chat_format", "chatml", "not one of auto, bitnet or llama3"},
+        {"chat_format", "chatml", "not one of auto, bitnet, llama3, falcon3 or none"},
         {"cpus", "0-", "not a CPU list"},
         {"cpus", "7-3", "not a CPU list"},
         {"cpus", "a", "not a CPU list"},

@@ -14,6 +14,7 @@
 
 #include "engine/engine.h"
 #include "kernels/kernels.h"
+#include "model/family.h"
 #include "model/model_write.h"
 #include "model/source_synth.h"
 #include "model/synth.h"
@@ -56,15 +57,18 @@ static inline int bn_test_run(Suite *s)
 
 /* ---- synthetic models and engines --------------------------------------------------------- */
 
-/* The synthetic definition `shape` (seed 1) with the built-in vocabulary's special ids. Returns
+/* The synthetic definition `shape` (seed 1; family presets too) with its family's built-in
+ * vocabulary and that vocabulary's special ids. Returns
  * the vocabulary (the caller frees it), or NULL with err set. No Check calls: usable outside a
  * test (a forked child, main). */
 static inline bn_vocab *bn_test_synth(const char *shape, bn_synth *sy, bn_error *err)
 {
     *sy = (bn_synth){.seed = 1};
-    if (bn_synth_shape(shape, &sy->cfg, err)) return NULL;
-    bn_vocab *v = bn_vocab_builtin(sy->cfg.n_vocab, err);
+    if (bn_synth_parse(shape, sy, err)) return NULL;
+    const bn_family_info *fi = bn_family_get((enum bn_family)sy->family);
+    bn_vocab *v = bn_vocab_builtin_kind(fi->vocab, sy->cfg.n_vocab, err);
     if (!v) return NULL;
+    v->chat = fi->chat;   /* as bitnet mkmodel does: the LLAMA3 kind serves two chat formats */
     sy->cfg.bos = v->bos;
     sy->cfg.eos = v->eos;
     sy->cfg.eot = v->eot;

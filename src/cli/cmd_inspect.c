@@ -6,6 +6,7 @@
 #include "cli/cli_common.h"
 #include "cli/commands.h"
 #include "model/model.h"
+#include "text/tokenizer.h"
 
 static const char *dtype_name(uint32_t dt)
 {
@@ -38,8 +39,9 @@ static void print_tokenizer(const bn_vocab *v)
     uint32_t control = 0;
     for (uint32_t i = 0; i < v->n_tokens; i++) control += v->type[i] == BN_TOK_CONTROL;
     printf("tokenizer:   %u tokens (%u control), %u merges, pre-tokenizer %s, chat %s\n", v->n_tokens, control,
-           v->n_merges, v->pre == BN_PRE_LLAMA3 ? "llama3" : "gpt2",
-           v->chat == BN_CHAT_BITNET ? "bitnet" : v->chat == BN_CHAT_LLAMA3 ? "llama3" : "none");
+           v->n_merges, v->model == BN_TOKM_SPM ? "none (sentencepiece)"
+           : v->pre == BN_PRE_LLAMA3 ? "llama3" : v->pre == BN_PRE_FALCON3 ? "falcon3" : "gpt2",
+           bn_chat_kind_name((enum bn_chat_kind)v->chat));
 }
 
 int cmd_inspect(int argc, char **argv)

@@ -31,7 +31,7 @@ static void usage(FILE *f)
             "      --chat                render TEXT as a user message in the model's chat template,\n"
             "                            with the generation prompt (BOS included)\n"
             "      --system TEXT         with --chat: a system message first\n"
-            "      --chat-template NAME  with --chat: bitnet or llama3 instead of the model's own\n"
+            "      --chat-template NAME  with --chat: bitnet, llama3, falcon3 or none instead of the model's own\n"
             "      --special             match control-token strings in TEXT (trusted text only)\n"
             "      --decode IDS          decode ids (separated by commas, spaces or brackets; '-' reads\n"
             "                            them from stdin); writes the exact bytes, no newline added\n"
@@ -142,7 +142,7 @@ static int parse_args(int argc, char **argv, options *o)
                     : !o->decode && !o->text == !o->file ? "give the text: TEXT, -f FILE or - for stdin"
                     : o->ids && o->pieces ? "--ids and --pieces are exclusive"
                     : (o->system || o->chat_template) && !o->chat ? "--system and --chat-template need --chat"
-                    : o->chat_template && bn_chat_kind_parse(o->chat_template) < 0 ? "--chat-template: bitnet or llama3"
+                    : o->chat_template && bn_chat_kind_parse(o->chat_template) < 0 ? "--chat-template: bitnet, llama3, falcon3 or none"
                     : NULL;
     if (why) {
         fprintf(stderr, "bitnet tokenize: %s\n", why);

@@ -87,6 +87,9 @@ typedef struct bn_model {
      * each rounded up: err[r] >= ||w_r - s_r q_r||_2 (w_r the f16 row), norm[r] >= ||s_r q_r||_2.
      * Last in the struct so that code built against 1.0's layout still reads the rest right. */
     const float *lm_head_i8_err, *lm_head_i8_norm;
+    /* f16 [n_vocab][n_embd]: the head rows the model uses, "output" when untied, else tok_embd
+     * (the rows output_q8 was quantized from). */
+    const uint16_t *lm_head_f16;
 } bn_model;
 
 /* Opens and maps a packed model file. No tensor data is read. */

@@ -12,14 +12,19 @@
 #include "model/model.h"
 #include "model/model_format.h"
 #include "model/model_tokenizer.h"
+#include "model/model_write.h"
+#include "model/tensor_table.h"
 
 int bn_config_validate(const bn_config *c, bn_error *err)
 {
     if (!c->n_embd || c->n_embd > 65536) return bn_err(err, "n_embd %u out of range (1..65536)", c->n_embd);
     if (!c->n_layer || c->n_layer > 1024) return bn_err(err, "n_layer %u out of range (1..1024)", c->n_layer);
-    if (!c->n_head || c->n_embd % c->n_head) return bn_err(err, "n_head %u does not divide n_embd %u", c->n_head, c->n_embd);
-    if (c->head_dim != c->n_embd / c->n_head || c->head_dim % 2)
-        return bn_err(err, "head_dim %u must be n_embd/n_head (%u) and even", c->head_dim, c->n_embd / c->n_head);
+    if (!c->n_head || c->n_head > c->n_embd) return bn_err(err, "n_head %u out of range (1..n_embd)", c->n_head);
+    /* head_dim is its own field (96, 100, 128, 256 occur), but every family has
+     * n_head * head_dim == n_embd, which the attention's output projection relies on. */
+    if (!c->head_dim || c->head_dim % 2 || (uint64_t)c->n_head * c->head_dim != c->n_embd)
+        return bn_err(err, "n_head %u x head_dim %u must equal n_embd %u with head_dim even", c->n_head,
+                      c->head_dim, c->n_embd);
     if (!c->n_head_kv || c->n_head % c->n_head_kv)
         return bn_err(err, "n_head_kv %u does not divide n_head %u", c->n_head_kv, c->n_head);
     if (!c->n_ff || c->n_ff > 262144) return bn_err(err, "n_ff %u out of range (1..262144)", c->n_ff);
@@ -28,6 +33,8 @@ int bn_config_validate(const bn_config *c, bn_error *err)
     if (!isfinite(c->rope_theta) || !(c->rope_theta > 0)) return bn_err(err, "rope_theta %g is not positive", c->rope_theta);
     if (!isfinite(c->norm_eps) || !(c->norm_eps > 0) || c->norm_eps >= 1) return bn_err(err, "norm_eps %g out of range", c->norm_eps);
     if (c->act != BN_ACT_RELU2 && c->act != BN_ACT_SILU) return bn_err(err, "unknown activation %u", c->act);
+    if (c->tied > 1 || c->no_sub_norms > 1)
+        return bn_err(err, "tied %u / no_sub_norms %u must be 0 or 1", c->tied, c->no_sub_norms);
     const int32_t ids[3] = {c->bos, c->eos, c->eot};
     static const char *names[3] = {"bos", "eos", "eot"};
     for (int i = 0; i < 3; i++)
@@ -127,22 +134,56 @@ static const bn_tensor *need(const bn_model *m, const char *name, int ternary, u
 
 #define NEED_F32(name, n) ((t = need(m, name, 0, BN_DT_F32, 1, n, err)) ? (const float *)t->data : NULL)
 
+/* Stores table row d's tensor in its bn_layer_weights field. */
+static void set_layer_weight(bn_layer_weights *w, enum bn_layer_tensor id, const bn_tensor *t)
+{
+    switch (id) {
+    case BN_LT_ATTN_NORM: w->attn_norm = t->data; break;
+    case BN_LT_ATTN_Q: w->wq = t; break;
+    case BN_LT_ATTN_K: w->wk = t; break;
+    case BN_LT_ATTN_V: w->wv = t; break;
+    case BN_LT_ATTN_SUB_NORM: w->attn_sub_norm = t->data; break;
+    case BN_LT_ATTN_OUTPUT: w->wo = t; break;
+    case BN_LT_FFN_NORM: w->ffn_norm = t->data; break;
+    case BN_LT_FFN_GATE: w->wgate = t; break;
+    case BN_LT_FFN_UP: w->wup = t; break;
+    case BN_LT_FFN_SUB_NORM: w->ffn_sub_norm = t->data; break;
+    case BN_LT_FFN_DOWN: w->wdown = t; break;
+    case BN_LT_COUNT: break;
+    }
+}
+
+/* A sub-norm the header flags say is absent, or one of the pair missing, names the tensor. */
+static int check_sub_norm(const bn_model *m, uint32_t l, const bn_layer_tensor_def *d, bn_error *err)
+{
+    char n[BN_NAME_MAX], other[BN_NAME_MAX];
+    bn_layer_tensor_name(n, sizeof n, l, d->canon);
+    int has = bn_model_tensor(m, n) != NULL;
+    if (m->cfg.no_sub_norms)
+        return has ? bn_err(err, "%s: tensor '%s' is present but header flags say NO_SUB_NORMS", m->path, n) : 0;
+    const bn_layer_tensor_def *o = &bn_layer_tensors[d->id == BN_LT_ATTN_SUB_NORM ? BN_LT_FFN_SUB_NORM : BN_LT_ATTN_SUB_NORM];
+    bn_layer_tensor_name(other, sizeof other, l, o->canon);
+    if (!has && bn_model_tensor(m, other))
+        return bn_err(err, "%s: tensor '%s' is missing although '%s' is present (sub-norms come in pairs)", m->path,
+                      n, other);
+    return 0;
+}
+
 static int resolve_layer(bn_model *m, uint32_t l, bn_error *err)
 {
     const bn_config *c = &m->cfg;
-    uint64_t D = c->n_embd, F = c->n_ff, KV = (uint64_t)c->head_dim * c->n_head_kv;
-    bn_layer_weights *w = &m->layers[l];
-    const bn_tensor *t;
-    char n[BN_NAME_MAX];
-#define NAME(kind) (snprintf(n, sizeof n, "blk.%u." kind, l), n)
-    if (!(w->attn_norm = NEED_F32(NAME("attn_norm"), D)) || !(w->attn_sub_norm = NEED_F32(NAME("attn_sub_norm"), D)) ||
-        !(w->ffn_norm = NEED_F32(NAME("ffn_norm"), D)) || !(w->ffn_sub_norm = NEED_F32(NAME("ffn_sub_norm"), F)) ||
-        !(w->wq = need(m, NAME("attn_q"), 1, 0, D, D, err)) || !(w->wk = need(m, NAME("attn_k"), 1, 0, KV, D, err)) ||
-        !(w->wv = need(m, NAME("attn_v"), 1, 0, KV, D, err)) || !(w->wo = need(m, NAME("attn_output"), 1, 0, D, D, err)) ||
-        !(w->wgate = need(m, NAME("ffn_gate"), 1, 0, F, D, err)) || !(w->wup = need(m, NAME("ffn_up"), 1, 0, F, D, err)) ||
-        !(w->wdown = need(m, NAME("ffn_down"), 1, 0, D, F, err)))
-        return -1;
-#undef NAME
+    for (int i = 0; i < BN_LT_COUNT; i++) {
+        const bn_layer_tensor_def *d = &bn_layer_tensors[i];
+        if (d->sub_norm && check_sub_norm(m, l, d, err) != 0) return -1;
+        if (!bn_layer_tensor_present(c, d)) continue;
+        char n[BN_NAME_MAX];
+        uint64_t rows, cols;
+        bn_layer_tensor_name(n, sizeof n, l, d->canon);
+        bn_layer_tensor_shape(c, d, &rows, &cols);
+        const bn_tensor *t = need(m, n, d->ternary, BN_DT_F32, rows, cols, err);
+        if (!t) return -1;
+        set_layer_weight(&m->layers[l], d->id, t);
+    }
     return 0;
 }
 
@@ -151,8 +192,13 @@ static int resolve(bn_model *m, bn_error *err)
     const bn_config *c = &m->cfg;
     const bn_tensor *t;
     if (!(t = need(m, "token_embd", 0, BN_DT_F16, c->n_vocab, c->n_embd, err))) return -1;
-    m->tok_embd = t->data;
-    if (!c->tied && !need(m, "output", 0, BN_DT_F16, c->n_vocab, c->n_embd, err)) return -1;
+    m->tok_embd = m->lm_head_f16 = t->data;
+    if (!c->tied) {
+        if (!(t = need(m, "output", 0, BN_DT_F16, c->n_vocab, c->n_embd, err))) return -1;
+        m->lm_head_f16 = t->data;
+    } else if (bn_model_tensor(m, "output")) {
+        return bn_err(err, "%s: tensor 'output' is present but the model is tied (lm_head = token_embd)", m->path);
+    }
     if (!(m->output_norm = NEED_F32("output_norm", c->n_embd))) return -1;
     if (bn_model_tensor(m, "output_q8")) {
         uint64_t dp = bn_align_up(c->n_embd, 64);
@@ -207,13 +253,19 @@ static int check_header(bn_model *m, bn_file_header *h, bn_error *err)
         ((const char *)m->map)[h->source_offset + h->source_size - 1] != 0)
         return bn_err(err, "%s: source_offset/size: provenance text outside the metadata region or unterminated", f);
     if (h->tern_fmt != BN_TERN_I2 && h->tern_fmt != BN_TERN_T5) return bn_err(err, "%s: tern_fmt %u is unknown", f, h->tern_fmt);
+    /* 1.0/1.1 wrote 0 here (reserved); a bit this build does not know changes the meaning */
+    if (h->flags & ~BN_FILE_FLAGS_KNOWN)
+        return bn_err(err, "%s: flags 0x%x: unknown bits 0x%x (written by a newer bitnetd?)", f, h->flags,
+                      h->flags & ~BN_FILE_FLAGS_KNOWN);
     return 0;
 }
 
-static void config_from_disk(bn_config *c, const bn_disk_hparams *hp)
+static void config_from_disk(bn_config *c, const bn_file_header *h)
 {
+    const bn_disk_hparams *hp = &h->hp;
     *c = (bn_config){hp->n_embd, hp->n_layer, hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_ff, hp->n_vocab,
-                     hp->n_ctx_max, hp->rope_theta, hp->norm_eps, hp->act, hp->tied, hp->bos, hp->eos, hp->eot};
+                     hp->n_ctx_max, hp->rope_theta, hp->norm_eps, hp->act, hp->tied, hp->bos, hp->eos, hp->eot,
+                     (h->flags & BN_FILE_FLAG_NO_SUB_NORMS) != 0};
 }
 
 static int open_mapped(bn_model *m, bn_error *err)
@@ -223,7 +275,7 @@ static int open_mapped(bn_model *m, bn_error *err)
     m->version_major = h.version_major;
     m->version_minor = h.version_minor;
     m->tern_fmt = (bn_tern_fmt)h.tern_fmt;
-    config_from_disk(&m->cfg, &h.hp);
+    config_from_disk(&m->cfg, &h);
     if (h.hp.rope_type != 1) return bn_err(err, "%s: rope_type %u is unknown (1 = NeoX)", m->path, h.hp.rope_type);
     if (bn_config_validate(&m->cfg, err) != 0) return bn_err_prefix(err, "%s: hparams", m->path);
     if (read_entries(m, &h, err) != 0 || resolve(m, err) != 0) return -1;

@@ -14,6 +14,7 @@
 #include "kernels/half.h"
 #include "model/model_format.h"
 #include "model/model_tokenizer.h"
+#include "model/tensor_table.h"
 #include "model/ternarize.h"
 
 /* Rows of the embedding converted per band: bounds memory to ~1024 x n_embd floats. */
@@ -41,14 +42,12 @@ typedef struct plan {
     uint32_t n, cap;
 } plan;
 
-static const char *const layer_kinds[] = {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_sub_norm",
-                                          "attn_output", "ffn_norm", "ffn_gate", "ffn_up",
-                                          "ffn_sub_norm", "ffn_down"};
-
 void bn_pack_opts_default(bn_pack_opts *o)
 {
     o->tern = BN_TERN_T5;
     o->lm_head_i8 = 1;
+    o->progress = NULL;
+    o->progress_user = NULL;
 }
 
 void bn_layer_tensor_name(char *buf, size_t len, uint32_t layer, const char *kind)
@@ -78,21 +77,7 @@ static int plan_add(plan *p, const char *name, enum plan_kind kind, uint32_t dty
     return 0;
 }
 
-/* Shape [rows][cols] of layer tensor kind k. */
-static void layer_shape(const bn_config *c, const char *k, uint64_t *rows, uint64_t *cols)
-{
-    uint64_t kv = (uint64_t)c->head_dim * c->n_head_kv;
-    *rows = 1;
-    if (!strcmp(k, "attn_norm") || !strcmp(k, "ffn_norm") || !strcmp(k, "attn_sub_norm")) *cols = c->n_embd;
-    else if (!strcmp(k, "ffn_sub_norm")) *cols = c->n_ff;
-    else if (!strcmp(k, "attn_q") || !strcmp(k, "attn_output")) *rows = c->n_embd, *cols = c->n_embd;
-    else if (!strcmp(k, "attn_k") || !strcmp(k, "attn_v")) *rows = kv, *cols = c->n_embd;
-    else if (!strcmp(k, "ffn_gate") || !strcmp(k, "ffn_up")) *rows = c->n_ff, *cols = c->n_embd;
-    else *rows = c->n_embd, *cols = c->n_ff; /* ffn_down */
-}
-
-static int is_norm(const char *k) { return strstr(k, "norm") != NULL; }
-
+/* The layer tensors come from the one table (tensor_table.h), in its order. */
 static int build_plan(const bn_config *c, const bn_pack_opts *o, plan *p)
 {
     uint64_t V = c->n_vocab, D = c->n_embd, Dp = bn_align_up(D, 64);
@@ -105,16 +90,19 @@ static int build_plan(const bn_config *c, const bn_pack_opts *o, plan *p)
         rc |= plan_add(p, "output_q8.err", PK_LM_I8_ERR, BN_DT_F32, 1, V, V * 4);
         rc |= plan_add(p, "output_q8.norm", PK_LM_I8_NORM, BN_DT_F32, 1, V, V * 4);
     }
+    uint32_t tern_dt = o->tern == BN_TERN_I2 ? BN_DT_TERN_I2 : BN_DT_TERN_T5;
     for (uint32_t l = 0; l < c->n_layer && rc == 0; l++) {
-        for (size_t k = 0; k < sizeof layer_kinds / sizeof layer_kinds[0]; k++) {
+        for (int k = 0; k < BN_LT_COUNT; k++) {
+            const bn_layer_tensor_def *d = &bn_layer_tensors[k];
+            if (!bn_layer_tensor_present(c, d)) continue;
             char name[BN_NAME_MAX];
             uint64_t rows, cols;
-            bn_layer_tensor_name(name, sizeof name, l, layer_kinds[k]);
-            layer_shape(c, layer_kinds[k], &rows, &cols);
-            if (is_norm(layer_kinds[k])) rc |= plan_add(p, name, PK_NORM_F32, BN_DT_F32, 1, cols, cols * 4);
+            bn_layer_tensor_name(name, sizeof name, l, d->canon);
+            bn_layer_tensor_shape(c, d, &rows, &cols);
+            if (d->ternary)
+                rc |= plan_add(p, name, PK_TERNARY, tern_dt, rows, cols, bn_tern_packed_size(o->tern, rows, cols));
             else
-                rc |= plan_add(p, name, PK_TERNARY, o->tern == BN_TERN_I2 ? BN_DT_TERN_I2 : BN_DT_TERN_T5,
-                               rows, cols, bn_tern_packed_size(o->tern, rows, cols));
+                rc |= plan_add(p, name, PK_NORM_F32, BN_DT_F32, rows, cols, rows * cols * 4);
         }
     }
     return rc;
@@ -295,6 +283,7 @@ static void fill_header(bn_file_header *hd, const bn_config *c, const bn_pack_op
     hd->version_major = BN_FILE_VERSION_MAJOR;
     hd->version_minor = BN_FILE_VERSION_MINOR;
     hd->tern_fmt = o->tern;
+    hd->flags = c->no_sub_norms ? BN_FILE_FLAG_NO_SUB_NORMS : 0;
     hd->hp = (bn_disk_hparams){c->n_embd, c->n_layer, c->n_head, c->n_head_kv, c->head_dim, c->n_ff,
                                c->n_vocab, c->n_ctx_max, c->rope_theta, c->norm_eps, c->act, c->tied,
                                c->bos, c->eos, c->eot, 1};
@@ -371,6 +360,8 @@ int bn_pack_write(bn_source *src, const char *out_path, const bn_pack_opts *o, b
         for (uint32_t i = 0; rc == 0 && i < p.n; i++) {
             rc = bn_atomic_pad(&f, tensor_align(p.e[i].nbytes), err);
             if (rc == 0) rc = write_tensor(src, &f, &p.e[i], o, &lr, err);
+            if (rc == 0 && o->progress)
+                o->progress(o->progress_user, i + 1, p.n, p.e[i].offset + p.e[i].nbytes, hd.file_size, p.e[i].name);
         }
         if (rc == 0 && !(meta = build_meta(&hd, &p, src->vocab, prov))) rc = bn_err(err, "out of memory");
         if (rc == 0) rc = bn_atomic_pwrite(&f, meta, hd.data_offset, 0, err);

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/half.h"
+#include "model/tensor_table.h"
 
 typedef struct synth_source {
     bn_source base;
@@ -23,10 +23,19 @@ static int synth_floats(bn_source *s, const char *name, uint64_t rows, uint64_t 
                         uint64_t row0, uint64_t n, float *out, bn_error *err)
 {
     const bn_synth *sy = &((synth_source *)s)->synth;
-    if (!strcmp(name, "token_embd") || !strcmp(name, "output")) {
-        for (uint64_t r = 0; r < n; r++) bn_synth_embedding_row(sy, (uint32_t)(row0 + r), out + r * cols);
+    int embd = !strcmp(name, "token_embd"), head = !strcmp(name, "output");
+    if (head && sy->cfg.tied) return bn_err(err, "synthetic model: tensor output: the model is tied (no output tensor)");
+    if (embd || head) {
+        if (cols != sy->cfg.n_embd || row0 + n > sy->cfg.n_vocab || row0 + n < row0)
+            return bn_err(err, "synthetic tensor %s: unexpected shape or row range", name);
+        for (uint64_t r = 0; r < n; r++)
+            (embd ? bn_synth_embedding_row : bn_synth_output_row)(sy, (uint32_t)(row0 + r), out + r * cols);
         return 0;
     }
+    uint32_t l;
+    const bn_layer_tensor_def *d = bn_layer_tensor_parse(name, &l);
+    if (d && !bn_layer_tensor_present(&sy->cfg, d))
+        return bn_err(err, "synthetic model: tensor %s: this model has no sub-norms", name);
     if (rows != 1 || row0 != 0 || n != 1) return bn_err(err, "synthetic tensor %s: unexpected row range", name);
     bn_synth_norm(sy, name, cols, out);
     return 0;

@@ -26,7 +26,8 @@ typedef struct bn_synth {
 
 /* Shapes: "tiny" (unit tests), "small" (benchmarks on a laptop), "2b4t" (BitNet-b1.58-2B-4T),
  * optionally followed by ",key=value" overrides (n_embd, n_layer, n_head, n_head_kv, n_ff,
- * n_vocab, n_ctx_max, rope_theta), e.g. "2b4t,n_layer=2". */
+ * n_vocab, n_ctx_max, rope_theta), e.g. "2b4t,n_layer=2". A wrapper of bn_synth_parse: it takes
+ * every spec that does, and drops the family. */
 int bn_synth_shape(const char *spec, bn_config *cfg, bn_error *err);
 /* The same, also giving the shape's family: family presets ("1bitllm-large", "1bitllm-3b",
  * "llama3-8b-1.58", "falcon3-1b-1.58", "falcon3-3b-1.58", ... and "tiny-<family>" for tests)
@@ -48,5 +49,8 @@ void bn_synth_latent(const bn_synth *s, const char *name, size_t rows, size_t co
 void bn_synth_norm(const bn_synth *s, const char *name, size_t n, float *w);
 /* Token embedding row `tok` (n_embd values, each exactly representable in f16 and bf16). */
 void bn_synth_embedding_row(const bn_synth *s, uint32_t tok, float *row);
+/* Row `tok` of the untied lm_head "output" (cfg.tied == 0): the same statistics as the
+ * embedding from its own stream, so a head that wrongly reads token_embd is caught. */
+void bn_synth_output_row(const bn_synth *s, uint32_t tok, float *row);
 
 #endif

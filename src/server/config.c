@@ -50,7 +50,7 @@ typedef struct conf_key {
 } conf_key;
 
 static const char *const weights_names[] = {"mmap", "shm", NULL};
-static const char *const chat_names[] = {"auto", "bitnet", "llama3", NULL};
+static const char *const chat_names[] = {"auto", "bitnet", "llama3", "falcon3", "none", NULL};
 static const char *const logfmt_names[] = {"json", "combined", NULL};
 static const char *const level_names[] = {"error", "warn", "info", "debug", NULL};
 
@@ -81,7 +81,7 @@ static const conf_key keys[] = {
      "Prompt tokens per prefill pass: a cancelled request stops within one chunk.\n"
      "0 = the engine's default."},
     {NULL, "chat_format", K_STRCHOICE, OFF(chat_format), "auto", 0, 0, chat_names, 0,
-     "Chat template: auto (the model's own), bitnet or llama3."},
+     "Chat template: auto (the model's own), bitnet, llama3, falcon3 or none."},
 
     {"placement", "cpus", K_CPUS, OFF(cpus), NULL, 0, 0, NULL, 0,
      "CPUs the workers may run on, OS numbering (0-7,16-23). Unset: every CPU this\n"

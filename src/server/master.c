@@ -159,7 +159,7 @@ static bn_generation *generation_load(bn_server *s, bn_srv_config *cfg, const ch
     if (cfg->chat_format) {
         int k = bn_chat_kind_parse(cfg->chat_format);
         if (k < 0) {
-            bn_err(err, "chat_format: unknown format '%s' (bitnet, llama3)", cfg->chat_format);
+            bn_err(err, "chat_format: unknown format '%s' (bitnet, llama3, falcon3, none)", cfg->chat_format);
             goto fail;
         }
         g->chat = (enum bn_chat_kind)k;
