@@ -2,7 +2,8 @@
  *
  * Synthetic checkpoints are written in every HF form (packed uint8, bf16 latent, sharded) and
  * read back: every code, scale and float must equal what bn_synth_* generates, so the forms
- * agree with each other exactly. Every class of bad input must fail with a message naming the
+ * agree with each other exactly. For every family (2B-4T, 1bitLLM, Llama3-8B-1.58, Falcon3)
+ * each HF form, read and packed, gives the same packed file as the synthetic model itself. Every class of bad input must fail with a message naming the
  * file and the field at fault. */
 #define _GNU_SOURCE
 #include <check.h>
@@ -17,10 +18,15 @@
 
 #include "base/file.h"
 #include "kernels/half.h"
+#include "model/family.h"
 #include "model/hf_write.h"
 #include "model/safetensors.h"
 #include "model/source.h"
+#include "model/source_synth.h"
 #include "model/synth.h"
+#include "model/tensor_table.h"
+#include "model/ternarize.h"
+#include "testutil.h"
 #include "text/tokenizer.h"
 
 /* ---- helpers --------------------------------------------------------------------------- */
@@ -100,11 +106,12 @@ static void vocab_eq(const bn_vocab *a, const bn_vocab *b)
 static const char *const linears[] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
 static const char *const norms[] = {"attn_norm", "attn_sub_norm", "ffn_norm", "ffn_sub_norm"};
 
+/* [rows][cols] of layer tensor n ("attn_q"), from the shared tensor table. */
 static void linear_shape(const bn_config *c, const char *n, uint64_t *rows, uint64_t *cols)
 {
-    uint64_t kv = (uint64_t)c->head_dim * c->n_head_kv;
-    *rows = !strcmp(n, "attn_k") || !strcmp(n, "attn_v") ? kv : !strcmp(n, "ffn_gate") || !strcmp(n, "ffn_up") ? c->n_ff : c->n_embd;
-    *cols = !strcmp(n, "ffn_down") ? c->n_ff : c->n_embd;
+    const bn_layer_tensor_def *d = bn_layer_tensor_find(n);
+    ck_assert_ptr_nonnull(d);
+    bn_layer_tensor_shape(c, d, rows, cols);
 }
 
 /* Every tensor of the source equals the synthetic model; scale_mul is 1 except for the
@@ -520,7 +527,7 @@ START_TEST(test_untied_and_extras)
     float *row = malloc(c->n_embd * sizeof *row), *want = malloc(c->n_embd * sizeof *want);
     for (uint32_t r = 0; r < c->n_vocab; r += 37) {
         ck_assert_msg(src->ops->floats(src, "output", c->n_vocab, c->n_embd, r, 1, row, &err) == 0, "%s", err.msg);
-        bn_synth_embedding_row(&f.s, r, want);
+        bn_synth_output_row(&f.s, r, want);
         ck_assert_mem_eq(row, want, c->n_embd * sizeof *row);
     }
     free(row);
@@ -572,7 +579,8 @@ START_TEST(test_vocab_json_roundtrip)
     /* Meta's Llama-3 tokenizer.json survives load -> write -> load unchanged ... */
     const char *fx = getenv("BN_FIXTURES_DIR");
     char *meta = NULL;
-    if (fx && *fx && asprintf(&meta, "%s/tokenizer/llama3-tokenizer.json", fx) > 0 && access(meta, R_OK) == 0) {
+    int have_meta = fx && *fx && asprintf(&meta, "%s/tokenizer/llama3-tokenizer.json", fx) > 0 && access(meta, R_OK) == 0;
+    if (have_meta) {
         bn_vocab *a = NULL, *b = NULL;
         ck_assert_msg(bn_vocab_load_hf(meta, NULL, &a, &err) == 0, "%s", err.msg);
         ck_assert_msg(bn_vocab_write_hf_json(a, p, &err) == 0, "%s", err.msg);
@@ -595,6 +603,7 @@ START_TEST(test_vocab_json_roundtrip)
     free(p);
     rm_rf(dir);
     bn_vocab_free(f.v);
+    if (!have_meta) BN_TEST_SKIP("the Meta Llama-3 half: BN_FIXTURES_DIR/tokenizer/llama3-tokenizer.json not found (BN_FIXTURES_DIR=%s)", fx ? fx : "");
 }
 END_TEST
 
@@ -732,9 +741,14 @@ START_TEST(test_bad_config)
     write_text(dir, "config.json", "[]");
     expect_open_fail(dir, "config.json", "top level");
     write_text(dir, "config.json", orig);
+    /* Relabelled as a Llama checkpoint: its sub-norms cannot be dropped silently. */
     edit_config(dir, "model_type", json_string("llama"));
     edit_config(dir, "architectures", json_pack("[s]", "LlamaForCausalLM"));
-    expect_open_fail(dir, "config.json", "model_type 'llama'");
+    expect_open_fail(dir, "_sub_norm.weight' is a sub-norm", "LlamaForCausalLM");
+    /* model_type llama under BitNetForCausalLM reads as 1bitLLM, which has no quantization_config. */
+    write_text(dir, "config.json", orig);
+    edit_config(dir, "model_type", json_string("llama"));
+    expect_open_fail(dir, "config.json", "quantization_config: unexpected");
     write_text(dir, "config.json", orig);
     edit_config(dir, "max_position_embeddings", NULL);
     expect_open_fail(dir, "config.json", "max_position_embeddings");
@@ -764,6 +778,13 @@ START_TEST(test_bad_config)
     ck_assert_msg(bn_source_open_hf(dir, &src, &err) == 0, "%s", err.msg);
     ck_assert(src->cfg.rope_theta == 10000.0f);
     ck_assert_ptr_nonnull(strstr(src->notes, "rope_theta"));
+    bn_source_close(src);
+    /* No model_type under BitNetForCausalLM: 2B-4T, as before families existed. */
+    write_text(dir, "config.json", orig);
+    edit_config(dir, "model_type", NULL);
+    src = open_ok(dir, "hf-packed", NULL);
+    ck_assert_uint_eq(src->cfg.act, BN_ACT_RELU2);
+    ck_assert_uint_eq(src->cfg.no_sub_norms, 0);
     bn_source_close(src);
     unlink(p);
     expect_open_fail(dir, "config.json", NULL);
@@ -964,6 +985,665 @@ START_TEST(test_empty_dir)
 }
 END_TEST
 
+/* ---- every family's HF forms ------------------------------------------------------------- */
+
+/* A family's tiny test preset with its built-in vocabulary, set up as mkmodel does: the chat
+ * format is the family's, and the ids the preset leaves open (-1) come from the vocabulary. */
+static void family_fixture(fixture *f, const char *preset)
+{
+    bn_error err = {{0}};
+    memset(f, 0, sizeof *f);
+    ck_assert_msg(bn_synth_parse(preset, &f->s, &err) == 0, "%s", err.msg);
+    f->s.seed = 7;
+    const bn_family_info *fam = bn_family_get(f->s.family);
+    ck_assert_ptr_nonnull(fam);
+    f->v = bn_vocab_builtin_kind(fam->vocab, f->s.cfg.n_vocab, &err);
+    ck_assert_msg(f->v != NULL, "%s", err.msg);
+    if (fam->id != BN_FAM_BITNET) f->v->chat = fam->chat;
+    bn_config *c = &f->s.cfg;
+    if (c->eos < 0) {
+        c->bos = f->v->bos;
+        c->eos = f->v->eos;
+    }
+    if (c->eot < 0) c->eot = f->v->eot;
+}
+
+static char *write_form(const fixture *f, enum bn_hf_form form, int shards)
+{
+    bn_error err = {{0}};
+    char *dir = tmp_dir();
+    ck_assert_msg(bn_hf_write_synth_form(&f->s, f->v, dir, form, shards, &err) == 0, "%s", err.msg);
+    return dir;
+}
+
+static void pack_to(bn_source *src, const char *path)
+{
+    bn_error err = {{0}};
+    bn_pack_opts po;
+    bn_pack_opts_default(&po);
+    ck_assert_msg(bn_pack_write(src, path, &po, &err) == 0, "%s", err.msg);
+}
+
+static void assert_same_file(const char *a, const char *b, const char *what)
+{
+    char *x = NULL, *y = NULL;
+    size_t lx = 0, ly = 0;
+    bn_error err = {{0}};
+    ck_assert_msg(bn_read_file(a, (size_t)1 << 30, &x, &lx, &err) == 0, "%s", err.msg);
+    ck_assert_msg(bn_read_file(b, (size_t)1 << 30, &y, &ly, &err) == 0, "%s", err.msg);
+    ck_assert_msg(lx == ly && memcmp(x, y, lx) == 0, "%s: packed file differs from the synthetic one (%zu vs %zu bytes)",
+                  what, ly, lx);
+    free(x);
+    free(y);
+}
+
+/* The HF source's config is the synthetic one, field by field (a mismatch names the field
+ * instead of only failing the byte comparison). */
+static void assert_cfg(const bn_config *got, const bn_config *want)
+{
+    ck_assert_uint_eq(got->n_embd, want->n_embd);
+    ck_assert_uint_eq(got->n_layer, want->n_layer);
+    ck_assert_uint_eq(got->n_ctx_max, want->n_ctx_max);
+    ck_assert_uint_eq(got->n_head, want->n_head);
+    ck_assert_uint_eq(got->n_head_kv, want->n_head_kv);
+    ck_assert_uint_eq(got->head_dim, want->head_dim);
+    ck_assert_uint_eq(got->n_ff, want->n_ff);
+    ck_assert_uint_eq(got->n_vocab, want->n_vocab);
+    ck_assert(got->rope_theta == want->rope_theta);
+    ck_assert(got->norm_eps == want->norm_eps);
+    ck_assert_uint_eq(got->act, want->act);
+    ck_assert_uint_eq(got->tied, want->tied);
+    ck_assert_uint_eq(got->no_sub_norms, want->no_sub_norms);
+    ck_assert_int_eq(got->bos, want->bos);
+    ck_assert_int_eq(got->eos, want->eos);
+    ck_assert_int_eq(got->eot, want->eot);
+}
+
+/* Codes equal the synthetic ones; scales are the absmean of the synthetic latent weights (what
+ * a latent form of a divide-rule family yields: 83c/128, not the packed form's 1/b). */
+static void check_latent_linears(bn_source *src, const fixture *f)
+{
+    bn_error err = {{0}};
+    const bn_config *c = &f->s.cfg;
+    for (uint32_t l = 0; l < c->n_layer; l++)
+        for (size_t k = 0; k < sizeof linears / sizeof *linears; k++) {
+            char name[64];
+            uint64_t rows, cols;
+            snprintf(name, sizeof name, "blk.%u.%s", l, linears[k]);
+            linear_shape(c, linears[k], &rows, &cols);
+            int8_t *t = malloc(rows * cols), *ref = malloc(rows * cols), *t2 = malloc(rows * cols);
+            float *w = malloc(rows * cols * sizeof *w), scale, ref_scale, abs_scale;
+            ck_assert_msg(src->ops->ternary(src, name, rows, cols, t, &scale, &err) == 0, "%s", err.msg);
+            bn_synth_ternary(&f->s, name, rows, cols, ref, &ref_scale);
+            bn_synth_latent(&f->s, name, rows, cols, w);
+            bn_ternarize_absmean(w, rows * cols, t2, &abs_scale);
+            ck_assert_mem_eq(t, ref, rows * cols);
+            ck_assert_msg(scale == abs_scale, "%s: scale %g, absmean %g", name, scale, abs_scale);
+            ck_assert_msg(fabsf(scale - ref_scale) <= ref_scale / 256, "%s: scale %g far from %g", name, scale, ref_scale);
+            free(t);
+            free(ref);
+            free(t2);
+            free(w);
+        }
+}
+
+static const struct family_case {
+    const char *preset;
+    const char *native_kind;   /* what the family's own HF form reads as */
+    int latent_exact;          /* latent forms give the same scales (no divide rule) */
+} family_cases[] = {
+    {"tiny", "hf-packed", 1},
+    {"tiny-1bitllm", "hf-f32", 1},
+    {"tiny-llama3", "hf-packed", 0},
+    {"tiny-falcon3", "hf-packed", 0},
+};
+
+/* Every family, every HF form: written, read and packed, the result is byte-identical to packing
+ * the synthetic source directly (latent forms of divide-rule families: same codes, absmean
+ * scales, checked tensor by tensor instead). The native form is also written as 2 shards. */
+START_TEST(test_family_forms)
+{
+    const struct family_case *fc = &family_cases[_i];
+    static const char *const kinds[] = {NULL, "hf-bf16", "hf-f16", "hf-f32"};
+    fixture f;
+    family_fixture(&f, fc->preset);
+    bn_error err = {{0}};
+    bn_source *src;
+    char ref[512], out[512];
+    snprintf(ref, sizeof ref, "%s", bn_test_path("hf_ref.bnpk"));
+    snprintf(out, sizeof out, "%s", bn_test_path("hf_out.bnpk"));
+    ck_assert_msg(bn_source_open_synth(&f.s, f.v, &src, &err) == 0, "%s", err.msg);
+    pack_to(src, ref);
+    bn_source_close(src);
+    for (int form = BN_HF_NATIVE; form <= BN_HF_F32 + 1; form++) {
+        int sharded = form == BN_HF_F32 + 1;
+        enum bn_hf_form fm = sharded ? BN_HF_NATIVE : (enum bn_hf_form)form;
+        char *dir = write_form(&f, fm, sharded ? 2 : 1);
+        src = open_ok(dir, fm == BN_HF_NATIVE ? fc->native_kind : kinds[fm], NULL);
+        assert_cfg(&src->cfg, &f.s.cfg);
+        ck_assert_uint_eq(src->vocab->chat, f.v->chat);
+        ck_assert_uint_eq(src->vocab->pre, f.v->pre);
+        ck_assert_uint_eq(src->vocab->model, f.v->model);
+        char what[96];
+        snprintf(what, sizeof what, "%s form %d%s", fc->preset, fm, sharded ? " (2 shards)" : "");
+        if (fm == BN_HF_NATIVE || fc->latent_exact) {
+            pack_to(src, out);
+            assert_same_file(ref, out, what);
+            unlink(out);
+        } else {
+            check_latent_linears(src, &f);
+        }
+        bn_source_close(src);
+        rm_rf(dir);
+    }
+    unlink(ref);
+    bn_vocab_free(f.v);
+}
+END_TEST
+
+/* The family's own config.json: architectures, model_type, quantization_config and the tensor
+ * names are the real checkpoints' (facts s.1-3). */
+START_TEST(test_family_config_keys)
+{
+    static const struct {
+        const char *preset, *arch, *model_type, *sub_norm, *not_convert;
+        int quant, head_dim;
+    } cases[] = {
+        {"tiny", "BitNetForCausalLM", "bitnet", "model.layers.0.self_attn.attn_sub_norm.weight", NULL, 1, 0},
+        {"tiny-1bitllm", "BitnetForCausalLM", "llama", "model.layers.1.mlp.ffn_layernorm.weight", NULL, 0, 0},
+        {"tiny-llama3", "LlamaForCausalLM", "llama", NULL, NULL, 1, 1},
+        {"tiny-falcon3", "LlamaForCausalLM", "llama", NULL, "lm_head", 1, 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        fixture f;
+        family_fixture(&f, cases[i].preset);
+        char *dir = write_form(&f, BN_HF_NATIVE, 1);
+        json_t *cfg = load_json(dir, "config.json");
+        ck_assert_str_eq(json_string_value(json_array_get(json_object_get(cfg, "architectures"), 0)), cases[i].arch);
+        ck_assert_str_eq(json_string_value(json_object_get(cfg, "model_type")), cases[i].model_type);
+        json_t *q = json_object_get(cfg, "quantization_config");
+        ck_assert_int_eq(q != NULL, cases[i].quant);
+        if (q) ck_assert_str_eq(json_string_value(json_object_get(q, "quant_method")), "bitnet");
+        if (cases[i].not_convert)
+            ck_assert_str_eq(json_string_value(json_array_get(json_object_get(q, "modules_to_not_convert"), 0)),
+                             cases[i].not_convert);
+        /* Llama/Falcon: no linear_class, so transformers' bitlinear (divide). */
+        if (!strcmp(cases[i].arch, "LlamaForCausalLM")) ck_assert_ptr_null(json_object_get(q, "linear_class"));
+        ck_assert_int_eq(json_object_get(cfg, "head_dim") != NULL, cases[i].head_dim);
+        ck_assert_int_eq(json_is_true(json_object_get(cfg, "tie_word_embeddings")), f.s.cfg.tied);
+        json_decref(cfg);
+        char *p = path_in(dir, "model.safetensors");
+        bn_st_file *st;
+        bn_error err = {{0}};
+        ck_assert_msg(bn_st_open(p, &st, &err) == 0, "%s", err.msg);
+        if (cases[i].sub_norm) ck_assert_ptr_nonnull(bn_st_find(st, cases[i].sub_norm));
+        const bn_st_tensor *head = bn_st_find(st, "lm_head.weight");
+        ck_assert_int_eq(head != NULL, !f.s.cfg.tied);
+        if (head) ck_assert_uint_eq(head->dtype, BN_ST_BF16);
+        const bn_st_tensor *ws = bn_st_find(st, "model.layers.0.self_attn.q_proj.weight_scale");
+        ck_assert_int_eq(ws != NULL, cases[i].quant);
+        if (ws) ck_assert_uint_eq(ws->dtype, BN_ST_BF16);
+        bn_st_close(st);
+        free(p);
+        rm_rf(dir);
+        bn_vocab_free(f.v);
+    }
+}
+END_TEST
+
+/* The same packed Llama checkpoint read both ways: without linear_class (and with bitlinear)
+ * weight_scale divides; with autobitlinear it multiplies. */
+START_TEST(test_llama_divide_vs_multiply)
+{
+    fixture f;
+    family_fixture(&f, "tiny-llama3");
+    char *dir = write_form(&f, BN_HF_NATIVE, 1);
+    char *p = path_in(dir, "model.safetensors");
+    bn_st_file *st;
+    bn_error err = {{0}};
+    ck_assert_msg(bn_st_open(p, &st, &err) == 0, "%s", err.msg);
+    const char *const cls[] = {NULL, "bitlinear", "autobitlinear"};
+    for (int k = 0; k < 3; k++) {
+        if (cls[k]) edit_config(dir, "quantization_config.linear_class", json_string(cls[k]));
+        bn_source *src = open_ok(dir, "hf-packed", NULL);
+        int multiply = k == 2;
+        for (size_t j = 0; j < sizeof linears / sizeof *linears; j++) {
+            char name[64], hf[128];
+            uint64_t rows, cols;
+            snprintf(name, sizeof name, "blk.1.%s", linears[j]);
+            linear_shape(&f.s.cfg, linears[j], &rows, &cols);
+            int8_t *t = malloc(rows * cols), *ref = malloc(rows * cols);
+            float scale, ref_scale;
+            ck_assert_msg(src->ops->ternary(src, name, rows, cols, t, &scale, &err) == 0, "%s", err.msg);
+            bn_synth_ternary(&f.s, name, rows, cols, ref, &ref_scale);
+            ck_assert_mem_eq(t, ref, rows * cols);
+            /* The stored bf16 weight_scale b: the synthetic scale is exactly 1.0f / b. */
+            snprintf(hf, sizeof hf, "model.layers.1.%s.weight_scale", bn_layer_tensor_find(linears[j])->hf);
+            const bn_st_tensor *ws = bn_st_find(st, hf);
+            ck_assert_ptr_nonnull(ws);
+            float b = bn_st_float_at(ws, 0);
+            ck_assert_msg(1.0f / b == ref_scale, "%s: synthetic scale %g is not 1/%g", name, ref_scale, b);
+            ck_assert_msg(scale == (multiply ? b : 1.0f / b), "%s (%s): scale %g, ws %g", name,
+                          cls[k] ? cls[k] : "no linear_class", scale, b);
+            free(t);
+            free(ref);
+        }
+        if (!cls[k]) ck_assert_ptr_nonnull(strstr(src->notes, "linear_class absent"));
+        bn_source_close(src);
+    }
+    bn_st_close(st);
+    free(p);
+    rm_rf(dir);
+    bn_vocab_free(f.v);
+}
+END_TEST
+
+/* Writes every weight_scale of dir's model.safetensors as F32 (appended after the data). */
+static void widen_scales(const char *dir, uint32_t dtype)
+{
+    char *p = path_in(dir, "model.safetensors"), *text = NULL;
+    size_t len = 0;
+    bn_error err = {{0}};
+    ck_assert_msg(bn_read_file(p, (size_t)1 << 30, &text, &len, &err) == 0, "%s", err.msg);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--) n = n << 8 | (uint8_t)text[i];
+    json_t *h = json_loadb(text + 8, n, 0, NULL);
+    ck_assert_ptr_nonnull(h);
+    const uint8_t *data = (const uint8_t *)text + 8 + n;
+    size_t dlen = len - 8 - n, extra = 0;
+    uint8_t *tail = malloc(4096 * 8);
+    const char *key;
+    json_t *t;
+    json_object_foreach(h, key, t) {
+        if (!strstr(key, "weight_scale")) continue;
+        json_int_t off = json_integer_value(json_array_get(json_object_get(t, "data_offsets"), 0));
+        float v = bn_bf16_to_f32((uint16_t)(data[off] | data[off + 1] << 8));
+        uint32_t bits = dtype == BN_ST_F32 ? bn_f32_bits(v) : bn_f32_to_f16(v);
+        size_t es = dtype == BN_ST_F32 ? 4 : 2;
+        ck_assert_msg(dtype == BN_ST_F32 || bn_f16_to_f32((uint16_t)bits) == v, "%s: %g is not f16-exact", key, v);
+        for (size_t q = 0; q < es; q++) tail[extra + q] = (uint8_t)(bits >> (8 * q));
+        json_object_set_new(t, "dtype", json_string(bn_st_dtype_name(dtype)));
+        json_object_set_new(t, "data_offsets", json_pack("[I, I]", (json_int_t)(dlen + extra), (json_int_t)(dlen + extra + es)));
+        extra += es;
+    }
+    char *hj = json_dumps(h, JSON_COMPACT);
+    json_decref(h);
+    uint64_t hl = strlen(hj);
+    FILE *fp = fopen(p, "wb");
+    ck_assert_ptr_nonnull(fp);
+    for (int i = 0; i < 8; i++) fputc((int)(hl >> (8 * i)) & 0xff, fp);
+    fwrite(hj, 1, hl, fp);
+    fwrite(data, 1, dlen, fp);
+    fwrite(tail, 1, extra, fp);
+    fclose(fp);
+    free(hj);
+    free(tail);
+    free(text);
+    free(p);
+}
+
+/* weight_scale in F32 and F16 (ws read as f32, then 1.0f / ws): the same packed file. */
+START_TEST(test_llama_scale_dtypes)
+{
+    fixture f;
+    family_fixture(&f, "tiny-falcon3");
+    bn_error err = {{0}};
+    bn_source *src;
+    char ref[512], out[512];
+    snprintf(ref, sizeof ref, "%s", bn_test_path("hf_sref.bnpk"));
+    snprintf(out, sizeof out, "%s", bn_test_path("hf_sout.bnpk"));
+    ck_assert_msg(bn_source_open_synth(&f.s, f.v, &src, &err) == 0, "%s", err.msg);
+    pack_to(src, ref);
+    bn_source_close(src);
+    const uint32_t dts[] = {BN_ST_F32, BN_ST_F16};
+    for (int k = 0; k < 2; k++) {
+        char *dir = write_form(&f, BN_HF_NATIVE, 1);
+        widen_scales(dir, dts[k]);
+        src = open_ok(dir, "hf-packed", NULL);
+        pack_to(src, out);
+        bn_source_close(src);
+        assert_same_file(ref, out, bn_st_dtype_name(dts[k]));
+        unlink(out);
+        rm_rf(dir);
+    }
+    unlink(ref);
+    bn_vocab_free(f.v);
+}
+END_TEST
+
+/* Malformed or unsupported configs of the new families: each error names config.json (or the
+ * file at fault) and the field. */
+START_TEST(test_family_bad_configs)
+{
+    fixture f;
+    family_fixture(&f, "tiny-llama3");
+    char *dir = write_form(&f, BN_HF_NATIVE, 1);
+    char *p = path_in(dir, "config.json"), *orig = NULL;
+    bn_error err = {{0}};
+    ck_assert_int_eq(bn_read_file(p, 1 << 20, &orig, NULL, &err), 0);
+    static const struct {
+        const char *key;
+        const char *json;          /* NULL: delete the key */
+        const char *what1, *what2;
+    } cases[] = {
+        {"architectures", "[\"MistralForCausalLM\"]", "config.json", "architectures[0] 'MistralForCausalLM'"},
+        {"architectures", "[]", "config.json", "architectures[0] '(missing)'"},
+        {"model_type", "\"mistral\"", "config.json", "model_type 'mistral'"},
+        {"quantization_config", NULL, "config.json", "quantization_config: missing"},
+        {"quantization_config.quant_method", "\"gptq\"", "config.json", "quant_method 'gptq'"},
+        {"quantization_config.use_rms_norm", "true", "config.json", "use_rms_norm"},
+        {"quantization_config.linear_class", "\"fancylinear\"", "config.json", "linear_class 'fancylinear'"},
+        {"quantization_config.modules_to_not_convert", "[\"model.layers.0.self_attn.q_proj\"]", "config.json",
+         "modules_to_not_convert[0]"},
+        {"quantization_config.modules_to_not_convert", "\"lm_head\"", "config.json", "modules_to_not_convert: not a list"},
+        {"head_dim", "48", "config.json", "head_dim 48"},
+        {"rope_interleaved", "true", "config.json", "rope_interleaved"},
+        {"mlp_bias", "true", "config.json", "mlp_bias"},
+        {"hidden_act", "\"gelu\"", "config.json", "hidden_act 'gelu'"},
+        {"eos_token_id", "[1, 2, 3]", "config.json", "eos_token_id"},
+        {"eos_token_id", "\"x\"", "config.json", "eos_token_id"},
+        {"tie_word_embeddings", "1", "config.json", "tie_word_embeddings"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        write_text(dir, "config.json", orig);
+        edit_config(dir, cases[i].key, cases[i].json ? json_loads(cases[i].json, JSON_DECODE_ANY, NULL) : NULL);
+        expect_open_fail(dir, cases[i].what1, cases[i].what2);
+    }
+    /* 1bitLLM's architecture over packed weights: latent floats expected. */
+    write_text(dir, "config.json", orig);
+    edit_config(dir, "architectures", json_pack("[s]", "BitnetForCausalLM"));
+    edit_config(dir, "quantization_config", NULL);
+    edit_config(dir, "tie_word_embeddings", json_true());
+    expect_open_fail(dir, "q_proj.weight': dtype U8", "BitnetForCausalLM");
+    /* ... and with a quantization_config, which 1bitLLM checkpoints do not have. */
+    write_text(dir, "config.json", orig);
+    edit_config(dir, "architectures", json_pack("[s]", "BitnetForCausalLM"));
+    expect_open_fail(dir, "config.json", "quantization_config: unexpected");
+    /* generation_config.json: bad JSON, bad ids. */
+    write_text(dir, "config.json", orig);
+    write_text(dir, "generation_config.json", "{\"eos_token_id\": ");
+    expect_open_fail(dir, "generation_config.json", "not valid JSON");
+    write_text(dir, "generation_config.json", "{\"eos_token_id\": [-1]}");
+    expect_open_fail(dir, "generation_config.json", "eos_token_id");
+    write_text(dir, "generation_config.json", "{\"eos_token_id\": 99999}");
+    expect_open_fail(dir, "config.json", "outside vocab_size");
+    write_text(dir, "generation_config.json", "{}");
+    /* tokenizer_config.json: add_bos_token must be a boolean. */
+    json_t *tc = load_json(dir, "tokenizer_config.json");
+    json_object_set_new(tc, "add_bos_token", json_string("yes"));
+    save_json(dir, "tokenizer_config.json", tc);
+    expect_open_fail(dir, "tokenizer_config.json", "add_bos_token");
+    free(orig);
+    free(p);
+    rm_rf(dir);
+    bn_vocab_free(f.v);
+}
+END_TEST
+
+static void set_dtype_bf16(json_t *h, void *arg)
+{
+    json_object_set_new(json_object_get(h, (const char *)arg), "dtype", json_string("BF16"));
+}
+
+/* An empty F32 tensor called arg: enough to be listed in the header. */
+static void add_empty(json_t *h, void *arg)
+{
+    json_object_set_new(h, (const char *)arg, json_pack("{s:s, s:[i], s:[i, i]}", "dtype", "F32", "shape", 0,
+                                                        "data_offsets", 0, 0));
+}
+
+/* Tensors whose dtype, shape or presence is wrong for a Llama-form checkpoint. */
+START_TEST(test_family_bad_tensors)
+{
+    fixture f;
+    family_fixture(&f, "tiny-falcon3");
+    char *dir = write_form(&f, BN_HF_NATIVE, 1);
+    rewrite_st(dir, "model.safetensors", set_dtype, NULL, (void *)"lm_head.weight");
+    expect_open_fail(dir, "model.safetensors: tensor 'lm_head.weight'", "dtype I8");
+    rm_rf(dir);
+
+    dir = write_form(&f, BN_HF_NATIVE, 1);
+    rewrite_st(dir, "model.safetensors", set_shape_1d, NULL, (void *)"lm_head.weight");
+    expect_open_fail(dir, "model.safetensors: tensor 'lm_head.weight': shape", "config.json");
+    rm_rf(dir);
+
+    /* Untied by config, but no lm_head. */
+    dir = write_form(&f, BN_HF_NATIVE, 1);
+    rewrite_st(dir, "model.safetensors", drop_tensor, NULL, (void *)"lm_head.weight");
+    expect_open_fail(dir, "config.json", "tie_word_embeddings is false");
+    rm_rf(dir);
+
+    /* A sub-norm in a plain Llama block would change the math if dropped: refused. */
+    dir = write_form(&f, BN_HF_NATIVE, 1);
+    rewrite_st(dir, "model.safetensors", add_empty, NULL, (void *)"model.layers.1.self_attn.attn_sub_norm.weight");
+    expect_open_fail(dir, "tensor 'model.layers.1.self_attn.attn_sub_norm.weight' is a sub-norm", "LlamaForCausalLM");
+    rm_rf(dir);
+
+    /* 1bitLLM: its sub-norms are required under their own names. */
+    fixture g;
+    family_fixture(&g, "tiny-1bitllm");
+    dir = write_form(&g, BN_HF_NATIVE, 1);
+    rewrite_st(dir, "model.safetensors", drop_tensor, NULL, (void *)"model.layers.0.self_attn.inner_attn_ln.weight");
+    expect_open_fail(dir, "tensor 'model.layers.0.self_attn.inner_attn_ln.weight' is missing", NULL);
+    rm_rf(dir);
+    dir = write_form(&g, BN_HF_F16, 1);
+    rewrite_st(dir, "model.safetensors", set_dtype_bf16, NULL, (void *)"model.layers.1.mlp.down_proj.weight");
+    expect_open_fail(dir, "tensor 'model.layers.1.mlp.down_proj.weight': dtype BF16", "the other linears are F16");
+    rm_rf(dir);
+    bn_vocab_free(g.v);
+    bn_vocab_free(f.v);
+}
+END_TEST
+
+/* Falcon3's tokenizer decisions: the tiiuae pre_tokenizer shape reads as FALCON3; a Falcon
+ * vocabulary under another split still does (noted); no BOS unless add_bos_token says so. */
+START_TEST(test_falcon3_tokenizer)
+{
+    fixture f;
+    family_fixture(&f, "tiny-falcon3");
+    ck_assert_int_lt(f.s.cfg.bos, 0);
+    char *dir = write_form(&f, BN_HF_NATIVE, 1);
+    json_t *tj = load_json(dir, "tokenizer.json");
+    json_t *pt = json_object_get(tj, "pre_tokenizer");
+    ck_assert_str_eq(json_string_value(json_object_get(json_array_get(json_object_get(pt, "pretokenizers"), 0), "type")),
+                     "Punctuation");
+    bn_source *src = open_ok(dir, "hf-packed", NULL);
+    ck_assert_uint_eq(src->vocab->pre, BN_PRE_FALCON3);
+    ck_assert_uint_eq(src->vocab->chat, BN_CHAT_FALCON3);
+    ck_assert_int_eq(src->cfg.bos, -1);
+    ck_assert_int_eq(src->cfg.eos, 11);
+    bn_source_close(src);
+    /* A plain GPT-2 ByteLevel split over the same vocabulary: still Falcon3's chain, noted. */
+    json_object_set_new(tj, "pre_tokenizer", json_pack("{s:s, s:b, s:b, s:b}", "type", "ByteLevel", "add_prefix_space", 0,
+                                                       "trim_offsets", 1, "use_regex", 1));
+    save_json(dir, "tokenizer.json", tj);
+    src = open_ok(dir, "hf-packed", "Falcon vocabulary");
+    ck_assert_uint_eq(src->vocab->pre, BN_PRE_FALCON3);
+    bn_source_close(src);
+    /* add_bos_token: absent -> none for Falcon; true -> config.json's bos_token_id. */
+    json_t *tc = load_json(dir, "tokenizer_config.json");
+    json_object_del(tc, "add_bos_token");
+    save_json(dir, "tokenizer_config.json", json_incref(tc));
+    edit_config(dir, "bos_token_id", json_integer(11));
+    src = open_ok(dir, "hf-packed", NULL);
+    ck_assert_int_eq(src->cfg.bos, -1);
+    bn_source_close(src);
+    json_object_set_new(tc, "add_bos_token", json_true());
+    save_json(dir, "tokenizer_config.json", tc);
+    src = open_ok(dir, "hf-packed", NULL);
+    ck_assert_int_eq(src->cfg.bos, 11);
+    bn_source_close(src);
+    rm_rf(dir);
+    bn_vocab_free(f.v);
+}
+END_TEST
+
+/* Llama-3: eos from a generation_config.json list gives eos and eot; config.json's own
+ * eos_token_id is overridden (noted). */
+START_TEST(test_llama3_special_ids)
+{
+    fixture f;
+    family_fixture(&f, "tiny-llama3");
+    char *dir = write_form(&f, BN_HF_NATIVE, 1);
+    int32_t a = f.v->eos, b = f.v->eot;
+    ck_assert_int_ge(a, 0);
+    ck_assert_int_ge(b, 0);
+    ck_assert_int_ne(a, b);
+    write_text(dir, "generation_config.json", "{}");
+    edit_config(dir, "eos_token_id", json_pack("[i, i]", b, a));
+    bn_source *src = open_ok(dir, "hf-packed", NULL);
+    ck_assert_int_eq(src->cfg.eos, b);
+    ck_assert_int_eq(src->cfg.eot, a);
+    ck_assert_uint_eq(src->vocab->chat, BN_CHAT_LLAMA3);
+    ck_assert_int_eq(src->cfg.bos, f.v->bos);
+    bn_source_close(src);
+    char gen[128];
+    snprintf(gen, sizeof gen, "{\"bos_token_id\": %d, \"eos_token_id\": [%d, %d]}", f.v->bos, a, b);
+    write_text(dir, "generation_config.json", gen);
+    src = open_ok(dir, "hf-packed", "generation_config.json: eos_token_id");
+    ck_assert_int_eq(src->cfg.eos, a);
+    ck_assert_int_eq(src->cfg.eot, b);
+    bn_source_close(src);
+    /* add_bos_token false: nothing prepended. */
+    json_t *tc = load_json(dir, "tokenizer_config.json");
+    json_object_set_new(tc, "add_bos_token", json_false());
+    save_json(dir, "tokenizer_config.json", tc);
+    src = open_ok(dir, "hf-packed", NULL);
+    ck_assert_int_eq(src->cfg.bos, -1);
+    bn_source_close(src);
+    rm_rf(dir);
+    bn_vocab_free(f.v);
+}
+END_TEST
+
+/* 1bitLLM's SentencePiece files: tokenizer.model + added_tokens.json, no tokenizer.json. */
+START_TEST(test_1bitllm_tokenizer)
+{
+    fixture f;
+    family_fixture(&f, "tiny-1bitllm");
+    ck_assert_uint_eq(f.v->model, BN_TOKM_SPM);
+    char *dir = write_form(&f, BN_HF_NATIVE, 1);
+    char *tj = path_in(dir, "tokenizer.json"), *tm = path_in(dir, "tokenizer.model"), *at = path_in(dir, "added_tokens.json");
+    ck_assert_int_ne(access(tj, F_OK), 0);
+    ck_assert_int_eq(access(tm, R_OK), 0);
+    ck_assert_int_eq(access(at, R_OK), 0);
+    bn_source *src = open_ok(dir, "hf-f32", "absmean");
+    ck_assert_uint_eq(src->vocab->model, BN_TOKM_SPM);
+    ck_assert_uint_eq(src->vocab->n_tokens, f.v->n_tokens);
+    ck_assert_uint_eq(src->vocab->chat, BN_CHAT_NONE);
+    ck_assert_int_eq(src->cfg.bos, 1);
+    ck_assert_int_eq(src->cfg.eos, 2);
+    ck_assert_uint_eq(src->cfg.act, BN_ACT_SILU);
+    ck_assert_uint_eq(src->cfg.tied, 1);
+    ck_assert_uint_eq(src->cfg.no_sub_norms, 0);
+    bn_source_close(src);
+    /* add_bos_token false: no BOS prepended. */
+    json_t *tc = load_json(dir, "tokenizer_config.json");
+    json_object_set_new(tc, "add_bos_token", json_false());
+    save_json(dir, "tokenizer_config.json", tc);
+    src = open_ok(dir, "hf-f32", NULL);
+    ck_assert_int_eq(src->cfg.bos, -1);
+    bn_source_close(src);
+    /* Without added_tokens.json the model has 2 tokens fewer: padding rows, noted. */
+    unlink(at);
+    src = open_ok(dir, "hf-f32", "padding");
+    ck_assert_uint_eq(src->vocab->n_tokens, f.v->n_tokens - 2);
+    bn_source_close(src);
+    /* Neither tokenizer file: an error naming both. */
+    unlink(tm);
+    expect_open_fail(dir, "tokenizer.json is missing", "tokenizer.model");
+    /* Rewriting the directory with a BPE vocabulary removes the SentencePiece files. */
+    fixture g;
+    family_fixture(&g, "tiny");
+    g.s.family = BN_FAM_1BITLLM;
+    g.s.cfg.act = BN_ACT_SILU;
+    bn_error err = {{0}};
+    ck_assert_msg(bn_hf_write_synth_form(&g.s, g.v, dir, BN_HF_NATIVE, 1, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(access(tj, R_OK), 0);
+    ck_assert_int_ne(access(at, F_OK), 0);
+    bn_vocab_free(g.v);
+    free(tj);
+    free(tm);
+    free(at);
+    rm_rf(dir);
+    bn_vocab_free(f.v);
+}
+END_TEST
+
+/* The writer refuses what it cannot write: sub-norms for a family whose HF form has none, an
+ * unknown family; and the form names parse. */
+START_TEST(test_writer_refuses)
+{
+    fixture f;
+    family_fixture(&f, "tiny-llama3");
+    bn_error err = {{0}};
+    char *dir = tmp_dir();
+    f.s.cfg.no_sub_norms = 0;
+    ck_assert_int_ne(bn_hf_write_synth_form(&f.s, f.v, dir, BN_HF_NATIVE, 1, &err), 0);
+    ck_assert_ptr_nonnull(strstr(err.msg, "attn_sub_norm"));
+    f.s.cfg.no_sub_norms = 1;
+    f.s.family = 99;
+    ck_assert_int_ne(bn_hf_write_synth_form(&f.s, f.v, dir, BN_HF_NATIVE, 1, &err), 0);
+    ck_assert_ptr_nonnull(strstr(err.msg, "unknown model family"));
+    ck_assert_int_eq(bn_hf_form_parse("hf"), BN_HF_NATIVE);
+    ck_assert_int_eq(bn_hf_form_parse("hf-f16"), BN_HF_F16);
+    ck_assert_int_eq(bn_hf_form_parse("hf-q4"), -1);
+    rm_rf(dir);
+    bn_vocab_free(f.v);
+}
+END_TEST
+
+/* Meta's Llama-3 tokenizer.json from the fixtures, or NULL (why says what is missing). */
+static const char *meta_tokenizer(const char **why)
+{
+    static char path[1024];
+    const char *fx = getenv("BN_FIXTURES_DIR");
+    snprintf(path, sizeof path, "%s/tokenizer/llama3-tokenizer.json", fx ? fx : "");
+    *why = NULL;
+    if (!fx || !*fx || access(path, R_OK) != 0) *why = "BN_FIXTURES_DIR/tokenizer/llama3-tokenizer.json not found";
+    else if (getenv("BN_VALGRIND")) *why = "a 128256-row embedding twice: too slow under valgrind (BN_VALGRIND)";
+    return *why ? NULL : path;
+}
+
+/* Llama3-8B-1.58's form with Meta's real tokenizer.json (128256 tokens): read as the Llama-3
+ * family (not Falcon: pre LLAMA3, chat LLAMA3) and packed byte-identically. */
+START_TEST(test_llama3_real_tokenizer)
+{
+    const char *why, *tok = meta_tokenizer(&why);
+    ck_assert_ptr_nonnull(tok);
+    bn_error err = {{0}};
+    fixture f;
+    memset(&f, 0, sizeof f);
+    ck_assert_msg(bn_synth_parse("tiny-llama3,n_layer=1,n_vocab=128256", &f.s, &err) == 0, "%s", err.msg);
+    f.s.seed = 7;
+    ck_assert_msg(bn_vocab_load_hf(tok, NULL, &f.v, &err) == 0, "%s", err.msg);
+    f.v->chat = BN_CHAT_LLAMA3;
+    f.s.cfg.bos = f.v->bos;
+    f.s.cfg.eos = f.v->eos;
+    f.s.cfg.eot = f.v->eot;
+    bn_source *src;
+    char ref[512], out[512];
+    snprintf(ref, sizeof ref, "%s", bn_test_path("hf_mref.bnpk"));
+    snprintf(out, sizeof out, "%s", bn_test_path("hf_mout.bnpk"));
+    ck_assert_msg(bn_source_open_synth(&f.s, f.v, &src, &err) == 0, "%s", err.msg);
+    pack_to(src, ref);
+    bn_source_close(src);
+    char *dir = write_form(&f, BN_HF_NATIVE, 1);
+    src = open_ok(dir, "hf-packed", NULL);
+    ck_assert_uint_eq(src->vocab->pre, BN_PRE_LLAMA3);
+    ck_assert_uint_eq(src->vocab->chat, BN_CHAT_LLAMA3);
+    ck_assert_uint_eq(src->vocab->n_tokens, 128256);
+    assert_cfg(&src->cfg, &f.s.cfg);
+    pack_to(src, out);
+    bn_source_close(src);
+    assert_same_file(ref, out, "tiny-llama3 with Meta's tokenizer");
+    unlink(ref);
+    unlink(out);
+    rm_rf(dir);
+    bn_vocab_free(f.v);
+}
+END_TEST
+
 static Suite *hf_suite(void)
 {
     Suite *s = suite_create("hf");
@@ -986,15 +1666,21 @@ static Suite *hf_suite(void)
     tcase_add_test(tc, test_bad_tokenizer);
     tcase_add_test(tc, test_bad_index);
     tcase_add_test(tc, test_empty_dir);
+    tcase_add_loop_test(tc, test_family_forms, 0, (int)(sizeof family_cases / sizeof *family_cases));
+    tcase_add_test(tc, test_family_config_keys);
+    tcase_add_test(tc, test_llama_divide_vs_multiply);
+    tcase_add_test(tc, test_llama_scale_dtypes);
+    tcase_add_test(tc, test_family_bad_configs);
+    tcase_add_test(tc, test_family_bad_tensors);
+    tcase_add_test(tc, test_falcon3_tokenizer);
+    tcase_add_test(tc, test_llama3_special_ids);
+    tcase_add_test(tc, test_1bitllm_tokenizer);
+    tcase_add_test(tc, test_writer_refuses);
+    const char *why;
+    (void)meta_tokenizer(&why);
+    BN_TCASE_ADD_TEST_IF(tc, test_llama3_real_tokenizer, why);
     suite_add_tcase(s, tc);
     return s;
 }
 
-int main(void)
-{
-    SRunner *sr = srunner_create(hf_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+int main(void) { return bn_test_exit("test_hf", hf_suite()); }

@@ -14,12 +14,27 @@
 #include "base/checked.h"
 #include "base/file.h"
 #include "kernels/half.h"
+#include "model/family.h"
 #include "model/safetensors.h"
+#include "model/tensor_table.h"
+#include "text/spm_model.h"
 
 /* The chat template of microsoft/bitnet-b1.58-2B-4T's tokenizer_config.json (model facts 5). */
 static const char bitnet_chat_template[] =
     "{% for message in messages %}{{ message['role'] | capitalize + ': ' + message['content'] | trim + "
     "'<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}";
+
+/* Meta-Llama-3-8B-Instruct's template (what HF1BitLLM's card loads). */
+static const char llama3_chat_template[] =
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+/* Falcon3's format as the fork renders it (facts s.3; the HF template itself was not read). */
+static const char falcon3_chat_template[] =
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}";
 
 /* The Llama-3 pre-tokenizer regex, exactly as Meta's tokenizer.json spells it. */
 static const char llama3_regex[] =
@@ -100,8 +115,14 @@ static json_t *token_json(const bn_vocab *v, int32_t id)
 
 /* ---- tokenizer.json ------------------------------------------------------------------- */
 
+/* Llama-3: Meta's Split + ByteLevel. Falcon3: tiiuae's Punctuation, ByteLevel, single Digits
+ * sequence (the shape source_hf reads as BN_PRE_FALCON3). Otherwise GPT-2's ByteLevel split. */
 static json_t *pre_tokenizer_json(uint32_t pre)
 {
+    if (pre == BN_PRE_FALCON3)
+        return json_pack("{s:s, s:[{s:s, s:s}, {s:s, s:b, s:b, s:b}, {s:s, s:b}]}", "type", "Sequence", "pretokenizers",
+                         "type", "Punctuation", "behavior", "Contiguous", "type", "ByteLevel", "add_prefix_space", 0,
+                         "trim_offsets", 1, "use_regex", 1, "type", "Digits", "individual_digits", 1);
     if (pre != BN_PRE_LLAMA3)
         return json_pack("{s:s, s:b, s:b, s:b}", "type", "ByteLevel", "add_prefix_space", 0, "trim_offsets", 1,
                          "use_regex", 1);
@@ -164,6 +185,7 @@ static int merges_json(const bn_vocab *v, json_t *merges, const char *path, bn_e
 
 int bn_vocab_write_hf_json(const bn_vocab *v, const char *path, bn_error *err)
 {
+    if (v->model != BN_TOKM_BPE) return bn_err(err, "%s: only byte-level BPE vocabularies are written as tokenizer.json", path);
     json_t *vocab = json_object(), *added = json_array(), *merges = json_array();
     json_t *model = json_pack("{s:s, s:n, s:n, s:n, s:n, s:b, s:b, s:b, s:o, s:o}", "type", "BPE", "dropout",
                               "unk_token", "continuing_subword_prefix", "end_of_word_suffix", "fuse_unk", 0,
@@ -185,36 +207,190 @@ int bn_vocab_write_hf_json(const bn_vocab *v, const char *path, bn_error *err)
     return write_json(path, root, JSON_INDENT(2), err);
 }
 
-static int write_tokenizer_config(const bn_vocab *v, const bn_config *c, const char *dir, bn_error *err)
+/* JSON objects built key by key: set() records any failure (out of memory) in *bad. */
+static void set(json_t *o, const char *key, json_t *value, int *bad)
 {
-    json_t *root = json_pack("{s:b, s:b, s:o, s:s, s:b, s:o, s:[s, s], s:I, s:s}", "add_bos_token", 1,
-                             "add_eos_token", 0, "bos_token", token_json(v, v->bos), "chat_template",
-                             v->chat_template ? v->chat_template : bitnet_chat_template,
-                             "clean_up_tokenization_spaces", 1, "eos_token", token_json(v, v->eos),
-                             "model_input_names", "input_ids", "attention_mask", "model_max_length",
-                             (json_int_t)c->n_ctx_max, "tokenizer_class", "PreTrainedTokenizerFast");
-    if (root && v->pad >= 0) json_object_set_new(root, "pad_token", token_json(v, v->pad));
+    if (!o || !value) {
+        json_decref(value);
+        *bad = 1;
+    } else if (json_object_set_new(o, key, value)) { /* consumes value either way */
+        *bad = 1;
+    }
+}
+
+/* The chat template a tokenizer_config.json of this vocabulary carries: the vocabulary's own
+ * text, else the family's format (NULL for base models without one). */
+static const char *chat_template_of(const bn_vocab *v, const bn_family_info *fam)
+{
+    if (v->chat_template) return v->chat_template;
+    uint32_t chat = fam->id == BN_FAM_BITNET ? v->chat : fam->chat;
+    return chat == BN_CHAT_LLAMA3 ? llama3_chat_template : chat == BN_CHAT_FALCON3 ? falcon3_chat_template
+           : chat == BN_CHAT_NONE ? NULL : bitnet_chat_template;
+}
+
+static int write_tokenizer_config(const bn_vocab *v, const bn_synth *s, const bn_family_info *fam, const char *dir,
+                                  bn_error *err)
+{
+    const bn_config *c = &s->cfg;
+    int spm = v->model == BN_TOKM_SPM, bad = 0;
+    json_t *root = json_object();
+    /* add_bos_token is the prompt's BOS rule (cfg.bos = -1: none, as Falcon3). */
+    set(root, "add_bos_token", json_boolean(c->bos >= 0), &bad);
+    set(root, "add_eos_token", json_false(), &bad);
+    set(root, "bos_token", token_json(v, v->bos), &bad);
+    const char *tmpl = chat_template_of(v, fam);
+    if (tmpl) set(root, "chat_template", json_string(tmpl), &bad);
+    set(root, "clean_up_tokenization_spaces", json_boolean(!spm), &bad);
+    set(root, "eos_token", token_json(v, v->eos), &bad);
+    if (spm) set(root, "legacy", json_false(), &bad);
+    set(root, "model_input_names", json_pack("[s, s]", "input_ids", "attention_mask"), &bad);
+    set(root, "model_max_length", json_integer((json_int_t)c->n_ctx_max), &bad);
+    if (v->pad >= 0) set(root, "pad_token", token_json(v, v->pad), &bad);
+    if (spm) set(root, "sp_model_kwargs", json_object(), &bad);
+    set(root, "tokenizer_class", json_string(!spm ? "PreTrainedTokenizerFast"
+                                             : fam->id == BN_FAM_1BITLLM ? "BitnetTokenizer" : "LlamaTokenizer"), &bad);
+    for (uint32_t id = 0; spm && id < v->n_tokens; id++)
+        if (v->type[id] == BN_TOK_UNKNOWN) {
+            set(root, "unk_token", token_json(v, (int32_t)id), &bad);
+            break;
+        }
+    if (bad) {
+        json_decref(root);
+        return bn_err(err, "tokenizer_config.json: out of memory (or a token that is not UTF-8)");
+    }
     return write_json_in(dir, "tokenizer_config.json", root, JSON_INDENT(2), err);
 }
 
-/* ---- config.json ---------------------------------------------------------------------- */
+/* ---- SentencePiece: tokenizer.model + added_tokens.json ---------------------------------- */
 
-static int write_config(const bn_config *c, int latent, const char *dir, bn_error *err)
+/* Removes dir/name if present: a directory rewritten with another tokenizer kind must not keep
+ * the old one (the reader prefers tokenizer.json). */
+static int remove_stale(const char *dir, const char *name, bn_error *err)
 {
-    json_t *q = json_pack("{s:s, s:s, s:s}", "linear_class", "autobitlinear", "quant_method", "bitnet",
-                          "quantization_mode", latent ? "online" : "offline");
-    json_t *root = json_pack(
-        "{s:[s], s:b, s:f, s:o, s:o, s:s, s:I, s:f, s:I, s:I, s:s, s:I, s:I, s:I, s:o, s:o, s:o, s:b, s:s, s:s, s:b, s:I}",
-        "architectures", "BitNetForCausalLM", "attention_bias", 0, "attention_dropout", 0.0, "bos_token_id",
-        c->bos >= 0 ? json_integer(c->bos) : json_null(), "eos_token_id",
-        c->eos >= 0 ? json_integer(c->eos) : json_null(), "hidden_act", c->act == BN_ACT_SILU ? "silu" : "relu2",
-        "hidden_size", (json_int_t)c->n_embd, "initializer_range", 0.02, "intermediate_size", (json_int_t)c->n_ff,
-        "max_position_embeddings", (json_int_t)c->n_ctx_max, "model_type", "bitnet", "num_attention_heads",
-        (json_int_t)c->n_head, "num_hidden_layers", (json_int_t)c->n_layer, "num_key_value_heads",
-        (json_int_t)c->n_head_kv, "quantization_config", q, "rms_norm_eps", json_float(c->norm_eps), "rope_theta",
-        json_float(c->rope_theta), "tie_word_embeddings", c->tied ? 1 : 0, "torch_dtype", "bfloat16",
-        "transformers_version", "4.52.0", "use_cache", 1, "vocab_size", (json_int_t)c->n_vocab);
-    return write_json_in(dir, "config.json", root, JSON_INDENT(2) | JSON_REAL_PRECISION(9), err);
+    char *p = bn_path_join(dir, name);
+    if (!p) return bn_err(err, "out of memory");
+    int bad = unlink(p) != 0 && errno != ENOENT;
+    free(p);
+    return bad ? bn_err(err, "%s: cannot remove the stale %s: %s", dir, name, strerror(errno)) : 0;
+}
+
+/* tokenizer.model (the pieces) + added_tokens.json (the trailing USER_DEFINED tokens, as
+ * 1bitLLM's <pad> and </line>), split as spm_model.h's bn_spm_model_write_hf() does. */
+static int write_spm_files(const bn_vocab *v, const char *dir, bn_error *err)
+{
+    uint8_t *model = NULL;
+    char *added = NULL;
+    size_t mlen = 0, alen = 0;
+    if (bn_spm_model_write_hf(v, &model, &mlen, &added, &alen, err)) return -1;
+    char *mp = bn_path_join(dir, "tokenizer.model"), *ap = bn_path_join(dir, "added_tokens.json");
+    int rc = !mp || !ap ? bn_err(err, "out of memory") : write_file(mp, (const char *)model, mlen, err);
+    if (!rc) rc = added ? write_file(ap, added, alen, err) : remove_stale(dir, "added_tokens.json", err);
+    free(mp);
+    free(ap);
+    free(model);
+    free(added);
+    return rc;
+}
+
+static int write_tokenizer(const bn_vocab *v, const bn_synth *s, const bn_family_info *fam, const char *dir,
+                           bn_error *err)
+{
+    int rc;
+    if (v->model == BN_TOKM_SPM) {
+        rc = write_spm_files(v, dir, err) || remove_stale(dir, "tokenizer.json", err);
+    } else {
+        char *tok = bn_path_join(dir, "tokenizer.json");
+        rc = !tok ? bn_err(err, "out of memory")
+                  : bn_vocab_write_hf_json(v, tok, err) || remove_stale(dir, "tokenizer.model", err) ||
+                        remove_stale(dir, "added_tokens.json", err);
+        free(tok);
+    }
+    return rc || write_tokenizer_config(v, s, fam, dir, err) ? -1 : 0;
+}
+
+/* ---- config.json, generation_config.json -------------------------------------------------- */
+
+static json_t *id_or_null(int32_t id) { return id >= 0 ? json_integer(id) : json_null(); }
+
+/* quantization_config as each family's checkpoints state it; latent forms say online (for
+ * Llama/Falcon with autobitlinear: transformers runs only that class online). */
+static json_t *quant_json(const bn_family_info *fam, int latent)
+{
+    if (fam->hf_weights == BN_HFW_LATENT) return NULL;
+    if (fam->hf_weights == BN_HFW_PACKED_MUL)
+        return json_pack("{s:s, s:s, s:s}", "linear_class", "autobitlinear", "quant_method", "bitnet",
+                         "quantization_mode", latent ? "online" : "offline");
+    json_t *q = json_pack("{s:o, s:s}", "modules_to_not_convert",
+                          fam->id == BN_FAM_LLAMA3 ? json_null() : json_pack("[s]", "lm_head"), "quant_method", "bitnet");
+    if (q && latent && (json_object_set_new(q, "linear_class", json_string("autobitlinear")) ||
+                        json_object_set_new(q, "quantization_mode", json_string("online")))) {
+        json_decref(q);
+        return NULL;
+    }
+    return q;
+}
+
+static int write_config(const bn_synth *s, const bn_vocab *v, const bn_family_info *fam, enum bn_hf_form form,
+                        const char *dir, bn_error *err)
+{
+    const bn_config *c = &s->cfg;
+    int llama = fam->hf_weights == BN_HFW_PACKED_DIV, bad = 0;
+    json_t *r = json_object();
+    set(r, "architectures", json_pack("[s]", fam->hf_arch), &bad);
+    set(r, "attention_bias", json_false(), &bad);
+    set(r, "attention_dropout", json_real(0.0), &bad);
+    set(r, "bos_token_id", id_or_null(c->bos), &bad);
+    set(r, "eos_token_id", id_or_null(c->eos), &bad);
+    if (llama) set(r, "head_dim", json_integer(c->head_dim), &bad);
+    set(r, "hidden_act", json_string(c->act == BN_ACT_SILU ? "silu" : "relu2"), &bad);
+    set(r, "hidden_size", json_integer(c->n_embd), &bad);
+    set(r, "initializer_range", json_real(0.02), &bad);
+    if (fam->hf_weights == BN_HFW_LATENT) set(r, "input_bits", json_integer(8), &bad);
+    set(r, "intermediate_size", json_integer(c->n_ff), &bad);
+    if (llama) set(r, "is_bitnet_config", json_true(), &bad);
+    set(r, "max_position_embeddings", json_integer(c->n_ctx_max), &bad);
+    if (llama) set(r, "mlp_bias", json_false(), &bad);
+    set(r, "model_type", json_string(fam->hf_model_type), &bad);
+    set(r, "num_attention_heads", json_integer(c->n_head), &bad);
+    set(r, "num_hidden_layers", json_integer(c->n_layer), &bad);
+    set(r, "num_key_value_heads", json_integer(c->n_head_kv), &bad);
+    if (fam->hf_weights == BN_HFW_LATENT && v->pad >= 0) set(r, "pad_token_id", json_integer(v->pad), &bad);
+    if (fam->id != BN_FAM_BITNET) set(r, "pretraining_tp", json_integer(1), &bad);
+    json_t *q = quant_json(fam, form != BN_HF_NATIVE);
+    if (q) set(r, "quantization_config", q, &bad);
+    else if (fam->hf_weights != BN_HFW_LATENT) bad = 1;
+    set(r, "rms_norm_eps", json_float(c->norm_eps), &bad);
+    if (fam->id == BN_FAM_LLAMA3) set(r, "rope_interleaved", json_false(), &bad);
+    if (fam->id != BN_FAM_BITNET) set(r, "rope_scaling", json_null(), &bad);
+    set(r, "rope_theta", json_float(c->rope_theta), &bad);
+    set(r, "tie_word_embeddings", json_boolean(c->tied), &bad);
+    set(r, "torch_dtype", json_string(fam->hf_weights == BN_HFW_LATENT ? "float16" : "bfloat16"), &bad);
+    set(r, "transformers_version", json_string("4.52.0"), &bad);
+    set(r, "use_cache", json_true(), &bad);
+    set(r, "vocab_size", json_integer(c->n_vocab), &bad);
+    if (fam->hf_weights == BN_HFW_LATENT) set(r, "weight_bits", json_integer(1), &bad);
+    if (bad) {
+        json_decref(r);
+        return bn_err(err, "config.json: out of memory");
+    }
+    return write_json_in(dir, "config.json", r, JSON_INDENT(2) | JSON_REAL_PRECISION(9), err);
+}
+
+/* eos_token_id as [eos, eot] (Llama-3's [128001, 128009] shape) whenever there is an eot, so
+ * the reader recovers both exactly. */
+static int write_generation_config(const bn_config *c, const char *dir, bn_error *err)
+{
+    int bad = 0;
+    json_t *r = json_object();
+    set(r, "_from_model_config", json_true(), &bad);
+    set(r, "bos_token_id", id_or_null(c->bos), &bad);
+    set(r, "eos_token_id", c->eos >= 0 && c->eot >= 0 ? json_pack("[i, i]", c->eos, c->eot) : id_or_null(c->eos), &bad);
+    set(r, "transformers_version", json_string("4.52.0"), &bad);
+    if (bad) {
+        json_decref(r);
+        return bn_err(err, "generation_config.json: out of memory");
+    }
+    return write_json_in(dir, "generation_config.json", r, JSON_INDENT(2), err);
 }
 
 /* ---- tensor plan ---------------------------------------------------------------------- */
@@ -232,15 +408,17 @@ typedef struct st_entry {
     uint64_t nbytes;
     uint64_t offset;         /* within its shard's data section */
     int shard;
-    float scale;             /* S_SCALE: set when its weight (the entry before) is written */
+    float scale;             /* S_SCALE: the weight_scale value, set when its weight (the entry before) is written */
 } st_entry;
 
 typedef struct plan {
     st_entry *e;
     size_t n;
+    int divide;              /* weight_scale = 1 / scale (bitlinear) rather than scale */
 } plan;
 
-static void plan_add(plan *p, const char *name, const char *canon, enum src src, uint64_t rows, uint64_t cols)
+static void plan_add(plan *p, const char *name, const char *canon, enum src src, uint32_t fdt, uint64_t rows,
+                     uint64_t cols)
 {
     st_entry *e = &p->e[p->n++];
     snprintf(e->name, sizeof e->name, "%s", name);
@@ -248,7 +426,7 @@ static void plan_add(plan *p, const char *name, const char *canon, enum src src,
     e->src = src;
     e->rows = rows;
     e->cols = cols;
-    e->dtype = src == S_PACKED ? BN_ST_U8 : BN_ST_BF16;
+    e->dtype = src == S_PACKED ? BN_ST_U8 : src == S_SCALE ? BN_ST_BF16 : fdt;
     switch (src) {
     case S_NORM: e->n_dims = 1; e->shape[0] = cols; break;
     case S_SCALE: e->n_dims = 1; e->shape[0] = 1; break;
@@ -258,55 +436,49 @@ static void plan_add(plan *p, const char *name, const char *canon, enum src src,
     e->nbytes = (e->n_dims == 1 ? e->shape[0] : e->shape[0] * e->shape[1]) * bn_st_dtype_size(e->dtype);
 }
 
-static const struct {
-    const char *canon, *hf;
-    int linear;
-} layer_names[] = {
-    {"attn_norm", "input_layernorm", 0},      {"attn_q", "self_attn.q_proj", 1},
-    {"attn_k", "self_attn.k_proj", 1},        {"attn_v", "self_attn.v_proj", 1},
-    {"attn_sub_norm", "self_attn.attn_sub_norm", 0}, {"attn_output", "self_attn.o_proj", 1},
-    {"ffn_norm", "post_attention_layernorm", 0}, {"ffn_gate", "mlp.gate_proj", 1},
-    {"ffn_up", "mlp.up_proj", 1},             {"ffn_sub_norm", "mlp.ffn_sub_norm", 0},
-    {"ffn_down", "mlp.down_proj", 1},
-};
-#define N_LAYER_NAMES (sizeof layer_names / sizeof layer_names[0])
-
-static void layer_shape(const bn_config *c, const char *canon, uint64_t *rows, uint64_t *cols)
+static uint32_t float_dtype(enum bn_hf_form form, const bn_family_info *fam)
 {
-    uint64_t kv = (uint64_t)c->head_dim * c->n_head_kv;
-    *rows = !strcmp(canon, "attn_k") || !strcmp(canon, "attn_v") ? kv
-            : !strcmp(canon, "ffn_gate") || !strcmp(canon, "ffn_up") ? c->n_ff : c->n_embd;
-    *cols = !strcmp(canon, "ffn_down") || !strcmp(canon, "ffn_sub_norm") ? c->n_ff : c->n_embd;
-    if (!strstr(canon, "norm")) return;
-    *rows = 1;
+    if (form == BN_HF_F16) return BN_ST_F16;
+    if (form == BN_HF_F32 || (form == BN_HF_NATIVE && fam->hf_weights == BN_HFW_LATENT)) return BN_ST_F32;
+    return BN_ST_BF16;
 }
 
-/* Every tensor, weight_scale right after its weight (the writer carries the scale over). */
-static int build_plan(const bn_config *c, int latent, plan *p, bn_error *err)
+/* Every tensor in the table's order, weight_scale right after its weight (the writer carries
+ * the scale over). */
+static int build_plan(const bn_config *c, const bn_family_info *fam, enum bn_hf_form form, plan *p, bn_error *err)
 {
-    p->e = calloc(4 + (size_t)c->n_layer * (N_LAYER_NAMES + 7), sizeof *p->e);
+    int latent = form != BN_HF_NATIVE || fam->hf_weights == BN_HFW_LATENT;
+    uint32_t fdt = float_dtype(form, fam);
+    p->divide = fam->hf_weights == BN_HFW_PACKED_DIV;
+    p->e = calloc(3 + (size_t)c->n_layer * (BN_LT_COUNT + 7), sizeof *p->e);
     if (!p->e) return bn_err(err, "out of memory");
-    plan_add(p, "model.embed_tokens.weight", "token_embd", S_EMBD, c->n_vocab, c->n_embd);
+    plan_add(p, "model.embed_tokens.weight", "token_embd", S_EMBD, fdt, c->n_vocab, c->n_embd);
     for (uint32_t l = 0; l < c->n_layer; l++)
-        for (size_t k = 0; k < N_LAYER_NAMES; k++) {
+        for (int k = 0; k < BN_LT_COUNT; k++) {
+            const bn_layer_tensor_def *d = &bn_layer_tensors[k];
+            if (!bn_layer_tensor_present(c, d)) continue;
+            const char *stem = d->hf ? d->hf : d->id == BN_LT_ATTN_SUB_NORM ? fam->hf_attn_sub_norm : fam->hf_ffn_sub_norm;
+            if (!stem) return bn_err(err, "family %s: its HF form has no %s (sub_norms must be 0)", fam->name, d->canon);
             char name[112], canon[48];
             uint64_t rows, cols;
-            layer_shape(c, layer_names[k].canon, &rows, &cols);
-            snprintf(canon, sizeof canon, "blk.%u.%s", l, layer_names[k].canon);
-            snprintf(name, sizeof name, "model.layers.%u.%s.weight", l, layer_names[k].hf);
-            if (!layer_names[k].linear) {
-                plan_add(p, name, canon, S_NORM, 1, cols);
+            bn_layer_tensor_shape(c, d, &rows, &cols);
+            snprintf(canon, sizeof canon, "blk.%u.%s", l, d->canon);
+            snprintf(name, sizeof name, "model.layers.%u.%s.weight", l, stem);
+            if (!d->ternary) {
+                plan_add(p, name, canon, S_NORM, fdt, 1, cols);
                 continue;
             }
             if (rows % 4 || cols % 16) return bn_err(err, "%s: %llux%llu cannot be packed", canon,
                                                      (unsigned long long)rows, (unsigned long long)cols);
-            plan_add(p, name, canon, latent ? S_LATENT : S_PACKED, rows, cols);
+            plan_add(p, name, canon, latent ? S_LATENT : S_PACKED, fdt, rows, cols);
             if (latent) continue;
-            snprintf(name, sizeof name, "model.layers.%u.%s.weight_scale", l, layer_names[k].hf);
-            plan_add(p, name, canon, S_SCALE, 1, 1);
+            snprintf(name, sizeof name, "model.layers.%u.%s.weight_scale", l, stem);
+            plan_add(p, name, canon, S_SCALE, fdt, 1, 1);
         }
-    plan_add(p, "model.norm.weight", "output_norm", S_NORM, 1, c->n_embd);
-    if (!c->tied) plan_add(p, "lm_head.weight", "output", S_EMBD, c->n_vocab, c->n_embd);
+    plan_add(p, "model.norm.weight", "output_norm", S_NORM, fdt, 1, c->n_embd);
+    /* Untied: HF's lm_head.weight, bf16 as the real checkpoints hold it. */
+    if (!c->tied) plan_add(p, "lm_head.weight", "output", S_EMBD, form == BN_HF_NATIVE ? BN_ST_BF16 : fdt, c->n_vocab,
+                           c->n_embd);
     return 0;
 }
 
@@ -376,41 +548,50 @@ static char *shard_header(plan *p, int k, size_t *len)
     return out;
 }
 
-static void put_bf16(uint8_t *dst, const float *src, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        uint16_t b = bn_f32_to_bf16(src[i]);
-        dst[2 * i] = (uint8_t)b;
-        dst[2 * i + 1] = (uint8_t)(b >> 8);
-    }
-}
-
-/* bf16 floats f[0..n) through a scratch buffer. */
-static int write_bf16(bn_atomic_file *f, const float *v, size_t n, bn_error *err)
+/* Floats v[0..n) in dtype (F32, F16 or BF16, little-endian) through a scratch buffer. */
+static int write_floats(bn_atomic_file *f, uint32_t dtype, const float *v, size_t n, bn_error *err)
 {
     uint8_t buf[8192];
-    for (size_t i = 0; i < n; i += sizeof buf / 2) {
-        size_t k = n - i < sizeof buf / 2 ? n - i : sizeof buf / 2;
-        put_bf16(buf, v + i, k);
-        if (bn_atomic_write(f, buf, 2 * k, err)) return -1;
+    size_t es = bn_st_dtype_size(dtype), step = sizeof buf / es;
+    for (size_t i = 0; i < n; i += step) {
+        size_t k = n - i < step ? n - i : step;
+        for (size_t j = 0; j < k; j++) {
+            uint32_t b = dtype == BN_ST_F32 ? bn_f32_bits(v[i + j])
+                         : dtype == BN_ST_F16 ? bn_f32_to_f16(v[i + j]) : bn_f32_to_bf16(v[i + j]);
+            for (size_t q = 0; q < es; q++) buf[j * es + q] = (uint8_t)(b >> (8 * q));
+        }
+        if (bn_atomic_write(f, buf, k * es, err)) return -1;
     }
     return 0;
 }
 
+/* token_embd, or the untied head "output" (its own synthetic rows). */
 static int write_embedding(const bn_synth *s, bn_atomic_file *f, const st_entry *e, bn_error *err)
 {
     float *row = malloc(e->cols * sizeof *row);
     if (!row) return bn_err(err, "out of memory");
-    int rc = 0;
+    int rc = 0, head = !strcmp(e->canon, "output");
     for (uint64_t r = 0; r < e->rows && !rc; r++) {
-        bn_synth_embedding_row(s, (uint32_t)r, row);
-        rc = write_bf16(f, row, e->cols, err);
+        (head ? bn_synth_output_row : bn_synth_embedding_row)(s, (uint32_t)r, row);
+        rc = write_floats(f, e->dtype, row, e->cols, err);
     }
     free(row);
     return rc;
 }
 
-static int write_linear(const bn_synth *s, bn_atomic_file *f, st_entry *e, bn_error *err)
+/* The bf16 weight_scale that reads back as exactly `scale`: b = scale (autobitlinear) or b with
+ * 1.0f / b == scale (bitlinear; bn_synth_ternary makes such scales 1.0f / b). */
+static int weight_scale_of(const st_entry *e, float scale, int divide, float *ws, bn_error *err)
+{
+    float b = bn_bf16_to_f32(bn_f32_to_bf16(divide ? 1.0f / scale : scale));
+    if ((divide ? 1.0f / b : b) != scale)
+        return bn_err(err, "%s: scale %.9g has no bf16 weight_scale that reads back exactly (%s)", e->canon,
+                      (double)scale, divide ? "bitlinear: scale must be 1.0f / b, b bf16" : "must be bf16");
+    *ws = b;
+    return 0;
+}
+
+static int write_linear(const bn_synth *s, bn_atomic_file *f, st_entry *e, int divide, bn_error *err)
 {
     size_t n = (size_t)(e->rows * e->cols);
     int rc;
@@ -418,24 +599,26 @@ static int write_linear(const bn_synth *s, bn_atomic_file *f, st_entry *e, bn_er
         float *w = malloc(n * sizeof *w);
         if (!w) return bn_err(err, "out of memory for %s", e->name);
         bn_synth_latent(s, e->canon, e->rows, e->cols, w);
-        rc = write_bf16(f, w, n, err);
+        rc = write_floats(f, e->dtype, w, n, err);
         free(w);
         return rc;
     }
     int8_t *t = malloc(n);
     uint8_t *p = malloc(n / 4);
+    float scale;
     if (!t || !p) rc = bn_err(err, "out of memory for %s", e->name);
     else {
-        bn_synth_ternary(s, e->canon, e->rows, e->cols, t, &e[1].scale); /* e[1] is its weight_scale */
+        bn_synth_ternary(s, e->canon, e->rows, e->cols, t, &scale);
+        rc = weight_scale_of(e, scale, divide, &e[1].scale, err); /* e[1] is its weight_scale */
         bn_hf_pack_rows(t, e->rows, e->cols, p);
-        rc = bn_atomic_write(f, p, n / 4, err);
+        if (!rc) rc = bn_atomic_write(f, p, n / 4, err);
     }
     free(t);
     free(p);
     return rc;
 }
 
-static int write_tensor(const bn_synth *s, bn_atomic_file *f, st_entry *e, bn_error *err)
+static int write_tensor(const bn_synth *s, bn_atomic_file *f, st_entry *e, int divide, bn_error *err)
 {
     switch (e->src) {
     case S_EMBD: return write_embedding(s, f, e, err);
@@ -443,12 +626,12 @@ static int write_tensor(const bn_synth *s, bn_atomic_file *f, st_entry *e, bn_er
         float *w = malloc(e->cols * sizeof *w);
         if (!w) return bn_err(err, "out of memory");
         bn_synth_norm(s, e->canon, e->cols, w);
-        int rc = write_bf16(f, w, e->cols, err);
+        int rc = write_floats(f, e->dtype, w, e->cols, err);
         free(w);
         return rc;
     }
-    case S_SCALE: return write_bf16(f, &e->scale, 1, err); /* set by its weight, written before it */
-    default: return write_linear(s, f, e, err);
+    case S_SCALE: return write_floats(f, e->dtype, &e->scale, 1, err); /* set by its weight, written before it */
+    default: return write_linear(s, f, e, divide, err);
     }
 }
 
@@ -470,7 +653,7 @@ static int write_shard(const bn_synth *s, plan *p, int k, const char *path, bn_e
     for (size_t i = 0; i < p->n && !rc; i++) {
         st_entry *e = &p->e[i];
         if (e->shard != k) continue;
-        rc = write_tensor(s, &f, e, err);
+        rc = write_tensor(s, &f, e, p->divide, err);
         /* The header promised exactly these offsets: a mismatch is a bug here, not bad input. */
         if (!rc && f.off != 8 + hlen + e->offset + e->nbytes)
             rc = bn_err(err, "%s: tensor %s: wrote %llu bytes, header says %llu", path, e->name,
@@ -501,10 +684,11 @@ static int write_index(const plan *p, int shards, const char *dir, bn_error *err
     return write_json_in(dir, "model.safetensors.index.json", root, JSON_INDENT(2) | JSON_SORT_KEYS, err);
 }
 
-static int write_weights(const bn_synth *s, int latent, int shards, const char *dir, bn_error *err)
+static int write_weights(const bn_synth *s, const bn_family_info *fam, enum bn_hf_form form, int shards,
+                         const char *dir, bn_error *err)
 {
     plan p = {0};
-    int rc = build_plan(&s->cfg, latent, &p, err) || assign_shards(&p, shards, err);
+    int rc = build_plan(&s->cfg, fam, form, &p, err) || assign_shards(&p, shards, err);
     for (int k = 0; k < shards && !rc; k++) {
         char *name = shard_name(k, shards), *path = name ? bn_path_join(dir, name) : NULL;
         rc = path ? write_shard(s, &p, k, path, err) : bn_err(err, "out of memory");
@@ -525,17 +709,31 @@ static int write_weights(const bn_synth *s, int latent, int shards, const char *
                : 0;
 }
 
-int bn_hf_write_synth(const bn_synth *s, const bn_vocab *v, const char *dir, int latent, int shards, bn_error *err)
+int bn_hf_form_parse(const char *name)
 {
+    static const char *const names[] = {"hf", "hf-bf16", "hf-f16", "hf-f32"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(name, names[i])) return i;
+    return -1;
+}
+
+int bn_hf_write_synth_form(const bn_synth *s, const bn_vocab *v, const char *dir, enum bn_hf_form form, int shards,
+                           bn_error *err)
+{
+    const bn_family_info *fam = bn_family_get((enum bn_family)s->family);
+    if (!fam) return bn_err(err, "%s: unknown model family %u", dir, s->family);
+    if ((unsigned)form > BN_HF_F32) return bn_err(err, "%s: unknown HF form %d", dir, (int)form);
     if (shards < 1 || shards > 99999) return bn_err(err, "%s: %d shards is out of range", dir, shards);
     if (v->n_tokens > s->cfg.n_vocab)
         return bn_err(err, "%s: vocabulary of %u tokens exceeds n_vocab %u", dir, v->n_tokens, s->cfg.n_vocab);
     if (mkdir(dir, 0755) != 0 && !(errno == EEXIST && bn_is_dir(dir)))
         return bn_err(err, "%s: cannot create directory: %s", dir, strerror(errno));
-    char *tok = bn_path_join(dir, "tokenizer.json");
-    if (!tok) return bn_err(err, "out of memory");
-    int rc = write_config(&s->cfg, latent, dir, err) || bn_vocab_write_hf_json(v, tok, err) ||
-             write_tokenizer_config(v, &s->cfg, dir, err) || write_weights(s, latent, shards, dir, err);
-    free(tok);
-    return rc ? -1 : 0;
+    return write_config(s, v, fam, form, dir, err) || write_generation_config(&s->cfg, dir, err) ||
+                   write_tokenizer(v, s, fam, dir, err) || write_weights(s, fam, form, shards, dir, err)
+               ? -1 : 0;
+}
+
+int bn_hf_write_synth(const bn_synth *s, const bn_vocab *v, const char *dir, int latent, int shards, bn_error *err)
+{
+    return bn_hf_write_synth_form(s, v, dir, latent ? BN_HF_BF16 : BN_HF_NATIVE, shards, err);
 }
