@@ -20,13 +20,15 @@ enum fmt_writer { W_PACKED, W_HF, W_GGUF };
 static const struct fmt {
     const char *name;
     enum fmt_writer writer;
-    int a, b;            /* W_HF: latent, shards; W_GGUF: the linears' ggml type */
+    int a, b;            /* W_HF: enum bn_hf_form, shards; W_GGUF: the linears' ggml type */
     const char *help;
 } formats[] = {
     {"packed", W_PACKED, 0, 0, "the packed model file (default)"},
-    {"hf", W_HF, 0, 1, "the family's own HF form (packed uint8; 1bitLLM: f32 latent)"},
-    {"hf-bf16", W_HF, 1, 1, "HF, bf16 latent weights"},
-    {"hf-sharded", W_HF, 0, 3, "HF in 3 safetensors shards + index"},
+    {"hf", W_HF, BN_HF_NATIVE, 1, "the family's own HF form (packed uint8; 1bitLLM: f32 latent)"},
+    {"hf-bf16", W_HF, BN_HF_BF16, 1, "HF, bf16 latent weights"},
+    {"hf-f16", W_HF, BN_HF_F16, 1, "HF, f16 latent weights"},
+    {"hf-f32", W_HF, BN_HF_F32, 1, "HF, f32 latent weights"},
+    {"hf-sharded", W_HF, BN_HF_NATIVE, 3, "HF in 3 safetensors shards + index"},
     {"gguf-i2_s", W_GGUF, BN_GGML_I2_S, 0, "GGUF as bitnet.cpp writes it (the family's arch), I2_S"},
     {"gguf-tq2_0", W_GGUF, BN_GGML_TQ2_0, 0, "GGUF, llama.cpp TQ2_0"},
     {"gguf-f16", W_GGUF, BN_GGML_F16, 0, "GGUF, F16 linears"},
@@ -93,7 +95,7 @@ static const struct fmt *find_format(const char *name)
 static int write_format(const struct fmt *fm, const bn_synth *sy, const bn_vocab *v, const char *out,
                         const bn_pack_opts *po, bn_error *err)
 {
-    if (fm->writer == W_HF) return bn_hf_write_synth(sy, v, out, fm->a, fm->b, err);
+    if (fm->writer == W_HF) return bn_hf_write_synth_form(sy, v, out, (enum bn_hf_form)fm->a, fm->b, err);
     if (fm->writer == W_GGUF) return bn_gguf_write_synth(sy, v, out, fm->a, err);
     bn_source *src;
     if (bn_source_open_synth(sy, v, &src, err) != 0) return -1;

@@ -43,7 +43,8 @@ int bn_synth_parse(const char *spec, bn_synth *out, bn_error *err);
 void bn_synth_ternary(const bn_synth *s, const char *name, size_t rows, size_t cols,
                       int8_t *t, float *scale);
 /* The latent ("master", bf16-exact) weights whose absmean ternarization gives exactly the
- * codes and scale of bn_synth_ternary. */
+ * codes of bn_synth_ternary, and its scale too except for divide-rule families (whose scale is
+ * 1/b, not the absmean 83c/128: their latent HF forms pack to the same codes, other scales). */
 void bn_synth_latent(const bn_synth *s, const char *name, size_t rows, size_t cols, float *w);
 /* RMSNorm weight vector of n floats. */
 void bn_synth_norm(const bn_synth *s, const char *name, size_t n, float *w);
