@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "base/checked.h"
+#include "model/tl_layout.h"
 
 /* ---- cursor over the untrusted bytes --------------------------------------------------- */
 
@@ -101,6 +102,8 @@ const char *bn_ggml_type_name(uint32_t type, char buf[16])
     case BN_GGML_TQ1_0: return "TQ1_0";
     case BN_GGML_TQ2_0: return "TQ2_0";
     case BN_GGML_I2_S: return "I2_S";
+    case BN_GGML_TL1: return "TL1";
+    case BN_GGML_TL2: return "TL2";
     default: snprintf(buf, 16, "type %u", type); return buf;
     }
 }
@@ -108,6 +111,19 @@ const char *bn_ggml_type_name(uint32_t type, char buf[16])
 int bn_gguf_arch_is_bitnet(const char *arch)
 {
     return arch && (!strcmp(arch, "bitnet") || !strcmp(arch, "bitnet-b1.58") || !strcmp(arch, "bitnet-25"));
+}
+
+/* bitnet.cpp's llama ftypes: I2_S 40, TL1 38, TL2 39 (upstream: 36-37 TQ, 38 MXFP4_MOE, whose
+ * tensors are type 39, so ftype 38 with TL1 tensors and 39 with TL2 ones are unambiguous). */
+int bn_gguf_fork_types(const bn_gguf *g, uint32_t type)
+{
+    if (bn_gguf_arch_is_bitnet(g->arch)) return 1;
+    switch (type) {
+    case BN_GGML_I2_S: return g->file_type == 40;
+    case BN_GGML_TL1: return g->file_type == 38;
+    case BN_GGML_TL2: return g->file_type == 39;
+    default: return 0;
+    }
 }
 
 uint64_t bn_ggml_nbytes(uint32_t type, uint64_t n, uint64_t ne0, const char **why)
@@ -368,6 +384,8 @@ static int read_general(bn_gguf *g, bn_error *err)
     uint32_t al = BN_GGUF_DEFAULT_ALIGNMENT;
     int r = bn_gguf_get_u32(g, "general.alignment", 0, &al, err);
     if (r < 0) return -1;
+    g->file_type = UINT32_MAX;
+    if (bn_gguf_get_u32(g, "general.file_type", 0, &g->file_type, err) < 0) return -1;
     if (al == 0 || (al & (al - 1)) || al > (1u << 24))
         return bn_err(err, "%s: metadata key 'general.alignment': %u is not a power of two up to 2^24", g->path, al);
     g->alignment = al;
@@ -377,22 +395,34 @@ static int read_general(bn_gguf *g, bn_error *err)
 /* Type ids 36..39 mean I2_S/I8_S/TL1/TL2 in bitnet.cpp's fork and other things upstream. */
 static int check_type(const bn_gguf *g, uint32_t type, const char *tname, bn_error *err)
 {
-    int bitnet = bn_gguf_arch_is_bitnet(g->arch);
-    if (type >= 36 && type <= 39 && !bitnet)
+    if (type == 37 && bn_gguf_arch_is_bitnet(g->arch))
+        return bn_err(err, "%s: tensor '%s': type I8_S is bitnet.cpp's activation type, never a stored weight",
+                      g->path, tname);
+    if (type >= 36 && type <= 39 && (type == 37 || !bn_gguf_fork_types(g, type)))
         return bn_err(err, "%s: tensor '%s': type id %u means I2_S/I8_S/TL1/TL2 only in bitnet.cpp's ggml fork; "
-                      "upstream ggml reuses ids 36+ for other types, and architecture '%s' is not a BitNet one, "
-                      "so the id is ambiguous", g->path, tname, type, g->arch);
-    if (type == 37 || type == 38 || type == 39)
-        return bn_err(err, "%s: tensor '%s': type %s is not supported (re-quantize to I2_S, TQ1_0, TQ2_0 or F16)",
-                      g->path, tname, type == 37 ? "I8_S" : type == 38 ? "TL1" : "TL2");
+                      "upstream ggml reuses ids 36+ for other types, and architecture '%s' is not a BitNet one "
+                      "nor is general.file_type the fork's for this type (I2_S 40, TL1 38, TL2 39), so the id is "
+                      "ambiguous", g->path, tname, type, g->arch);
     switch (type) {
     case BN_GGML_F32: case BN_GGML_F16: case BN_GGML_BF16:
-    case BN_GGML_TQ1_0: case BN_GGML_TQ2_0: case BN_GGML_I2_S:
+    case BN_GGML_TQ1_0: case BN_GGML_TQ2_0: case BN_GGML_I2_S: case BN_GGML_TL1: case BN_GGML_TL2:
         return 0;
     default:
         return bn_err(err, "%s: tensor '%s': unsupported tensor type id %u (supported: F32, F16, BF16, TQ1_0, "
-                      "TQ2_0, I2_S)", g->path, tname, type);
+                      "TQ2_0, I2_S, TL1, TL2)", g->path, tname, type);
     }
+}
+
+/* TL1/TL2 sizes depend on the tile preset of the (rows, cols) shape (model/tl_layout.h). */
+static int tl_nbytes(const bn_gguf *g, bn_gguf_tensor *t, const char *name, bn_error *err)
+{
+    if (t->n_dims != 2)
+        return bn_err(err, "%s: tensor '%s': a %s tensor must be a matrix, not %u-dimensional", g->path, name,
+                      t->type == BN_GGML_TL1 ? "TL1" : "TL2", t->n_dims);
+    enum bn_tl_kind k = t->type == BN_GGML_TL1 ? BN_TL1 : BN_TL2;
+    t->nbytes = bn_tl_nbytes(k, t->ne[1], t->ne[0], err);
+    if (t->nbytes == 0) return bn_err_prefix(err, "%s: tensor '%s'", g->path, name);
+    return 0;
 }
 
 static int parse_tensor_info(cursor *c, bn_gguf_tensor *t, uint64_t idx)
@@ -401,8 +431,8 @@ static int parse_tensor_info(cursor *c, bn_gguf_tensor *t, uint64_t idx)
     if (rd_str(c, &t->name, "tensor name") != 0) return bn_err_prefix(c->err, "tensor info %llu", (unsigned long long)idx);
     bn_gguf_str_show(t->name, name, sizeof name);
     if (rd_u32(c, &t->n_dims, "dimension count") != 0) return bn_err_prefix(c->err, "tensor '%s'", name);
-    if (t->n_dims == 0 || t->n_dims > BN_GGUF_MAX_DIMS)
-        return bn_err(c->err, "%s: tensor '%s': dimension count %u is not 1..%d", c->path, name, t->n_dims, BN_GGUF_MAX_DIMS);
+    if (t->n_dims > BN_GGUF_MAX_DIMS)
+        return bn_err(c->err, "%s: tensor '%s': dimension count %u is not 0..%d", c->path, name, t->n_dims, BN_GGUF_MAX_DIMS);
     t->n_elements = 1;
     for (uint32_t d = 0; d < BN_GGUF_MAX_DIMS; d++) t->ne[d] = 1;
     for (uint32_t d = 0; d < t->n_dims; d++) {
@@ -424,10 +454,14 @@ static int place_tensor(bn_gguf *g, bn_gguf_tensor *t, bn_error *err)
     char name[96];
     bn_gguf_str_show(t->name, name, sizeof name);
     if (check_type(g, t->type, name, err) != 0) return -1;
-    const char *why;
-    t->nbytes = bn_ggml_nbytes(t->type, t->n_elements, t->ne[0], &why);
-    char tb[16];
-    if (why) return bn_err(err, "%s: tensor '%s': %s: %s", g->path, name, bn_ggml_type_name(t->type, tb), why);
+    if (t->type == BN_GGML_TL1 || t->type == BN_GGML_TL2) {
+        if (tl_nbytes(g, t, name, err) != 0) return -1;
+    } else {
+        const char *why;
+        t->nbytes = bn_ggml_nbytes(t->type, t->n_elements, t->ne[0], &why);
+        char tb[16];
+        if (why) return bn_err(err, "%s: tensor '%s': %s: %s", g->path, name, bn_ggml_type_name(t->type, tb), why);
+    }
     if (t->offset % g->alignment)
         return bn_err(err, "%s: tensor '%s': data offset %llu is not a multiple of the alignment %llu", g->path, name,
                       (unsigned long long)t->offset, (unsigned long long)g->alignment);

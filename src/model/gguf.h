@@ -28,8 +28,11 @@ enum bn_gguf_vtype {
     BN_GGUF_VTYPE_COUNT
 };
 
-/* ggml tensor types this project reads. 36 is I2_S only in bitnet.cpp's ggml fork (upstream
- * reuses 36+ for other types), so it is accepted only when the architecture is a BitNet one. */
+/* ggml tensor types this project reads. 36 (I2_S), 38 (TL1) and 39 (TL2) have these meanings
+ * only in bitnet.cpp's ggml fork (upstream reuses 36+ for other types), so they are accepted
+ * only when the file is one of bitnet.cpp's: a BitNet architecture, or general.file_type set
+ * to the fork's ftype of that very type (I2_S 40, TL1 38, TL2 39), as bitnet.cpp writes its
+ * llama-architecture files (Llama3-8B-1.58, Falcon3). */
 enum bn_ggml_type {
     BN_GGML_F32 = 0,
     BN_GGML_F16 = 1,
@@ -37,6 +40,8 @@ enum bn_ggml_type {
     BN_GGML_TQ1_0 = 34,
     BN_GGML_TQ2_0 = 35,
     BN_GGML_I2_S = 36,
+    BN_GGML_TL1 = 38,
+    BN_GGML_TL2 = 39,
 };
 
 #define BN_GGUF_DEFAULT_ALIGNMENT 32
@@ -67,7 +72,7 @@ typedef struct bn_gguf_kv {
 
 typedef struct bn_gguf_tensor {
     bn_gguf_str name;
-    uint32_t n_dims;
+    uint32_t n_dims;               /* 0..4; 0 is a scalar (gguf-py writes numpy scalars so) */
     uint64_t ne[BN_GGUF_MAX_DIMS]; /* unused dims are 1; ne0 = innermost (columns) */
     uint64_t n_elements;
     uint32_t type;                 /* enum bn_ggml_type */
@@ -87,6 +92,7 @@ typedef struct bn_gguf {
     uint64_t alignment;
     uint64_t data_off;             /* start of the tensor data section */
     char *arch;                    /* general.architecture, NUL-terminated (malloc'd) */
+    uint32_t file_type;            /* general.file_type, UINT32_MAX when absent */
 
     /* private */
     bn_mapping map;                /* owned when opened from a path */
@@ -105,6 +111,9 @@ void bn_gguf_close(bn_gguf *g);
 /* Is arch one of bitnet.cpp's BitNet architectures ("bitnet", "bitnet-b1.58", "bitnet-25"),
  * i.e. one whose files use the fork's type ids 36..39? */
 int bn_gguf_arch_is_bitnet(const char *arch);
+/* Does g use the fork's meaning of type id `type` (36..39): a BitNet arch, or general.file_type
+ * naming that type (see enum bn_ggml_type)? */
+int bn_gguf_fork_types(const bn_gguf *g, uint32_t type);
 /* "F32", "I2_S", ... or "type <id>". Returns buf or a static string. */
 const char *bn_ggml_type_name(uint32_t type, char buf[16]);
 /* Bytes of a tensor of n elements whose innermost dim is ne0; 0 if the type is unknown or the
@@ -144,14 +153,22 @@ int bn_source_open_gguf_mem(const void *data, size_t len, const char *name, stru
 
 struct bn_synth;
 struct bn_vocab;
-/* Writes the synthetic model s with vocabulary v as a GGUF v3 file in bitnet.cpp's form: arch
- * "bitnet-b1.58", the official metadata keys (the placeholder chat template, no
- * tokenizer.ggml.pre), tensors in the official order; token_embd F16, norms F32, linears in
- * weight_type: 36 = I2_S, 35 = TQ2_0, 34 = TQ1_0, 1 = F16 / 30 = BF16 / 0 = F32 (values t * scale).
- * TQ types need every linear's column count to be a multiple of 256; I2_S needs
- * rows * cols to be a multiple of 128. Streams tensor by tensor through the atomic writer. */
+/* Writes the synthetic model s with vocabulary v as a GGUF v3 file in the form bitnet.cpp 2025
+ * writes for s->family (model/family.h): its arch ("bitnet-b1.58" for 2B-4T, "bitnet" for
+ * 1bitLLM, "llama" for Llama3-8B-1.58 / Falcon3 with q/k rows permuted as llama.cpp's converter
+ * does), that converter's metadata keys, tensors named from the tensor table (sub-norms only
+ * when the config has them, an F16 "output" when untied), an SPM vocabulary (model "llama",
+ * scores) or a gpt2 one with tokenizer.ggml.pre ("llama-bpe", "falcon3", "falcon_e").
+ * token_embd F16, norms F32, linears in weight_type: 36 = I2_S, 35 = TQ2_0, 34 = TQ1_0,
+ * 38 = TL1, 39 = TL2 (each with its "<name>.weight_scale" F32 scalar), 1 = F16 / 30 = BF16 /
+ * 0 = F32 (values t * scale). TQ types need every linear's column count to be a multiple of
+ * 256, I2_S of 128; TL types need a bitnet.cpp kernel preset for every linear's shape. Streams
+ * tensor by tensor through the atomic writer. */
 int bn_gguf_write_synth(const struct bn_synth *s, const struct bn_vocab *v, const char *path,
                         int weight_type, bn_error *err);
+/* The weight type of an mkmodel format name: "gguf-i2_s" 36, "gguf-tq2_0" 35, "gguf-tq1_0" 34,
+ * "gguf-tl1" 38, "gguf-tl2" 39, "gguf-f16" 1, "gguf-bf16" 30, "gguf-f32" 0; -1 otherwise. */
+int bn_gguf_format_type(const char *format);
 
 /* The placeholder chat template bitnet.cpp's convert-ms-to-gguf-bitnet.py embeds. */
 extern const char bn_gguf_bitnet_placeholder_template[];

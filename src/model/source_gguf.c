@@ -1,5 +1,12 @@
-/* GGUF as a conversion source: bitnet.cpp's files (arch bitnet-b1.58 / bitnet-25, I2_S) and
- * upstream ternary files (TQ1_0 / TQ2_0), plus F32/F16/BF16 exports.
+/* GGUF as a conversion source, every BitNet family in the form bitnet.cpp writes it
+ * (../shared/docs/bitnet-families.md): arch "bitnet-b1.58" / "bitnet-25" (2B-4T; 1bitLLM since
+ * bitnet.cpp HEAD), "bitnet" (2024: 1bitLLM) and "llama" (Llama3-8B-1.58, Falcon3, Falcon-E),
+ * with I2_S, TL1/TL2, upstream TQ1_0 / TQ2_0, or F32/F16/BF16 linears, and a gpt2 (byte-level
+ * BPE) or "llama" (SentencePiece) vocabulary.
+ *
+ * A llama-arch file's q/k rows are in llama.cpp's permuted order (its converter permutes them
+ * so that adjacent-pair RoPE equals HF's rotate_half): they are un-permuted here, so the HF and
+ * GGUF forms of a model give the same codes and pack to byte-identical files.
  *
  * Open validates everything that does not need tensor data: config keys, tokenizer, and the
  * presence, shape and type of every tensor the packer will ask for. Tensor data is decoded on
@@ -14,31 +21,42 @@
 #include "base/checked.h"
 #include "base/file.h"
 #include "kernels/half.h"
+#include "model/family.h"
 #include "model/gguf.h"
+#include "model/tensor_table.h"
 #include "model/ternarize.h"
+#include "model/tl_layout.h"
 
 typedef struct gguf_source {
     bn_source base;        /* first: a bn_source * is a gguf_source * */
     bn_gguf *g;
+    int llama;             /* arch "llama": q/k rows permuted, no sub-norms */
+    int spm;               /* tokenizer.ggml.model = llama (SentencePiece) */
+    int pre_falcon;        /* tokenizer.ggml.pre falcon3 / falcon_e */
 } gguf_source;
 
 static const struct bn_source_ops gguf_ops;
 
+static int str_is(bn_gguf_str s, const char *z) { return s.len == strlen(z) && !memcmp(s.p, z, s.len); }
+
 /* ---- tensors ----------------------------------------------------------------------------- */
 
 static int is_float_type(uint32_t t) { return t == BN_GGML_F32 || t == BN_GGML_F16 || t == BN_GGML_BF16; }
+static int is_tl_type(uint32_t t) { return t == BN_GGML_TL1 || t == BN_GGML_TL2; }
 static int is_ternary_type(uint32_t t)
 {
-    return t == BN_GGML_I2_S || t == BN_GGML_TQ1_0 || t == BN_GGML_TQ2_0 || is_float_type(t);
+    return t == BN_GGML_I2_S || t == BN_GGML_TQ1_0 || t == BN_GGML_TQ2_0 || is_tl_type(t) || is_float_type(t);
 }
 
-/* Canonical names are GGUF's without ".weight". */
-static const bn_gguf_tensor *tensor_of(const bn_gguf *g, const char *name)
+/* Canonical names are GGUF's without ".weight"; suffix: "" or "_scale" (TL scales). */
+static const bn_gguf_tensor *tensor_of2(const bn_gguf *g, const char *name, const char *suffix)
 {
     char full[128];
-    if ((size_t)snprintf(full, sizeof full, "%s.weight", name) >= sizeof full) return NULL;
+    if ((size_t)snprintf(full, sizeof full, "%s.weight%s", name, suffix) >= sizeof full) return NULL;
     return bn_gguf_tensor_find(g, full);
 }
+
+static const bn_gguf_tensor *tensor_of(const bn_gguf *g, const char *name) { return tensor_of2(g, name, ""); }
 
 /* Does t have shape [rows][cols] (ggml: ne0 = cols, ne1 = rows, every other dim 1)? */
 static int shape_is(const bn_gguf_tensor *t, uint64_t rows, uint64_t cols)
@@ -55,6 +73,19 @@ static int shape_error(const bn_gguf *g, const char *name, const bn_gguf_tensor 
                   (unsigned long long)cols, (unsigned long long)rows);
 }
 
+/* A TL tensor's per-tensor scale: the F32 scalar "<name>.weight_scale" bitnet.cpp's converter
+ * writes after it (gguf-py stores a numpy scalar as a 0-dimensional tensor). */
+static int expect_tl_scale(const bn_gguf *g, const char *name, bn_error *err)
+{
+    const bn_gguf_tensor *t = tensor_of2(g, name, "_scale");
+    char tb[16];
+    if (!t) return bn_err(err, "%s: tensor '%s.weight_scale': missing (the per-tensor scale of a TL tensor)", g->path, name);
+    if (t->type != BN_GGML_F32 || t->n_elements != 1)
+        return bn_err(err, "%s: tensor '%s.weight_scale': a TL scale must be one F32 value, found %s with %llu elements",
+                      g->path, name, bn_ggml_type_name(t->type, tb), (unsigned long long)t->n_elements);
+    return 0;
+}
+
 /* The tensor must exist, have the shape the config implies and a type we can read as wanted. */
 static int expect_tensor(const bn_gguf *g, const char *name, uint64_t rows, uint64_t cols, int ternary, bn_error *err)
 {
@@ -65,38 +96,51 @@ static int expect_tensor(const bn_gguf *g, const char *name, uint64_t rows, uint
     if (ternary ? !is_ternary_type(t->type) : !is_float_type(t->type))
         return bn_err(err, "%s: tensor '%s.weight': type %s cannot be read as %s", g->path, name,
                       bn_ggml_type_name(t->type, tb), ternary ? "a ternary matrix" : "floats (F32, F16 or BF16)");
-    return 0;
-}
-
-/* Per-layer tensors and their shapes; r/c: 0 = n_embd, 1 = q dim, 2 = kv dim, 3 = n_ff,
- * 4 = one row (vectors). tern: read through ternary() (else floats()). */
-static const struct { const char *n; int r, c, tern; } lt[] = {
-    {"attn_norm", 4, 0, 0}, {"attn_q", 1, 0, 1}, {"attn_k", 2, 0, 1}, {"attn_v", 2, 0, 1},
-    {"attn_sub_norm", 4, 1, 0}, {"attn_output", 0, 1, 1}, {"ffn_norm", 4, 0, 0}, {"ffn_gate", 3, 0, 1},
-    {"ffn_up", 3, 0, 1}, {"ffn_sub_norm", 4, 3, 0}, {"ffn_down", 0, 3, 1},
-};
-
-static int is_layer_tensor(const char *suffix)
-{
-    for (size_t i = 0; i < sizeof lt / sizeof lt[0]; i++)
-        if (!strcmp(lt[i].n, suffix)) return 1;
+    /* bitnet.cpp's I2_S kernels take whole 128-element blocks per row (bitnet-families.md s.0:
+     * why 1bitLLM-3B, K = 8640, ships as TL only). */
+    if (t->type == BN_GGML_I2_S && cols % 128)
+        return bn_err(err, "%s: tensor '%s.weight': I2_S needs the input dimension (ne0 = %llu) to be a multiple of "
+                      "128; bitnet.cpp stores such shapes as TL1/TL2 only", g->path, name, (unsigned long long)cols);
+    if (is_tl_type(t->type)) return expect_tl_scale(g, name, err);
     return 0;
 }
 
 static int check_tensors(const bn_gguf *g, const bn_config *c, bn_error *err)
 {
-    uint64_t E = c->n_embd, F = c->n_ff, V = c->n_vocab;
-    uint64_t Q = (uint64_t)c->n_head * c->head_dim, KV = (uint64_t)c->n_head_kv * c->head_dim;
-    if (expect_tensor(g, "token_embd", V, E, 0, err) || expect_tensor(g, "output_norm", 1, E, 0, err)) return -1;
-    if (!c->tied && expect_tensor(g, "output", V, E, 0, err)) return -1;
-    const uint64_t dim[5] = {E, Q, KV, F, 1};
+    if (expect_tensor(g, "token_embd", c->n_vocab, c->n_embd, 0, err) ||
+        expect_tensor(g, "output_norm", 1, c->n_embd, 0, err))
+        return -1;
+    if (!c->tied && expect_tensor(g, "output", c->n_vocab, c->n_embd, 0, err)) return -1;
     for (uint32_t l = 0; l < c->n_layer; l++)
-        for (size_t i = 0; i < sizeof lt / sizeof lt[0]; i++) {
+        for (int i = 0; i < BN_LT_COUNT; i++) {
+            const bn_layer_tensor_def *d = &bn_layer_tensors[i];
+            if (!bn_layer_tensor_present(c, d)) continue;
             char name[64];
-            snprintf(name, sizeof name, "blk.%u.%s", l, lt[i].n);
-            if (expect_tensor(g, name, dim[lt[i].r], dim[lt[i].c], lt[i].tern, err) != 0) return -1;
+            uint64_t rows, cols;
+            snprintf(name, sizeof name, "blk.%u.%s", l, d->canon);
+            bn_layer_tensor_shape(c, d, &rows, &cols);
+            if (expect_tensor(g, name, rows, cols, d->ternary, err) != 0) return -1;
         }
     return 0;
+}
+
+/* Is `name` (a full GGUF tensor name) one this source reads? */
+static int is_used_tensor(const bn_config *c, const char *name)
+{
+    if (!strcmp(name, "token_embd.weight") || !strcmp(name, "output_norm.weight")) return 1;
+    if (!strcmp(name, "output.weight")) return !c->tied;
+    char canon[96];
+    size_t n = strlen(name), w = strlen(".weight"), ws = strlen(".weight_scale");
+    int scale = n > ws && !strcmp(name + n - ws, ".weight_scale");
+    if (!scale && !(n > w && !strcmp(name + n - w, ".weight"))) return 0;
+    if (n >= sizeof canon) return 0;
+    memcpy(canon, name, n - (scale ? ws : w));
+    canon[n - (scale ? ws : w)] = 0;
+    uint32_t l = 0;
+    const bn_layer_tensor_def *d = bn_layer_tensor_parse(canon, &l);
+    char again[96];
+    snprintf(again, sizeof again, "blk.%u.%s", l, d ? d->canon : ""); /* "blk.01.x" is not canonical */
+    return d && l < c->n_layer && !strcmp(again, canon) && bn_layer_tensor_present(c, d) && (!scale || d->ternary);
 }
 
 /* Tensors we do not use are reported, not fatal (bitnet.cpp's loader also tolerates extras). */
@@ -106,20 +150,9 @@ static void note_unknown_tensors(gguf_source *s)
     uint64_t n = 0;
     char first[96] = "";
     for (uint64_t i = 0; i < g->n_tensors; i++) {
-        bn_gguf_str nm = g->tensors[i].name;
         char buf[96];
-        bn_gguf_str_show(nm, buf, sizeof buf);
-        int known = 0;
-        unsigned l;
-        char rest[64];
-        if (!strcmp(buf, "token_embd.weight") || !strcmp(buf, "output_norm.weight") || !strcmp(buf, "output.weight"))
-            known = 1;
-        else if (sscanf(buf, "blk.%u.%63[a-z_].weight", &l, rest) == 2 && l < s->base.cfg.n_layer) {
-            char canon[96];
-            snprintf(canon, sizeof canon, "blk.%u.%s.weight", l, rest);
-            known = !strcmp(canon, buf) && is_layer_tensor(rest);
-        }
-        if (!known && n++ == 0) memcpy(first, buf, sizeof first);
+        bn_gguf_str_show(g->tensors[i].name, buf, sizeof buf);
+        if (!is_used_tensor(&s->base.cfg, buf) && n++ == 0) memcpy(first, buf, sizeof first);
     }
     if (n) bn_source_note(&s->base, "ignored %llu tensor(s) bitnetd does not use, e.g. '%s'", (unsigned long long)n, first);
 }
@@ -140,44 +173,114 @@ static int key_f32(const bn_gguf *g, const char *arch, const char *k, int req, f
     return bn_gguf_get_f32(g, key, req, out, err);
 }
 
-/* The FFN activation. bitnet-b1.58 / bitnet-25 are ReLU² by definition (bitnet.cpp's
- * build_bitnet_158); plain "bitnet" is the 2024 1bitLLM graph unless a key says relu2. */
-static int read_activation(const bn_gguf *g, bn_config *c, bn_error *err)
+/* The rule for the FFN activation, which the arch string alone does not settle (bitnet.cpp HEAD
+ * writes 1bitLLM's SiLU model as bitnet-b1.58, the name of 2B-4T's ReLU² graph: facts s.1). */
+#define ACT_RULE "explicit <arch>.hidden_act/hidden_activation key, else arch llama or bitnet -> silu, " \
+                 "bitnet-b1.58/bitnet-25 with an SPM vocabulary -> silu, with a gpt2 vocabulary -> relu2"
+
+static int parse_act(const bn_gguf *g, const char *key, bn_gguf_str v, uint32_t *act, bn_error *err)
 {
-    const char *keys[4] = {"hidden_act", "hidden_activation", NULL, NULL};
-    char k0[96], k1[96];
-    snprintf(k0, sizeof k0, "%s.hidden_act", g->arch);
-    snprintf(k1, sizeof k1, "%s.hidden_activation", g->arch);
-    keys[2] = k0;
-    keys[3] = k1;
-    int found = 0;
-    for (int i = 0; i < 4; i++) {
-        bn_gguf_str v;
-        int r = bn_gguf_get_str(g, keys[i], 0, &v, err);
-        if (r < 0) return -1;
-        if (r == 0) continue;
-        char val[40];
-        if (!(v.len == 5 && !memcmp(v.p, "relu2", 5)))
-            return bn_err(err, "%s: metadata key '%s': activation '%s' is not relu2 (ReLU²), the only one bitnetd "
-                          "implements", g->path, keys[i], bn_gguf_str_show(v, val, sizeof val));
-        found = 1;
-    }
-    if (!strcmp(g->arch, "bitnet") && !found)
-        return bn_err(err, "%s: metadata key 'general.architecture': 'bitnet' without a hidden_act = relu2 key is the "
-                      "2024 1bitLLM graph (SiLU FFN, llama.cpp's build_bitnet), which bitnetd does not implement; "
-                      "BitNet b1.58 2B-4T files use 'bitnet-b1.58'", g->path);
-    c->act = BN_ACT_RELU2;
+    char val[40];
+    if (str_is(v, "relu2")) *act = BN_ACT_RELU2;
+    else if (str_is(v, "silu") || str_is(v, "swish")) *act = BN_ACT_SILU;
+    else
+        return bn_err(err, "%s: metadata key '%s': activation '%s' is not one bitnetd implements (relu2, silu)",
+                      g->path, key, bn_gguf_str_show(v, val, sizeof val));
     return 0;
 }
 
-static int check_arch(const bn_gguf *g, bn_error *err)
+static int read_activation(gguf_source *s, bn_error *err)
 {
-    if (bn_gguf_arch_is_bitnet(g->arch)) return 0;
-    if (!strcmp(g->arch, "llama"))
-        return bn_err(err, "%s: metadata key 'general.architecture': Llama-architecture ternary models (e.g. "
-                      "Llama3-8B-1.58) are out of scope: bitnetd runs the BitNet b1.58 graph only", g->path);
+    const bn_gguf *g = s->g;
+    bn_config *c = &s->base.cfg;
+    char keys[4][96];
+    snprintf(keys[0], sizeof keys[0], "%s.hidden_act", g->arch);
+    snprintf(keys[1], sizeof keys[1], "%s.hidden_activation", g->arch);
+    snprintf(keys[2], sizeof keys[2], "hidden_act");
+    snprintf(keys[3], sizeof keys[3], "hidden_activation");
+    const char *found = NULL;
+    for (int i = 0; i < 4; i++) {
+        bn_gguf_str v;
+        uint32_t act;
+        int r = bn_gguf_get_str(g, keys[i], 0, &v, err);
+        if (r < 0) return -1;
+        if (r == 0) continue;
+        if (parse_act(g, keys[i], v, &act, err) != 0) return -1;
+        if (found && act != c->act)
+            return bn_err(err, "%s: metadata key '%s': disagrees with '%s'", g->path, keys[i], found);
+        c->act = act;
+        found = keys[i];
+    }
+    const char *why = found;
+    if (!found) {
+        int silu = s->llama || !strcmp(g->arch, "bitnet") || s->spm;
+        c->act = silu ? BN_ACT_SILU : BN_ACT_RELU2;
+        why = s->llama ? "arch llama" : !strcmp(g->arch, "bitnet") ? "arch bitnet (2024 1bitLLM graph)"
+              : s->spm ? "SPM vocabulary (1bitLLM)" : "gpt2 vocabulary (2B-4T)";
+    }
+    bn_source_note(&s->base, "activation: %s (from %s; rule: " ACT_RULE ")",
+                   c->act == BN_ACT_SILU ? "silu" : "relu2", why);
+    return 0;
+}
+
+static int check_arch(gguf_source *s, bn_error *err)
+{
+    const bn_gguf *g = s->g;
+    s->llama = !strcmp(g->arch, "llama");
+    if (bn_gguf_arch_is_bitnet(g->arch) || s->llama) return 0;
     return bn_err(err, "%s: metadata key 'general.architecture': unknown architecture '%s' (supported: bitnet-b1.58, "
-                  "bitnet-25, bitnet with hidden_act = relu2)", g->path, g->arch);
+                  "bitnet-25, bitnet, llama)", g->path, g->arch);
+}
+
+/* head_dim: attention.key_length, else rope.dimension_count, else n_embd / n_head (llama.cpp's
+ * order); every family has full RoPE (n_rot = head_dim), which llama.cpp requires for llama. */
+static int read_head_dim(const bn_gguf *g, bn_config *c, bn_error *err)
+{
+    const char *a = g->arch;
+    uint32_t kl = 0, vl = 0, rot = 0;
+    int rk = key_u32(g, a, "attention.key_length", 0, &kl, err), rv, rr;
+    if (rk < 0 || (rv = key_u32(g, a, "attention.value_length", 0, &vl, err)) < 0 ||
+        (rr = key_u32(g, a, "rope.dimension_count", 0, &rot, err)) < 0)
+        return -1;
+    if (rk == 1 && rv == 1 && kl != vl)
+        return bn_err(err, "%s: metadata key '%s.attention.value_length': %u differs from key_length %u", g->path, a, vl, kl);
+    if (rk == 0 && rv == 1) { kl = vl; rk = 1; }
+    if (rk == 1) c->head_dim = kl;
+    else if (rr == 1) c->head_dim = rot;
+    else if (c->n_embd % c->n_head)
+        return bn_err(err, "%s: metadata key '%s.attention.head_count': %u heads do not divide embedding_length %u "
+                      "(and neither attention.key_length nor rope.dimension_count gives head_dim)", g->path, a,
+                      c->n_head, c->n_embd);
+    else c->head_dim = c->n_embd / c->n_head;
+    if (rr == 1 && rot != c->head_dim)
+        return bn_err(err, "%s: metadata key '%s.rope.dimension_count': %u differs from head_dim %u (partial RoPE is "
+                      "not supported)", g->path, a, rot, c->head_dim);
+    if (c->head_dim == 0 || c->head_dim % 2)
+        return bn_err(err, "%s: metadata key '%s.%s': head_dim %u is not a positive even number (RoPE rotates pairs)",
+                      g->path, a, rk == 1 ? "attention.key_length" : "rope.dimension_count", c->head_dim);
+    return 0;
+}
+
+static int read_rope(gguf_source *s, bn_error *err)
+{
+    const bn_gguf *g = s->g;
+    bn_config *c = &s->base.cfg;
+    const char *a = g->arch;
+    int r = key_f32(g, a, "rope.freq_base", 0, &c->rope_theta, err);
+    if (r < 0) return -1;
+    if (r == 0) {
+        /* llama.cpp's default, so we compute what bitnet.cpp would with this file. */
+        c->rope_theta = 10000.0f;
+        bn_source_note(&s->base, "%s.rope.freq_base missing: using llama.cpp's default 10000", a);
+    }
+    if (!(c->rope_theta > 0) || !isfinite(c->rope_theta))
+        return bn_err(err, "%s: metadata key '%s.rope.freq_base': %g is not a positive number", g->path, a, c->rope_theta);
+    /* 1bitLLM's converter writes linear scaling with factor 1 (none); anything else changes RoPE. */
+    float f = 1.0f;
+    if (key_f32(g, a, "rope.scaling.factor", 0, &f, err) < 0) return -1;
+    if (f != 1.0f)
+        return bn_err(err, "%s: metadata key '%s.rope.scaling.factor': %g; RoPE scaling is not supported", g->path, a, f);
+    return 0;
 }
 
 static int read_config(gguf_source *s, bn_error *err)
@@ -196,49 +299,51 @@ static int read_config(gguf_source *s, bn_error *err)
     int r = key_u32(g, a, "attention.head_count_kv", 0, &c->n_head_kv, err);
     if (r < 0) return -1;
     if (r == 0) c->n_head_kv = c->n_head; /* llama.cpp's default: no GQA */
-    char key[160];
-    snprintf(key, sizeof key, "%s.attention.head_count", a);
-    if (c->n_head == 0 || c->n_embd % c->n_head)
-        return bn_err(err, "%s: metadata key '%s': %u heads do not divide embedding_length %u", g->path, key, c->n_head,
-                      c->n_embd);
-    c->head_dim = c->n_embd / c->n_head;
-    snprintf(key, sizeof key, "%s.attention.head_count_kv", a);
+    if (c->n_head == 0)
+        return bn_err(err, "%s: metadata key '%s.attention.head_count': 0 heads", g->path, a);
     if (c->n_head_kv == 0 || c->n_head % c->n_head_kv)
-        return bn_err(err, "%s: metadata key '%s': %u KV heads do not divide %u query heads", g->path, key,
-                      c->n_head_kv, c->n_head);
-    uint32_t rot = c->head_dim;
-    if (key_u32(g, a, "rope.dimension_count", 0, &rot, err) < 0) return -1;
-    if (rot != c->head_dim)
-        return bn_err(err, "%s: metadata key '%s.rope.dimension_count': %u differs from head_dim %u (partial RoPE is "
-                      "not supported)", g->path, a, rot, c->head_dim);
-    r = key_f32(g, a, "rope.freq_base", 0, &c->rope_theta, err);
-    if (r < 0) return -1;
-    if (r == 0) {
-        /* llama.cpp's default, so we compute what bitnet.cpp would with this file. */
-        c->rope_theta = 10000.0f;
-        bn_source_note(&s->base, "%s.rope.freq_base missing: using llama.cpp's default 10000 (BitNet b1.58 2B-4T "
-                       "uses 500000)", a);
-    }
-    if (!(c->rope_theta > 0) || !isfinite(c->rope_theta))
-        return bn_err(err, "%s: metadata key '%s.rope.freq_base': %g is not a positive number", g->path, a, c->rope_theta);
+        return bn_err(err, "%s: metadata key '%s.attention.head_count_kv': %u KV heads do not divide %u query heads",
+                      g->path, a, c->n_head_kv, c->n_head);
+    if (read_head_dim(g, c, err) != 0 || read_rope(s, err) != 0) return -1;
     if (!(c->norm_eps > 0) || !isfinite(c->norm_eps))
         return bn_err(err, "%s: metadata key '%s.attention.layer_norm_rms_epsilon': %g is not a positive number",
                       g->path, a, c->norm_eps);
     c->tied = bn_gguf_tensor_find(g, "output.weight") == NULL;
-    return read_activation(g, c, err);
+    return 0;
+}
+
+/* Sub-norms: none in a llama block; a BitNet block has both (2B-4T, 1bitLLM) or, in principle,
+ * neither. Layer 0 decides; check_tensors then requires the same of every layer. */
+static int read_sub_norms(gguf_source *s, bn_error *err)
+{
+    const bn_gguf *g = s->g;
+    const bn_gguf_tensor *an = tensor_of(g, "blk.0.attn_sub_norm"), *fn = tensor_of(g, "blk.0.ffn_sub_norm");
+    if (s->llama) {
+        if (an || fn)
+            return bn_err(err, "%s: tensor 'blk.0.%s.weight': a llama-architecture block has no sub-norms (bitnet.cpp's "
+                          "llama loader rejects the extra tensor)", g->path, an ? "attn_sub_norm" : "ffn_sub_norm");
+        s->base.cfg.no_sub_norms = 1;
+        return 0;
+    }
+    if (!an != !fn)
+        return bn_err(err, "%s: tensor 'blk.0.%s.weight': missing, while 'blk.0.%s.weight' is present (a BitNet block "
+                      "has both sub-norms or neither)", g->path, an ? "ffn_sub_norm" : "attn_sub_norm",
+                      an ? "attn_sub_norm" : "ffn_sub_norm");
+    s->base.cfg.no_sub_norms = !an;
+    return 0;
 }
 
 /* ---- tokenizer ----------------------------------------------------------------------------- */
 
-static int fill_tokens(const bn_gguf *g, const bn_gguf_kv *toks, const bn_gguf_kv *merges, bn_vocab **out, bn_error *err)
+static int fill_tokens(const bn_gguf *g, const bn_gguf_kv *toks, uint64_t n_merges, bn_vocab **out, bn_error *err)
 {
     uint64_t pos = 0, total = 0;
     for (uint64_t i = 0; i < toks->arr_n; i++) total += bn_gguf_arr_next_str(toks, &pos).len; /* <= file size */
-    if (toks->arr_n == 0 || toks->arr_n > (1u << 24) || total > UINT32_MAX || merges->arr_n > (1u << 24))
+    if (toks->arr_n == 0 || toks->arr_n > (1u << 24) || total > UINT32_MAX || n_merges > (1u << 24))
         return bn_err(err, "%s: metadata key 'tokenizer.ggml.tokens': %llu tokens (%llu bytes) and %llu merges are "
                       "outside the supported range (1..2^24 tokens and merges, < 4 GiB text)", g->path,
-                      (unsigned long long)toks->arr_n, (unsigned long long)total, (unsigned long long)merges->arr_n);
-    bn_vocab *v = bn_vocab_alloc((uint32_t)toks->arr_n, (size_t)total, (uint32_t)merges->arr_n);
+                      (unsigned long long)toks->arr_n, (unsigned long long)total, (unsigned long long)n_merges);
+    bn_vocab *v = bn_vocab_alloc((uint32_t)toks->arr_n, (size_t)total, (uint32_t)n_merges);
     if (!v) return bn_err(err, "%s: out of memory for the vocabulary", g->path);
     pos = 0;
     uint32_t off = 0;
@@ -253,30 +358,50 @@ static int fill_tokens(const bn_gguf *g, const bn_gguf_kv *toks, const bn_gguf_k
     return 0;
 }
 
-static int fill_types_and_merges(const bn_gguf *g, bn_vocab *v, const bn_gguf_kv *merges, bn_error *err)
+static int fill_types(const bn_gguf *g, bn_vocab *v, bn_error *err)
 {
     const bn_gguf_kv *tt;
     int r = bn_gguf_get_arr(g, "tokenizer.ggml.token_type", 0, BN_GGUF_ARRAY_ANY_INT, &tt, err);
-    if (r < 0) return -1;
-    if (r == 1) {
-        if (tt->arr_n != v->n_tokens)
-            return bn_err(err, "%s: metadata key 'tokenizer.ggml.token_type': %llu entries for %u tokens", g->path,
-                          (unsigned long long)tt->arr_n, v->n_tokens);
-        for (uint32_t i = 0; i < v->n_tokens; i++) {
-            int64_t x = bn_gguf_arr_int(tt, i);
-            if (x < 0 || x > BN_TOK_BYTE)
-                return bn_err(err, "%s: metadata key 'tokenizer.ggml.token_type': token %u has unknown type %lld",
-                              g->path, i, (long long)x);
-            v->type[i] = (uint8_t)x;
-        }
+    if (r <= 0) return r;
+    if (tt->arr_n != v->n_tokens)
+        return bn_err(err, "%s: metadata key 'tokenizer.ggml.token_type': %llu entries for %u tokens", g->path,
+                      (unsigned long long)tt->arr_n, v->n_tokens);
+    for (uint32_t i = 0; i < v->n_tokens; i++) {
+        int64_t x = bn_gguf_arr_int(tt, i);
+        if (x < 0 || x > BN_TOK_BYTE)
+            return bn_err(err, "%s: metadata key 'tokenizer.ggml.token_type': token %u has unknown type %lld",
+                          g->path, i, (long long)x);
+        v->type[i] = (uint8_t)x;
     }
-    if (bn_vocab_index(v, err) != 0) return bn_err_prefix(err, "%s: metadata key 'tokenizer.ggml.tokens'", g->path);
+    return 0;
+}
+
+static int fill_merges(const bn_gguf *g, bn_vocab *v, const bn_gguf_kv *merges, bn_error *err)
+{
     uint64_t pos = 0;
     for (uint32_t i = 0; i < v->n_merges; i++) {
         bn_gguf_str m = bn_gguf_arr_next_str(merges, &pos);
         if (bn_vocab_set_merge(v, i, m.p, (size_t)m.len, err) != 0)
             return bn_err_prefix(err, "%s: metadata key 'tokenizer.ggml.merges'", g->path);
     }
+    return 0;
+}
+
+/* SentencePiece piece scores: one finite f32 per token (merge priority). */
+static int fill_scores(const bn_gguf *g, bn_vocab *v, bn_error *err)
+{
+    const bn_gguf_kv *sc;
+    if (bn_gguf_get_arr(g, "tokenizer.ggml.scores", 1, BN_GGUF_F32, &sc, err) < 0) return -1;
+    if (sc->arr_n != v->n_tokens)
+        return bn_err(err, "%s: metadata key 'tokenizer.ggml.scores': %llu entries for %u tokens", g->path,
+                      (unsigned long long)sc->arr_n, v->n_tokens);
+    if (!bn_vocab_scores_alloc(v))
+        return bn_err(err, "%s: out of memory for the token scores", g->path);
+    memcpy(v->scores, sc->arr_data, (size_t)v->n_tokens * sizeof *v->scores);
+    for (uint32_t i = 0; i < v->n_tokens; i++)
+        if (!isfinite(v->scores[i]))
+            return bn_err(err, "%s: metadata key 'tokenizer.ggml.scores': token %u has score %g", g->path, i,
+                          v->scores[i]);
     return 0;
 }
 
@@ -294,16 +419,21 @@ static int special_id(const bn_gguf *g, const bn_vocab *v, const char *key, int3
 
 static int read_specials(const bn_gguf *g, bn_vocab *v, bn_error *err)
 {
+    int32_t unk = -1;
     if (special_id(g, v, "tokenizer.ggml.bos_token_id", &v->bos, err) < 0 ||
         special_id(g, v, "tokenizer.ggml.eos_token_id", &v->eos, err) < 0 ||
-        special_id(g, v, "tokenizer.ggml.padding_token_id", &v->pad, err) < 0)
+        special_id(g, v, "tokenizer.ggml.padding_token_id", &v->pad, err) < 0 ||
+        special_id(g, v, "tokenizer.ggml.unknown_token_id", &unk, err) < 0)
         return -1;
     int r = special_id(g, v, "tokenizer.ggml.eot_token_id", &v->eot, err);
     if (r < 0) return -1;
-    if (r == 0) v->eot = bn_vocab_find(v, "<|eot_id|>", 10); /* as bitnet.cpp detects it: by text */
+    /* as bitnet.cpp detects Llama-3's without the key: by text. Falcon3 (<|endoftext|> = eos
+     * 11) needs none: generation stops on eos. */
+    if (r == 0) v->eot = bn_vocab_find(v, "<|eot_id|>", 10);
     return 0;
 }
 
+/* The BPE pre-tokenizer. Our writer sets the key; bitnet.cpp's official 2B-4T file lacks it. */
 static int read_pre(gguf_source *s, bn_vocab *v, bn_error *err)
 {
     const bn_gguf *g = s->g;
@@ -311,26 +441,30 @@ static int read_pre(gguf_source *s, bn_vocab *v, bn_error *err)
     int r = bn_gguf_get_str(g, "tokenizer.ggml.pre", 0, &p, err);
     if (r < 0) return -1;
     if (r == 0) {
-        /* bitnet.cpp's official file lacks the key; its tokenizer is Llama-3's (model facts 6.4). */
+        /* Its tokenizer is Llama-3's (model facts 6.4); bitnet.cpp would use its 'default' regex. */
         v->pre = BN_PRE_LLAMA3;
         v->ignore_merges = 1; /* Llama-3 semantics, as llama.cpp applies them; GGUF has no key for it */
         bn_source_note(&s->base, "tokenizer.ggml.pre missing: using llama3");
         return 0;
     }
-    static const char *llama3[] = {"llama-bpe", "llama3", "llama-v3"};
-    for (size_t i = 0; i < 3; i++)
-        if (p.len == strlen(llama3[i]) && !memcmp(p.p, llama3[i], p.len)) {
-            v->pre = BN_PRE_LLAMA3;
-            v->ignore_merges = 1;
-            return 0;
-        }
-    if ((p.len == 4 && !memcmp(p.p, "gpt2", 4)) || (p.len == 5 && !memcmp(p.p, "gpt-2", 5))) {
+    if (str_is(p, "llama-bpe") || str_is(p, "llama3") || str_is(p, "llama-v3")) {
+        v->pre = BN_PRE_LLAMA3;
+        v->ignore_merges = 1;
+        return 0;
+    }
+    if (str_is(p, "falcon3") || str_is(p, "falcon_e")) {
+        /* the fork's 3-regex chain, merges not ignored (facts s.3; upstream's LLAMA3 reading is unconfirmed) */
+        v->pre = BN_PRE_FALCON3;
+        s->pre_falcon = 1;
+        return 0;
+    }
+    if (str_is(p, "gpt2") || str_is(p, "gpt-2")) {
         v->pre = BN_PRE_GPT2;
         return 0;
     }
     char val[48];
-    return bn_err(err, "%s: metadata key 'tokenizer.ggml.pre': pre-tokenizer '%s' is not supported (llama-bpe, gpt2)",
-                  g->path, bn_gguf_str_show(p, val, sizeof val));
+    return bn_err(err, "%s: metadata key 'tokenizer.ggml.pre': pre-tokenizer '%s' is not supported (llama-bpe, "
+                  "falcon3, falcon_e, gpt2)", g->path, bn_gguf_str_show(p, val, sizeof val));
 }
 
 static int contains(bn_gguf_str hay, const char *needle)
@@ -341,66 +475,99 @@ static int contains(bn_gguf_str hay, const char *needle)
     return 0;
 }
 
+/* The chat format: the template's, when recognized, else the family's (SPM: 1bitLLM base
+ * models, none; Falcon pre: Falcon3; llama arch: Llama-3; else 2B-4T's BitNet format). */
 static int read_chat(gguf_source *s, bn_vocab *v, bn_error *err)
 {
     const bn_gguf *g = s->g;
     bn_gguf_str t;
     int r = bn_gguf_get_str(g, "tokenizer.chat_template", 0, &t, err);
     if (r < 0) return -1;
-    v->chat = BN_CHAT_BITNET; /* a BitNet arch: its trained format unless the file says otherwise */
+    v->chat = s->spm ? BN_CHAT_NONE : s->pre_falcon ? BN_CHAT_FALCON3 : s->llama ? BN_CHAT_LLAMA3 : BN_CHAT_BITNET;
     if (r == 0) return 0;
     if (!(v->chat_template = malloc(t.len + 1))) return bn_err(err, "%s: out of memory", g->path);
     memcpy(v->chat_template, t.p, t.len);
     v->chat_template[t.len] = 0;
-    if (contains(t, "BITNETAssistant"))
+    if (contains(t, "BITNETAssistant")) {
+        v->chat = BN_CHAT_BITNET;
         bn_source_note(&s->base, "tokenizer.chat_template is bitnet.cpp's converter placeholder (Human: ... "
                        "BITNETAssistant:): using the trained BitNet format (System:/User:/Assistant: ...<|eot_id|>)");
-    else if (contains(t, "<|start_header_id|>"))
+    } else if (contains(t, "<|start_header_id|>")) {
         v->chat = BN_CHAT_LLAMA3;
-    else
-        bn_source_note(&s->base, "tokenizer.chat_template not recognized: using the trained BitNet format");
+    } else if (contains(t, "<|assistant|>") && contains(t, "<|user|>")) {
+        v->chat = BN_CHAT_FALCON3; /* the fork's detection of its falcon3 template */
+    } else {
+        bn_source_note(&s->base, "tokenizer.chat_template not recognized: using the family's format");
+    }
+    return 0;
+}
+
+static int read_tok_model(gguf_source *s, bn_error *err)
+{
+    const bn_gguf *g = s->g;
+    bn_gguf_str model;
+    if (bn_gguf_get_str(g, "tokenizer.ggml.model", 1, &model, err) < 0) return -1;
+    if (str_is(model, "gpt2")) return 0;
+    if (str_is(model, "llama")) {
+        s->spm = 1;
+        return 0;
+    }
+    char val[48];
+    return bn_err(err, "%s: metadata key 'tokenizer.ggml.model': tokenizer '%s' is not supported (gpt2 byte-level "
+                  "BPE, llama SentencePiece)", g->path, bn_gguf_str_show(model, val, sizeof val));
+}
+
+/* SentencePiece extras: scores, and add_space_prefix (llama.cpp's default for SPM: true). */
+static int read_spm(gguf_source *s, bn_vocab *v, bn_error *err)
+{
+    v->model = BN_TOKM_SPM;
+    v->ignore_merges = 0;
+    int sp = 1;
+    if (fill_scores(s->g, v, err) != 0 || bn_gguf_get_bool(s->g, "tokenizer.ggml.add_space_prefix", 0, &sp, err) < 0)
+        return -1;
+    v->space_prefix = (uint32_t)sp;
     return 0;
 }
 
 static int read_vocab(gguf_source *s, bn_error *err)
 {
     const bn_gguf *g = s->g;
-    bn_gguf_str model;
-    if (bn_gguf_get_str(g, "tokenizer.ggml.model", 1, &model, err) < 0) return -1;
-    if (!(model.len == 4 && !memcmp(model.p, "gpt2", 4))) {
-        char val[48];
-        return bn_err(err, "%s: metadata key 'tokenizer.ggml.model': tokenizer '%s' is not supported (only gpt2 "
-                      "byte-level BPE)", g->path, bn_gguf_str_show(model, val, sizeof val));
-    }
-    const bn_gguf_kv *toks, *merges;
+    if (read_tok_model(s, err) != 0) return -1;
+    const bn_gguf_kv *toks, *merges = NULL;
     if (bn_gguf_get_arr(g, "tokenizer.ggml.tokens", 1, BN_GGUF_STRING, &toks, err) < 0 ||
-        bn_gguf_get_arr(g, "tokenizer.ggml.merges", 1, BN_GGUF_STRING, &merges, err) < 0)
+        (!s->spm && bn_gguf_get_arr(g, "tokenizer.ggml.merges", 1, BN_GGUF_STRING, &merges, err) < 0))
         return -1;
     bn_vocab *v = NULL;
-    if (fill_tokens(g, toks, merges, &v, err) != 0) return -1;
+    if (fill_tokens(g, toks, merges ? merges->arr_n : 0, &v, err) != 0) return -1;
     s->base.vocab = v; /* owned by the source from here on */
-    if (fill_types_and_merges(g, v, merges, err) != 0 || read_specials(g, v, err) != 0 || read_pre(s, v, err) != 0 ||
-        read_chat(s, v, err) != 0)
+    if (fill_types(g, v, err) != 0) return -1;
+    if (bn_vocab_index(v, err) != 0) return bn_err_prefix(err, "%s: metadata key 'tokenizer.ggml.tokens'", g->path);
+    if ((merges && fill_merges(g, v, merges, err) != 0) || read_specials(g, v, err) != 0 ||
+        (s->spm ? read_spm(s, v, err) : read_pre(s, v, err)) != 0 || read_chat(s, v, err) != 0)
         return -1;
     if (bn_vocab_validate(v, err) != 0) return bn_err_prefix(err, "%s: tokenizer", g->path);
     return 0;
 }
 
-/* vocab_size may be absent (then the token count decides); if present both must agree. */
-static int settle_vocab_size(gguf_source *s, bn_error *err)
+/* vocab_size may be absent (then the token count decides); if present both must agree. The
+ * prompt's BOS follows tokenizer.ggml.add_bos_token, else llama.cpp's default: forced except
+ * for the Falcon pre-tokenizers (the fork adds no BOS for them). */
+static int settle_vocab(gguf_source *s, bn_error *err)
 {
     bn_config *c = &s->base.cfg;
     const bn_gguf *g = s->g;
-    uint32_t n = s->base.vocab->n_tokens;
+    const bn_vocab *v = s->base.vocab;
     int r = key_u32(g, g->arch, "vocab_size", 0, &c->n_vocab, err);
     if (r < 0) return -1;
-    if (r == 1 && c->n_vocab != n)
+    if (r == 1 && c->n_vocab != v->n_tokens)
         return bn_err(err, "%s: metadata key '%s.vocab_size': %u disagrees with the %u entries of tokenizer.ggml.tokens",
-                      g->path, g->arch, c->n_vocab, n);
-    c->n_vocab = n;
-    c->bos = s->base.vocab->bos;
-    c->eos = s->base.vocab->eos;
-    c->eot = s->base.vocab->eot;
+                      g->path, g->arch, c->n_vocab, v->n_tokens);
+    c->n_vocab = v->n_tokens;
+    int add_bos = !s->pre_falcon;
+    if (bn_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", 0, &add_bos, err) < 0) return -1;
+    c->bos = add_bos ? v->bos : -1;
+    c->eos = v->eos;
+    c->eot = v->eot;
     return 0;
 }
 
@@ -409,6 +576,8 @@ static const char *kind_of(const bn_gguf *g)
     const bn_gguf_tensor *t = tensor_of(g, "blk.0.attn_q");
     switch (t ? t->type : UINT32_MAX) {
     case BN_GGML_I2_S: return "gguf-i2_s";
+    case BN_GGML_TL1: return "gguf-tl1";
+    case BN_GGML_TL2: return "gguf-tl2";
     case BN_GGML_TQ2_0: return "gguf-tq2_0";
     case BN_GGML_TQ1_0: return "gguf-tq1_0";
     case BN_GGML_F16: return "gguf-f16";
@@ -422,8 +591,8 @@ static const char *kind_of(const bn_gguf *g)
 
 static int open_parts(gguf_source *s, bn_error *err)
 {
-    if (check_arch(s->g, err) != 0 || read_config(s, err) != 0 || read_vocab(s, err) != 0 ||
-        settle_vocab_size(s, err) != 0)
+    if (check_arch(s, err) != 0 || read_config(s, err) != 0 || read_sub_norms(s, err) != 0 ||
+        read_vocab(s, err) != 0 || read_activation(s, err) != 0 || settle_vocab(s, err) != 0)
         return -1;
     if (bn_config_validate(&s->base.cfg, err) != 0) return bn_err_prefix(err, "%s: config", s->g->path);
     if (check_tensors(s->g, &s->base.cfg, err) != 0) return -1;
@@ -650,6 +819,35 @@ static int decode_float_linear(const bn_gguf *g, const char *name, const bn_gguf
     return bn_check_scale(*scale, g->path, what, err);
 }
 
+/* TL1/TL2 (model/tl_layout.h): codes from the tiled LUT layout, scale from "<name>.weight_scale". */
+static int decode_tl(const bn_gguf *g, const char *name, const bn_gguf_tensor *t, int8_t *out, float *scale,
+                     bn_error *err)
+{
+    enum bn_tl_kind k = t->type == BN_GGML_TL1 ? BN_TL1 : BN_TL2;
+    if (bn_tl_decode(k, t->data, (size_t)t->nbytes, t->ne[1], t->ne[0], out, err) != 0)
+        return bn_err_prefix(err, "%s: tensor '%s.weight'", g->path, name);
+    const bn_gguf_tensor *st = tensor_of2(g, name, "_scale"); /* checked at open */
+    if (!st) return bn_err(err, "%s: tensor '%s.weight_scale': missing", g->path, name);
+    memcpy(scale, st->data, 4);
+    char what[96];
+    snprintf(what, sizeof what, "'%s.weight_scale'", name);
+    return bn_check_scale(*scale, g->path, what, err);
+}
+
+/* A llama-arch file holds q/k rows in llama.cpp's permuted order: HF row r is GGUF row
+ * bn_qk_permuted_row(r). Restores HF order in place (the permutation is within each head). */
+static int unpermute_rows(const bn_gguf *g, const char *name, int8_t *t, uint64_t rows, uint64_t cols,
+                          uint32_t head_dim, bn_error *err)
+{
+    int8_t *tmp = malloc((size_t)(rows * cols));
+    if (!tmp) return bn_err(err, "%s: tensor '%s.weight': out of memory", g->path, name);
+    memcpy(tmp, t, (size_t)(rows * cols));
+    for (uint64_t r = 0; r < rows; r++)
+        memcpy(t + r * cols, tmp + bn_qk_permuted_row(r, head_dim) * cols, (size_t)cols);
+    free(tmp);
+    return 0;
+}
+
 static int src_ternary(bn_source *bs, const char *name, uint64_t rows, uint64_t cols, int8_t *t, float *scale,
                        bn_error *err)
 {
@@ -660,6 +858,8 @@ static int src_ternary(bn_source *bs, const char *name, uint64_t rows, uint64_t 
     int rc;
     switch (x->type) {
     case BN_GGML_I2_S: rc = decode_i2s(s->g, name, x, t, scale, err); break;
+    case BN_GGML_TL1:
+    case BN_GGML_TL2: rc = decode_tl(s->g, name, x, t, scale, err); break;
     case BN_GGML_TQ1_0:
     case BN_GGML_TQ2_0: rc = decode_tq(s->g, name, x, t, scale, err); break;
     case BN_GGML_F32:
@@ -669,6 +869,10 @@ static int src_ternary(bn_source *bs, const char *name, uint64_t rows, uint64_t 
         return bn_err(err, "%s: tensor '%s.weight': type %s cannot be read as a ternary matrix", s->g->path, name,
                       bn_ggml_type_name(x->type, tb));
     }
+    uint32_t l;
+    const bn_layer_tensor_def *d = bn_layer_tensor_parse(name, &l);
+    if (rc == 0 && s->llama && d && d->qk_rope)
+        rc = unpermute_rows(s->g, name, t, rows, cols, s->base.cfg.head_dim, err);
     /* Each tensor is read once: drop its pages so peak RSS stays one tensor. Only for a file
      * mapping: on memory the caller owns (bn_gguf_open_mem), MADV_DONTNEED would zero it. */
     if (s->g->map.data) bn_release_pages(x->data, x->nbytes);
