@@ -36,14 +36,10 @@ static inline int32_t hsum256_epi32(__m256i v)
     return _mm_cvtsi128_si32(s);
 }
 
-/* exp(x) for x <= 0 (softmax arguments), within ~2 ulp of expf: x = n*ln2 + r, |r| <= ln2/2,
- * degree-6 polynomial for e^r (Cephes coefficients), scaled by 2^n through the exponent bits.
- * Below -87.3 the result flushes to 0, like expf underflowing. */
-static inline __m256 exp256(__m256 x)
+/* The shared part of the exp kernels below: n = round(x / ln 2), r = x - n ln 2 (in two
+ * steps, Cephes), and the degree-5 polynomial P(r) with e^r ~ 1 + r + r^2 P(r). */
+static inline __m256 exp256_poly(__m256 x, __m256 *n_out, __m256 *r_out)
 {
-    const __m256 lo = _mm256_set1_ps(-87.33654f);
-    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-    x = _mm256_max_ps(x, lo);
     const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
@@ -54,6 +50,21 @@ static inline __m256 exp256(__m256 x)
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    *n_out = n;
+    *r_out = r;
+    return p;
+}
+
+/* exp(x) for x <= 0 (softmax arguments), within ~2 ulp of expf: x = n*ln2 + r, |r| <= ln2/2,
+ * degree-6 polynomial for e^r (Cephes coefficients), scaled by 2^n through the exponent bits.
+ * Below -87.3 the result flushes to 0, like expf underflowing. */
+static inline __m256 exp256(__m256 x)
+{
+    const __m256 lo = _mm256_set1_ps(-87.33654f);
+    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(x, lo);
+    __m256 n, r;
+    __m256 p = exp256_poly(x, &n, &r);
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
     /* n >= -126 here, so 2^n is a normal float */
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
@@ -67,16 +78,8 @@ static inline __m256 exp256(__m256 x)
 static inline __m256 exp256_wide(__m256 x)
 {
     x = _mm256_min_ps(_mm256_set1_ps(89.0f), _mm256_max_ps(_mm256_set1_ps(-80.0f), x));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 n, r;
+    __m256 p = exp256_poly(x, &n, &r);
     /* (r + r^2 P(r)) + 1, as Cephes: adding 1 last rounds once, near the result */
     p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
     /* n in [-115, 128]: the biased exponent of 2^(n-1) is in [11, 254] */

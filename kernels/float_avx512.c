@@ -54,15 +54,12 @@ static void f32_to_f16_avx512(const float *in, uint16_t *out, size_t n)
     bn_f32_to_f16_avx2(in + i, out + i, n - i);
 }
 
-/* exp(x) for softmax arguments (x <= 0): the same range reduction and Cephes polynomial as
- * exp256 in float_avx2.c, 16 lanes wide. */
-static inline __m512 exp512(__m512 x)
+/* The shared part of the exp kernels below: n = round(x / ln 2), r = x - n ln 2 (in two
+ * steps, Cephes), and the degree-5 polynomial P(r) with e^r ~ 1 + r + r^2 P(r). */
+static inline __m512 exp512_poly(__m512 x, __m512 *n_out, __m512 *r_out)
 {
-    const __m512 lo = _mm512_set1_ps(-87.33654f);
-    const __mmask16 ok = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
-    x = _mm512_max_ps(x, lo);
     const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
     __m512 p = _mm512_set1_ps(1.9875691500e-4f);
@@ -71,6 +68,20 @@ static inline __m512 exp512(__m512 x)
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    *n_out = n;
+    *r_out = r;
+    return p;
+}
+
+/* exp(x) for softmax arguments (x <= 0): the same range reduction and Cephes polynomial as
+ * exp256 in float_avx2.c, 16 lanes wide. */
+static inline __m512 exp512(__m512 x)
+{
+    const __m512 lo = _mm512_set1_ps(-87.33654f);
+    const __mmask16 ok = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
+    x = _mm512_max_ps(x, lo);
+    __m512 n, r;
+    __m512 p = exp512_poly(x, &n, &r);
     p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
     return _mm512_maskz_mul_ps(ok, p, _mm512_castsi512_ps(e));
@@ -80,16 +91,8 @@ static inline __m512 exp512(__m512 x)
 static inline __m512 exp512_wide(__m512 x)
 {
     x = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(_mm512_set1_ps(-80.0f), x));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 n, r;
+    __m512 p = exp512_poly(x, &n, &r);
     /* (r + r^2 P(r)) + 1, as Cephes: adding 1 last rounds once, near the result */
     p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
     const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(126)), 23);

@@ -121,6 +121,46 @@ static bn_vocab *to_vocab(const builder *b, uint32_t n_vocab)
     return v;
 }
 
+/* A builder with room for n_vocab tokens and merges; 0, or -1 out of memory. */
+static int builder_init(builder *b, uint32_t n_vocab)
+{
+    *b = (builder){0};
+    b->cap = n_vocab;
+    b->str = calloc(n_vocab, sizeof *b->str);
+    b->merges = calloc((size_t)n_vocab * 2, sizeof *b->merges);
+    return b->str && b->merges ? 0 : -1;
+}
+
+static void builder_free(builder *b)
+{
+    for (uint32_t i = 0; i < b->n; i++) free(b->str[i]);
+    free(b->str);
+    free(b->merges);
+}
+
+/* The 256 single-byte tokens, in byte order, in GPT-2's byte-to-unicode form. */
+static int add_byte_tokens(builder *b)
+{
+    int rc = 0;
+    for (uint32_t i = 0; i < 256 && !rc; i++) {
+        char s[5];
+        s[byte_form((uint8_t)i, s)] = 0;
+        rc = add(b, s);
+    }
+    return rc;
+}
+
+/* Every word of the list, spaced then bare, while merge results fit below room. */
+static int add_words(builder *b, uint32_t room)
+{
+    for (size_t w = 0; w < sizeof words / sizeof words[0]; w++)
+        for (int spaced = 1; spaced >= 0; spaced--) {
+            int r = add_word(b, words[w], spaced, room);
+            if (r) return r < 0 ? -1 : 0;
+        }
+    return 0;
+}
+
 bn_vocab *bn_vocab_builtin(uint32_t n_vocab, bn_error *err)
 {
     if (n_vocab < bn_vocab_builtin_min() || n_vocab > (1u << 24)) {
@@ -128,30 +168,14 @@ bn_vocab *bn_vocab_builtin(uint32_t n_vocab, bn_error *err)
                bn_vocab_builtin_min(), 1u << 24);
         return NULL;
     }
-    builder b = {0};
-    b.cap = n_vocab;
-    b.str = calloc(n_vocab, sizeof *b.str);
-    b.merges = calloc((size_t)n_vocab * 2, sizeof *b.merges);
+    builder b;
     bn_vocab *v = NULL;
-    int rc = !b.str || !b.merges;
-    for (uint32_t i = 0; i < 256 && !rc; i++) {
-        char s[5];
-        s[byte_form((uint8_t)i, s)] = 0;
-        rc = add(&b, s);
-    }
-    uint32_t room = n_vocab - N_SPECIALS;   /* merge results stop here */
-    for (size_t w = 0; w < sizeof words / sizeof words[0] && !rc; w++)
-        for (int spaced = 1; spaced >= 0 && !rc; spaced--) {
-            int r = add_word(&b, words[w], spaced, room);
-            if (r < 0) rc = 1;
-            if (r > 0) goto full;
-        }
-full:
+    int rc = builder_init(&b, n_vocab);
+    if (!rc) rc = add_byte_tokens(&b);
+    if (!rc) rc = add_words(&b, n_vocab - N_SPECIALS);   /* merge results stop there */
     for (size_t i = 0; i < N_SPECIALS && !rc; i++) rc = add(&b, specials[i]);
     if (!rc) v = to_vocab(&b, n_vocab);
-    for (uint32_t i = 0; i < b.n; i++) free(b.str[i]);
-    free(b.str);
-    free(b.merges);
+    builder_free(&b);
     if (!v) bn_err(err, "built-in vocabulary: out of memory for %u tokens", n_vocab);
     return v;
 }
@@ -176,25 +200,12 @@ static bn_vocab *builtin_falcon3(uint32_t n_vocab, bn_error *err)
         bn_err(err, "built-in Falcon3 vocabulary: %u tokens requested, it needs %u to %u", n_vocab, min, 1u << 24);
         return NULL;
     }
-    builder b = {0};
-    b.cap = n_vocab;
-    b.str = calloc(n_vocab, sizeof *b.str);
-    b.merges = calloc((size_t)n_vocab * 2, sizeof *b.merges);
+    builder b;
     bn_vocab *v = NULL;
-    int rc = !b.str || !b.merges;
+    int rc = builder_init(&b, n_vocab);
     for (size_t i = 0; i < N_FALCON3_SPECIALS && !rc; i++) rc = add(&b, falcon3_specials[i]);
-    for (uint32_t i = 0; i < 256 && !rc; i++) {
-        char s[5];
-        s[byte_form((uint8_t)i, s)] = 0;
-        rc = add(&b, s);
-    }
-    for (size_t w = 0; w < sizeof words / sizeof words[0] && !rc; w++)
-        for (int spaced = 1; spaced >= 0 && !rc; spaced--) {
-            int r = add_word(&b, words[w], spaced, n_vocab);
-            if (r < 0) rc = 1;
-            if (r > 0) goto full;
-        }
-full:;
+    if (!rc) rc = add_byte_tokens(&b);
+    if (!rc) rc = add_words(&b, n_vocab);
     uint32_t n_real = b.n;
     char name[64];
     for (uint32_t i = n_real; i < n_vocab && !rc; i++) {
@@ -219,9 +230,7 @@ full:;
         v->chat = BN_CHAT_FALCON3;
         v->ignore_merges = 0;   /* the fork's FALCON_3: merges always run */
     }
-    for (uint32_t i = 0; i < b.n; i++) free(b.str[i]);
-    free(b.str);
-    free(b.merges);
+    builder_free(&b);
     if (!v) bn_err(err, "built-in Falcon3 vocabulary: out of memory for %u tokens", n_vocab);
     return v;
 }
