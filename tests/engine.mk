@@ -11,7 +11,7 @@ tests_test_sampler_CFLAGS = $(TEST_CFLAGS)
 tests_test_sampler_LDFLAGS = $(AM_LDFLAGS) $(BN_ENGINE_TEST_WRAP)
 tests_test_sampler_LDADD = $(TEST_LIBS)
 
-tests_test_forward_SOURCES = tests/test_forward.c
+tests_test_forward_SOURCES = tests/test_forward.c tests/ref_model.c tests/ref_model.h
 tests_test_forward_CFLAGS = $(TEST_CFLAGS)
 tests_test_forward_LDFLAGS = $(AM_LDFLAGS) $(BN_ENGINE_TEST_WRAP)
 tests_test_forward_LDADD = $(TEST_LIBS)

@@ -165,7 +165,7 @@ static scratch_sizes scratch_plan(const bn_model *m, uint32_t batch, int n_threa
     z.ff = (size_t)batch * c->n_ff * sizeof(float);
     z.qa = (size_t)batch * act_cols_padded(m->tern_fmt, c);
     z.qs = (size_t)batch * sizeof(float);
-    z.scores = (size_t)n_threads * n_ctx * sizeof(float);
+    z.scores = (size_t)n_threads * (c->n_head / c->n_head_kv) * n_ctx * sizeof(float);
     z.rope = (size_t)c->head_dim / 2 * sizeof(float);
     z.lm_q = (size_t)batch * lm_cols_padded(m);   /* batched lm_head: one row per token */
     z.logits = (size_t)c->n_vocab * sizeof(float);
@@ -320,6 +320,35 @@ static int kv_more_alloc(bn_engine *e, bn_error *err)
     return 0;
 }
 
+/* What the forward pass supports (every family of docs/models.md): either FFN activation,
+ * sub-norms in every layer or in none, any even head_dim, whole GQA groups, a tied or an untied
+ * f16 head. *head gets the f16 head rows. */
+static int check_model(const bn_model *m, const uint16_t **head, bn_error *err)
+{
+    const bn_config *c = &m->cfg;
+    /* also the shape the scratch layout assumes: an activation the FFN knows, an even head_dim
+     * (RoPE pairs), n_head * head_dim == n_embd, whole GQA groups */
+    if (bn_config_validate(c, err)) return -1;
+    for (uint32_t l = 0; l < c->n_layer; l++) {
+        const bn_layer_weights *w = &m->layers[l];
+        if ((w->attn_sub_norm == NULL || w->ffn_sub_norm == NULL) != (c->no_sub_norms != 0) ||
+            (w->attn_sub_norm == NULL) != (w->ffn_sub_norm == NULL))
+            return bn_err(err, "%s: layer %u: attn_sub_norm %s, ffn_sub_norm %s, but the config "
+                          "says %s", m->path, l, w->attn_sub_norm ? "present" : "absent",
+                          w->ffn_sub_norm ? "present" : "absent",
+                          c->no_sub_norms ? "no sub-norms" : "both in every layer");
+    }
+    *head = m->tok_embd;
+    if (!c->tied) {
+        const bn_tensor *t = bn_model_tensor(m, "output");
+        if (!t || t->dtype != BN_DT_F16 || t->rows != c->n_vocab || t->cols != c->n_embd)
+            return bn_err(err, "%s: untied model without an f16 [%u][%u] \"output\" tensor", m->path,
+                          c->n_vocab, c->n_embd);
+        *head = t->data;
+    }
+    return 0;
+}
+
 int bn_engine_create(const bn_model *m, const bn_engine_opts *opts, bn_engine **out,
                      bn_error *err)
 {
@@ -329,18 +358,13 @@ int bn_engine_create(const bn_model *m, const bn_engine_opts *opts, bn_engine **
         opts = &def;
     }
     *out = NULL;
-    if (bn_config_validate(&m->cfg, err)) return -1;
-    if (m->cfg.act != BN_ACT_RELU2)
-        return bn_err(err, "%s: only the relu2 FFN activation is implemented", m->path);
-    if (m->cfg.head_dim % 2) return bn_err(err, "%s: head_dim must be even for RoPE", m->path);
-    /* the scratch layout assumes the query width is the hidden width, and GQA whole groups */
-    if (m->cfg.n_head * m->cfg.head_dim != m->cfg.n_embd || m->cfg.n_head % m->cfg.n_head_kv)
-        return bn_err(err, "%s: n_head * head_dim must equal n_embd and n_head_kv divide n_head",
-                      m->path);
+    const uint16_t *head = NULL;
+    if (check_model(m, &head, err)) return -1;
 
     bn_engine *e = calloc(1, sizeof *e);
     if (!e) return bn_err(err, "out of memory");
     e->model = m;
+    e->head_f16 = head;
     e->cfg = m->cfg;
     e->fmt = m->tern_fmt;
     e->row_tile = bn_tern_row_tile(e->fmt);
@@ -440,7 +464,8 @@ uint64_t bn_engine_weight_bytes_per_token(const bn_engine *e)
         const bn_layer_weights *w = &e->model->layers[l];
         const bn_tensor *t[] = {w->wq, w->wk, w->wv, w->wo, w->wgate, w->wup, w->wdown};
         for (size_t i = 0; i < 7; i++) bytes += t[i]->nbytes;
-        bytes += (3ull * c->n_embd + c->n_ff) * sizeof(float);   /* the four norms */
+        bytes += 2ull * c->n_embd * sizeof(float);                 /* attn_norm, ffn_norm */
+        if (w->attn_sub_norm) bytes += ((uint64_t)c->n_embd + c->n_ff) * sizeof(float);
     }
     bytes += (uint64_t)c->n_embd * sizeof(float);                /* output norm */
     bytes += (uint64_t)c->n_embd * sizeof(uint16_t);             /* one embedding row */

@@ -23,7 +23,7 @@
 
 enum bn_lm_head_kind {
     BN_LM_HEAD_AUTO = 0,  /* the screened head if the file has its bounds, else int8, else f16 */
-    BN_LM_HEAD_F16 = 1,   /* the tied f16 embedding: exact, the reference */
+    BN_LM_HEAD_F16 = 1,   /* the f16 head rows (tied embedding or "output"): exact, the reference */
     BN_LM_HEAD_I8 = 2,    /* int8 per-row copy: half the bytes per token, lossy; fails if absent */
     BN_LM_HEAD_SCREEN = 3,/* exact two-stage head: every row screened with the int8 copy, then the
                            * rows that a per-row error bound cannot rule out rescored with the f16

@@ -26,10 +26,11 @@ typedef struct bn_scratch {
     float *q;        /* [batch][n_embd]  queries (n_head * head_dim), then attention output */
     float *k, *v;    /* [batch][kv_dim]  this chunk's keys and values before the f16 store */
     float *att;      /* [batch][n_embd]  attention output (all heads concatenated) */
-    float *hg, *hu;  /* [batch][n_ff]    gate and up projections, hg becomes relu(g)^2*u */
+    float *hg, *hu;  /* [batch][n_ff]    gate and up projections, hg becomes act(g)*u */
     int8_t *qa;      /* [batch][cols_pad] int8 activations of the current projection input */
     float *qs;       /* [batch]          their scales */
-    float *scores;   /* [n_threads][n_ctx] attention scores, one row per thread */
+    float *scores;   /* [n_threads][group][n_ctx] attention scores: one GQA group's rows per
+                      * thread (group = n_head / n_head_kv) */
     float *rope_inv_freq;   /* [head_dim/2] */
     int8_t *lm_q;    /* [batch][lm_cols_pad] final hidden states quantized for the int8 lm_head */
     float *lm_qs;    /* [batch]          their scales */
@@ -45,6 +46,7 @@ struct bn_engine {
     cpu_set_t unpinned;     /* affinity before pinning, restored by bn_engine_free() */
     int pinned;
     const bn_model *model;
+    const uint16_t *head_f16;   /* the f16 lm_head rows: tok_embd if cfg.tied, else "output" */
     bn_config cfg;
     bn_tern_fmt fmt;
     int n_threads;

@@ -25,6 +25,11 @@ struct bn_lm_cand {
 };
 typedef struct bn_lm_cand lm_cand;
 
+/* The head's rows are split between threads in whole runs of 16: 16 f32 logits are 64 bytes, so
+ * on a 64-byte aligned logits row no two threads write one cache line. The screen's compaction
+ * recomputes the same split, so every use must be this one constant. */
+#define LM_SPLIT_ROWS 16
+
 /* More candidates than vocab / LM_FALLBACK: the whole f16 head, in parallel, is cheaper than
  * rescoring them one by one on one thread. */
 #define LM_FALLBACK 32
@@ -102,7 +107,7 @@ static uint32_t rescore(const bn_engine *e, lm_cand *h, uint32_t n, const float 
     uint32_t done = 0;
     while (n > 0 && h[0].u >= best - margin) {
         uint32_t r = h[0].r;
-        bn_gemv_f16(e->model->tok_embd, e->cfg.n_embd, xn, y, r, r + 1);
+        bn_gemv_f16(e->head_f16, e->cfg.n_embd, xn, y, r, r + 1);
         best = y[r] > best ? y[r] : best;
         done++;
         h[0] = h[--n];
@@ -141,7 +146,7 @@ static void screen_token(bn_engine *e, const float *xn, const int8_t *q, float x
     size_t total = 0;
     for (int t = 0; t < nth; t++) total += (size_t)part[nth + t];
     if (total * LM_FALLBACK > vocab) {
-        if (r0 < r1) bn_gemv_f16(m->tok_embd, e->cfg.n_embd, xn, y, r0, r1);
+        if (r0 < r1) bn_gemv_f16(e->head_f16, e->cfg.n_embd, xn, y, r0, r1);
 #pragma omp master
         count(e, (uint32_t)vocab);
         return;
@@ -152,7 +157,7 @@ static void screen_token(bn_engine *e, const float *xn, const int8_t *q, float x
         uint32_t n = 0;
         for (int t = 0; t < nth; t++) {   /* compact the segments (each starts at its r0) */
             size_t a, b;
-            bn_thread_rows(vocab, 16, nth, t, &a, &b);
+            bn_thread_rows(vocab, LM_SPLIT_ROWS, nth, t, &a, &b);
             for (uint32_t i = 0; i < (uint32_t)part[nth + t]; i++) c[n++] = c[a + i];
         }
         count(e, rescore(e, c, n, xn, margin, y));
@@ -161,8 +166,9 @@ static void screen_token(bn_engine *e, const float *xn, const int8_t *q, float x
 
 /* ---- entry points ------------------------------------------------------------------------ */
 
-/* logits = lm_head . output_norm(h): the tied f16 embedding (exact f32 dot products), the int8
- * per-row copy against h quantized per token like every other activation, or the screen. */
+/* logits = lm_head . output_norm(h): the f16 head rows (the tied embedding or the untied
+ * "output" tensor; exact f32 dot products), the file's int8 per-row copy of those rows against
+ * h quantized per token like every other activation, or the screen. */
 void bn_lm_head_one(bn_engine *e, const float *h, float *logits)
 {
     const bn_model *m = e->model;
@@ -174,13 +180,13 @@ void bn_lm_head_one(bn_engine *e, const float *h, float *logits)
 #pragma omp parallel num_threads(e->n_threads)
     {
         size_t r0, r1;
-        bn_thread_rows(vocab, 16, omp_get_num_threads(), omp_get_thread_num(), &r0, &r1);
+        bn_thread_rows(vocab, LM_SPLIT_ROWS, omp_get_num_threads(), omp_get_thread_num(), &r0, &r1);
         if (r0 < r1) {
             if (uses_q8(e))
                 bn_gemv_i8row(m->lm_head_i8, m->lm_head_i8_scale, dim, m->lm_head_cols_padded,
                               e->s.lm_q, xs, logits, r0, r1);
             else
-                bn_gemv_f16(m->tok_embd, dim, xn, logits, r0, r1);
+                bn_gemv_f16(e->head_f16, dim, xn, logits, r0, r1);
         }
         if (e->lm_head == BN_LM_HEAD_SCREEN)
             screen_token(e, xn, e->s.lm_q, xs, e->lm_margin[0], logits, r0, r1);
@@ -207,14 +213,14 @@ void bn_lm_head_batch(bn_engine *e, const uint32_t *rows, uint32_t m, float *log
 #pragma omp parallel num_threads(e->n_threads)
     {
         size_t r0, r1;
-        bn_thread_rows(vocab, 16, omp_get_num_threads(), omp_get_thread_num(), &r0, &r1);
+        bn_thread_rows(vocab, LM_SPLIT_ROWS, omp_get_num_threads(), omp_get_thread_num(), &r0, &r1);
         if (i8 && r0 < r1)
             bn_gemm_i8row(md->lm_head_i8, md->lm_head_i8_scale, dim, lpad, e->s.lm_q, qstride,
                           e->s.lm_qs, m, logits, vocab, r0, r1);
         for (size_t b0 = r0; !i8 && b0 < r1; b0 += LM_BLOCK) {
             size_t b1 = r1 - b0 < LM_BLOCK ? r1 : b0 + LM_BLOCK;
             for (uint32_t i = 0; i < m; i++)
-                bn_gemv_f16(md->tok_embd, dim, e->s.xb + (size_t)i * dim, logits + (size_t)i * vocab,
+                bn_gemv_f16(e->head_f16, dim, e->s.xb + (size_t)i * dim, logits + (size_t)i * vocab,
                             b0, b1);
         }
         if (e->lm_head == BN_LM_HEAD_SCREEN) {
