@@ -259,6 +259,22 @@ static void edit_config(const char *dir, const char *key, json_t *value)
 typedef void (*header_edit)(json_t *header, void *arg);
 typedef void (*data_patch)(uint8_t *data, json_t *header, void *arg);
 
+/* Creates path and writes a safetensors prologue for header h (consumed): the 8-byte length,
+ * then the compact JSON. The caller writes the data and closes the file. */
+static FILE *st_create(const char *path, json_t *h)
+{
+    char *hj = json_dumps(h, JSON_COMPACT);
+    json_decref(h);
+    ck_assert_ptr_nonnull(hj);
+    uint64_t hl = strlen(hj);
+    FILE *fp = fopen(path, "wb");
+    ck_assert_ptr_nonnull(fp);
+    for (int i = 0; i < 8; i++) fputc((int)(hl >> (8 * i)) & 0xff, fp);
+    fwrite(hj, 1, hl, fp);
+    free(hj);
+    return fp;
+}
+
 static void rewrite_st(const char *dir, const char *name, header_edit edit, data_patch patch, void *arg)
 {
     char *p = path_in(dir, name), *text = NULL;
@@ -273,16 +289,9 @@ static void rewrite_st(const char *dir, const char *name, header_edit edit, data
     size_t dlen = len - 8 - n;
     if (patch) patch(data, h, arg);
     if (edit) edit(h, arg);
-    char *hj = json_dumps(h, JSON_COMPACT);
-    json_decref(h);
-    uint64_t hl = strlen(hj);
-    FILE *fp = fopen(p, "wb");
-    ck_assert_ptr_nonnull(fp);
-    for (int i = 0; i < 8; i++) fputc((int)(hl >> (8 * i)) & 0xff, fp);
-    fwrite(hj, 1, hl, fp);
+    FILE *fp = st_create(p, h);
     fwrite(data, 1, dlen, fp);
     fclose(fp);
-    free(hj);
     free(text);
     free(p);
 }
@@ -308,14 +317,8 @@ static void transcode_f32(const char *dir, const char *name, int make_ternary)
                                                   "data_offsets", (json_int_t)off, (json_int_t)(off + nb)));
         off += nb;
     }
-    char *hj = json_dumps(h, JSON_COMPACT);
-    json_decref(h);
     ck_assert_int_gt(asprintf(&tmp, "%s.new", p), 0);
-    FILE *fp = fopen(tmp, "wb");
-    ck_assert_ptr_nonnull(fp);
-    uint64_t hl = strlen(hj);
-    for (int i = 0; i < 8; i++) fputc((int)(hl >> (8 * i)) & 0xff, fp);
-    fwrite(hj, 1, hl, fp);
+    FILE *fp = st_create(tmp, h);
     for (size_t i = 0; i < st->n_tensors; i++) {
         const bn_st_tensor *t = &st->tensors[i];
         if (t->dtype != BN_ST_BF16) {
@@ -333,7 +336,6 @@ static void transcode_f32(const char *dir, const char *name, int make_ternary)
         free(w);
     }
     fclose(fp);
-    free(hj);
     bn_st_close(st);
     ck_assert_int_eq(rename(tmp, p), 0);
     free(tmp);
@@ -1266,17 +1268,10 @@ static void widen_scales(const char *dir, uint32_t dtype)
         json_object_set_new(t, "data_offsets", json_pack("[I, I]", (json_int_t)(dlen + extra), (json_int_t)(dlen + extra + es)));
         extra += es;
     }
-    char *hj = json_dumps(h, JSON_COMPACT);
-    json_decref(h);
-    uint64_t hl = strlen(hj);
-    FILE *fp = fopen(p, "wb");
-    ck_assert_ptr_nonnull(fp);
-    for (int i = 0; i < 8; i++) fputc((int)(hl >> (8 * i)) & 0xff, fp);
-    fwrite(hj, 1, hl, fp);
+    FILE *fp = st_create(p, h);
     fwrite(data, 1, dlen, fp);
     fwrite(tail, 1, extra, fp);
     fclose(fp);
-    free(hj);
     free(tail);
     free(text);
     free(p);
