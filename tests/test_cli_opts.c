@@ -52,7 +52,8 @@ START_TEST(test_good_values)
 {
     bn_error err = {{0}};
     ck_assert_msg(PARSE(&ce, RUN_SET, &err, "-m", "x", "-t", "4", "-c", "2048", "-b", "32",
-                        "--lm-head", "i8", "--pin", "--isa", "scalar") == 0, "%s", err.msg);
+                        "--lm-head", "i8", "--pin", "--isa", "scalar", "--mmap") == 0, "%s", err.msg);
+    ck_assert_int_eq(ce.mmap, 1);
     ck_assert_int_eq(ce.eo.n_threads, 4);
     ck_assert_uint_eq(ce.eo.n_ctx, 2048);
     ck_assert_uint_eq(ce.eo.batch, 32);
@@ -80,6 +81,7 @@ START_TEST(test_good_values)
     ck_assert_uint_eq(ce.eo.n_ctx, def.n_ctx);
     ck_assert_int_eq(ce.eo.lm_head, def.lm_head);
     ck_assert_int_eq(ce.isa, -1);
+    ck_assert_int_eq(ce.mmap, 0);   /* the default: the model is read into memory */
 }
 END_TEST
 
@@ -245,7 +247,7 @@ START_TEST(test_help_and_getopt_tables)
     bn_cli_getopt g;
     bn_cli_getopt_build(&g, own, "m:h", BENCH_SET);
     ck_assert_str_eq(g.shortopts, "m:ht:b:");
-    const char *names[] = {"model", "threads", "batch", "lm-head", "isa", "pin", "cpus"};
+    const char *names[] = {"model", "threads", "batch", "lm-head", "isa", "pin", "cpus", "mmap"};
     size_t n = 0;
     while (g.longopts[n].name) n++;
     ck_assert_uint_eq(n, sizeof names / sizeof names[0]);

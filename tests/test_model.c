@@ -139,6 +139,31 @@ START_TEST(test_without_i8_lm_head)
 }
 END_TEST
 
+/* bn_model_load (the CLI's default: the file read into private memory) opens the same bytes
+ * and tensors as the in-place mapping, and names the file when it cannot. */
+START_TEST(test_load_copy)
+{
+    const char *path = bn_test_path("load.bnpk");
+    write_packed(path, BN_TERN_T5, 1);
+    bn_model *a, *b;
+    bn_error err;
+    ck_assert_msg(bn_model_open(path, &a, &err) == 0, "%s", err.msg);
+    ck_assert_msg(bn_model_load(path, &b, &err) == 0, "%s", err.msg);
+    ck_assert_ptr_ne(a->map, b->map);
+    ck_assert_uint_eq(a->map_len, b->map_len);
+    ck_assert_int_eq(memcmp(a->map, b->map, a->map_len), 0);
+    ck_assert_uint_eq(a->n_tensors, b->n_tensors);
+    ck_assert_int_eq(bn_model_verify(b, &err), 0);
+    ck_assert_uint_eq(b->cfg.n_layer, a->cfg.n_layer);
+    bn_model_close(a);
+    bn_model_close(b);
+    unlink(path);
+    ck_assert_int_eq(bn_model_load(path, &b, &err), -1);
+    ck_assert_ptr_null(b);
+    ck_assert_msg(strstr(err.msg, path) && strstr(err.msg, "cannot open"), "%s", err.msg);
+}
+END_TEST
+
 START_TEST(test_deterministic)
 {
     const char *a = bn_test_path("det_a.bnpk"), *b = bn_test_path("det_b.bnpk");
@@ -1173,6 +1198,7 @@ int main(void)
     tcase_add_test(tc, test_roundtrip_t5);
     tcase_add_test(tc, test_roundtrip_i2);
     tcase_add_test(tc, test_without_i8_lm_head);
+    tcase_add_test(tc, test_load_copy);
     tcase_add_test(tc, test_deterministic);
     tcase_add_test(tc, test_bad_fields);
     tcase_add_test(tc, test_truncated);

@@ -34,6 +34,43 @@ int bn_map_file(const char *path, bn_mapping *m, bn_error *err)
     return 0;
 }
 
+int bn_copy_file(const char *path, bn_mapping *m, bn_error *err)
+{
+    m->data = NULL;
+    m->len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return bn_err(err, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return bn_err(err, "%s: not a regular file", path);
+    }
+    size_t len = (size_t)st.st_size;
+    void *p = len ? mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) : NULL;
+    if (p == MAP_FAILED) {
+        close(fd);
+        return bn_err(err, "%s: cannot allocate %zu bytes for a copy in memory", path, len);
+    }
+    if (len) madvise(p, len, MADV_HUGEPAGE);   /* advisory: the copy works without */
+    for (size_t done = 0; done < len;) {
+        ssize_t r = pread(fd, (char *)p + done, len - done < (64u << 20) ? len - done : (64u << 20), (off_t)done);
+        if (r <= 0) {
+            int e = r < 0 ? errno : EIO;
+            if (r < 0 && e == EINTR) continue;
+            munmap(p, len);
+            close(fd);
+            return bn_err(err, "%s: read failed after %zu of %zu bytes: %s", path, done, len,
+                          r == 0 ? "the file shrank" : strerror(e));
+        }
+        done += (size_t)r;
+    }
+    close(fd);
+    if (len) mprotect(p, len, PROT_READ);
+    m->data = p;
+    m->len = len;
+    return 0;
+}
+
 void bn_unmap(bn_mapping *m)
 {
     if (m->data) munmap(m->data, m->len);

@@ -9,6 +9,8 @@
 
 #include "base/parse.h"
 #include "kernels/kernels.h"
+#include "model/convert_cache.h"
+#include "model/model.h"
 
 double bn_now(void)
 {
@@ -163,6 +165,9 @@ static const struct eopt_row {
      0, 0},
     {BN_EOPT_CPUS, "cpus", 0, "LIST", "run thread i on the i-th CPU of LIST (taskset syntax: 0-3,6)",
      K_CPUS, 0, 0, 0},
+    {BN_EOPT_MMAP, "mmap", 0, NULL,
+     "map the model file in place (less memory; default: read it into this process's memory)",
+     K_FLAG, offsetof(bn_cli_engine, mmap), 0, 0},
 };
 #define N_ROWS (sizeof rows / sizeof rows[0])
 
@@ -225,6 +230,20 @@ int bn_cli_engine_opt(bn_cli_engine *ce, unsigned which, int c, const char *arg,
         return -1;
     }
     return 0;
+}
+
+int bn_cli_open_model(const bn_cli_engine *ce, const char *path, bn_model **out, bn_error *err)
+{
+    bn_model *m;
+    if (bn_model_open_any(path, NULL, &m, NULL, err)) return -1;
+    if (ce->mmap) {
+        *out = m;
+        return 0;
+    }
+    /* m->path is the packed file (the cache's copy for a converted source) */
+    int rc = bn_model_load(m->path, out, err);
+    bn_model_close(m);
+    return rc;
 }
 
 int bn_cli_engine_finish(bn_cli_engine *ce, bn_error *err)

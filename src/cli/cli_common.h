@@ -49,9 +49,10 @@ enum bn_eopt {
     BN_EOPT_ISA = 1 << 6,
     BN_EOPT_PIN = 1 << 7,
     BN_EOPT_CPUS = 1 << 8,
+    BN_EOPT_MMAP = 1 << 9,
 };
 /* The rows every engine command takes besides -t and -c. */
-#define BN_EOPT_COMMON (BN_EOPT_BATCH | BN_EOPT_LM_HEAD | BN_EOPT_ISA | BN_EOPT_PIN | BN_EOPT_CPUS)
+#define BN_EOPT_COMMON (BN_EOPT_BATCH | BN_EOPT_LM_HEAD | BN_EOPT_ISA | BN_EOPT_PIN | BN_EOPT_CPUS | BN_EOPT_MMAP)
 /* getopt values of the long-only rows start here: a command's own values must stay below. */
 #define BN_EOPT_VAL_BASE 0x1000
 
@@ -65,6 +66,7 @@ typedef struct bn_cli_engine {
     int n_threads;           /* entries in threads; 0 = -t LIST not given */
     int cpus[BN_CLI_MAX_CPUS];             /* --cpus, in order */
     int n_cpus;              /* 0 = --cpus not given */
+    int mmap;                /* --mmap: map the model file in place instead of copying it */
 } bn_cli_engine;
 
 /* Engine defaults (bn_engine_opts_default), no --isa, no lists. */
@@ -80,6 +82,11 @@ int bn_cli_engine_finish(bn_cli_engine *ce, bn_error *err);
  * `threads` CPUs of the list, all of them for 0). eo->cpus points into ce: ce must outlive
  * the engine's creation. Call after bn_cli_engine_finish. */
 void bn_cli_engine_opts(const bn_cli_engine *ce, int threads, bn_engine_opts *eo);
+/* Opens the model at path as bn_model_open_any does (converting a HF directory or GGUF file
+ * through the cache), then, unless --mmap, holds the packed bytes in this process's own memory
+ * (bn_model_load) rather than in place in the page cache, whose layout depends on the file's
+ * history (file.h, bn_copy_file). */
+int bn_cli_open_model(const bn_cli_engine *ce, const char *path, bn_model **out, bn_error *err);
 /* Prints the help lines of the rows in `which`, the text starting at column `width`. */
 void bn_cli_engine_help(FILE *f, unsigned which, int width);
 

@@ -358,7 +358,7 @@ int cmd_bench(int argc, char **argv)
     }
     bn_error err = {{0}};
     bn_model *m = NULL;
-    if (bn_model_open_any(a.model, NULL, &m, NULL, &err)) {
+    if (bn_cli_open_model(&a.ce, a.model, &m, &err)) {
         fprintf(stderr, "bitnet bench: %s\n", err.msg);
         return 1;
     }

@@ -102,7 +102,7 @@ int cmd_perplexity(int argc, char **argv)
     int32_t *ids = NULL;
     size_t n = 0;
     int rc = 1;
-    if (bn_model_open_any(model_path, NULL, &m, NULL, &err)) goto out;
+    if (bn_cli_open_model(&ce, model_path, &m, &err)) goto out;
     if (ctx == 0 || ctx > m->cfg.n_ctx_max) ctx = m->cfg.n_ctx_max;
     eo.n_ctx = ctx;
     double t0 = bn_now();

@@ -378,7 +378,7 @@ int cmd_run(int argc, char **argv)
     bn_engine *e = NULL;
     bn_tokenizer *tk = NULL;
     int rc = -1;
-    if (bn_model_open_any(a.model, NULL, &m, NULL, &err)) goto out;
+    if (bn_cli_open_model(&a.ce, a.model, &m, &err)) goto out;
     bn_engine_mem mem;
     if (bn_engine_plan(m, &a.eo, &mem, &err)) goto out;
     fprintf(stderr, "memory: model mapping %.1f MiB, KV cache %.1f MiB (n_ctx %u, f16), scratch %.1f MiB\n",

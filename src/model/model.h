@@ -94,6 +94,9 @@ typedef struct bn_model {
 
 /* Opens and maps a packed model file. No tensor data is read. */
 int bn_model_open(const char *path, bn_model **out, bn_error *err);
+/* Like bn_model_open, but reads the file into this process's own memory (bn_copy_file) instead
+ * of mapping the page cache: what `bitnet run/bench/perplexity` do unless --mmap. */
+int bn_model_load(const char *path, bn_model **out, bn_error *err);
 /* Opens a packed model held in memory the caller owns (e.g. a shared memfd copy): the same
  * validation as bn_model_open, with name in messages. data must be 64-byte aligned (BN_TENSOR_ALIGN)
  * and outlive the model; bn_model_close does not unmap it. */

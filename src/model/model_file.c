@@ -321,6 +321,14 @@ int bn_model_open(const char *path, bn_model **out, bn_error *err)
     return open_region(path, map.data, map.len, 1, out, err);
 }
 
+int bn_model_load(const char *path, bn_model **out, bn_error *err)
+{
+    *out = NULL;
+    bn_mapping map;
+    if (bn_copy_file(path, &map, err) != 0) return -1;
+    return open_region(path, map.data, map.len, 1, out, err);
+}
+
 int bn_model_open_region(const char *name, const void *data, size_t len, bn_model **out, bn_error *err)
 {
     /* Never written through: the model only reads its mapping. */
