@@ -1,4 +1,5 @@
 # Allocation failures, SQLite-style: the Nth allocation fails, N = 1, 2, ... over model open,
+# converting a 1bitLLM HF directory and a llama-arch GGUF, tokenizer.model parsing,
 # pack write, tokenizer and vocab loading, engine create, the API parser and builders, the
 # config loader and the channel. The allocator is wrapped in our objects (and jansson is routed
 # through it by the test).

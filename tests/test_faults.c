@@ -25,13 +25,17 @@
 
 #include "engine/engine.h"
 #include "model/model.h"
+#include "model/gguf.h"
+#include "model/hf_write.h"
 #include "model/model_write.h"
+#include "model/source.h"
 #include "model/source_synth.h"
 #include "model/synth.h"
 #include "server/channel.h"
 #include "server/config.h"
 #include "server/limits.h"
 #include "server/openai.h"
+#include "text/spm_model.h"
 #include "text/tokenizer.h"
 #include "testutil.h"
 
@@ -388,6 +392,113 @@ START_TEST(tokenizer_new)
     ck_assert_msg(bn_model_open(model_path, &m, &err) == 0, "%s", err.msg);
     ck_assert_int_gt(run_faults("bn_tokenizer_new", op_tokenizer_new, m->vocab, NULL), 0);
     bn_model_close(m);
+}
+END_TEST
+
+/* ============================================================================================
+ * Conversion of other families' forms: a 1bitLLM HF directory (latent weights, SentencePiece
+ * tokenizer.model + added_tokens.json) and a Llama3-8B-1.58-shaped GGUF (arch llama, permuted
+ * q/k, untied output), each read and packed with the Nth allocation failing.
+ * ========================================================================================== */
+
+/* Removes a directory of plain files (the HF form the test wrote). */
+static int rm_flat_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    char p[1200];
+    for (struct dirent *de; (de = readdir(d)) != NULL;)
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+            snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+            unlink(p);
+        }
+    closedir(d);
+    return rmdir(dir);
+}
+
+/* Writes preset's form (hf: 1, else GGUF I2_S) under pack_dir as `name`, with no injection. */
+static void write_form(const char *preset, int hf, const char *name, char *path, size_t len)
+{
+    bn_synth sy;
+    bn_error err = {{0}};
+    snprintf(path, len, "%.490s/%s", pack_dir, name);
+    bn_vocab *v = bn_test_synth(preset, &sy, &err);
+    ck_assert_msg(v != NULL, "%s", err.msg);
+    int rc = hf ? bn_hf_write_synth_form(&sy, v, path, BN_HF_NATIVE, 1, &err)
+                : bn_gguf_write_synth(&sy, v, path, BN_GGML_I2_S, &err);
+    bn_vocab_free(v);
+    ck_assert_msg(rc == 0, "%s", err.msg);
+}
+
+typedef struct { const char *src, *out; } convert_ctx;
+
+static int op_convert(void *ctx, char *msg, size_t n)
+{
+    const convert_ctx *c = ctx;
+    bn_error err = {{0}};
+    bn_source *src = NULL;
+    if (bn_source_open(c->src, &src, &err)) {
+        OK(src == NULL, "bn_source_open failed but set *out");
+        return fail_msg(msg, n, err.msg);
+    }
+    bn_pack_opts po;
+    bn_pack_opts_default(&po);
+    int rc = bn_pack_write(src, c->out, &po, &err);
+    bn_source_close(src);
+    if (rc) return fail_msg(msg, n, err.msg);
+    OK(unlink(c->out) == 0, "%s: %s", c->out, strerror(errno));
+    return 0;
+}
+
+/* Converting a 1bitLLM HF directory and a llama-arch GGUF: every failure is clean, leaks
+ * nothing and leaves no partial packed file. */
+START_TEST(convert_families)
+{
+    char hf[600], gguf[600], dir[600], out[700];
+    write_form("tiny-1bitllm", 1, "hf-1bitllm", hf, sizeof hf);
+    write_form("tiny-llama3", 0, "llama3.gguf", gguf, sizeof gguf);
+    snprintf(dir, sizeof dir, "%s/c", pack_dir);
+    ck_assert_int_eq(mkdir(dir, 0755) == 0 || errno == EEXIST, 1);
+    snprintf(out, sizeof out, "%s/out.bnpk", dir);
+    convert_ctx a = {hf, out}, b = {gguf, out};
+    ck_assert_int_gt(run_faults("convert 1bitLLM HF", op_convert, &a, dir), 0);
+    ck_assert_int_gt(run_faults("convert llama GGUF", op_convert, &b, dir), 0);
+    ck_assert_int_eq(dir_entries(dir), 0);
+    rmdir(dir);
+    unlink(gguf);
+    ck_assert_int_eq(rm_flat_dir(hf), 0);
+}
+END_TEST
+
+/* tokenizer.model parsing (untrusted bytes), then the SPM tokenizer built from it. */
+static int op_spm(void *ctx, char *msg, size_t n)
+{
+    const bn_vocab *v = ctx;
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    bn_vocab *back = NULL;
+    bn_error err = {{0}};
+    if (bn_spm_model_write(v, &bytes, &len, &err)) return fail_msg(msg, n, err.msg);
+    int rc = bn_spm_model_parse(bytes, len, "tokenizer.model", &back, &err);
+    free(bytes);
+    if (rc) return fail_msg(msg, n, err.msg);
+    bn_tokenizer *tk = bn_tokenizer_new(back, &err);
+    if (!tk) {
+        bn_vocab_free(back);
+        return fail_msg(msg, n, err.msg);
+    }
+    bn_tokenizer_free(tk);
+    bn_vocab_free(back);
+    return 0;
+}
+
+START_TEST(spm_model)
+{
+    bn_error err = {{0}};
+    bn_vocab *v = bn_vocab_builtin_kind(BN_VOCAB_SPM, 512, &err);
+    ck_assert_msg(v != NULL, "%s", err.msg);
+    ck_assert_int_gt(run_faults("tokenizer.model + SPM tokenizer", op_spm, v, NULL), 0);
+    bn_vocab_free(v);
 }
 END_TEST
 
@@ -811,6 +922,8 @@ static Suite *faults_suite(void)
     tcase_add_test(t, pack_write);
     tcase_add_test(t, tokenizer_new);
     tcase_add_test(t, vocab_hf);
+    tcase_add_test(t, convert_families);
+    tcase_add_test(t, spm_model);
     tcase_add_test(t, engine_create);
     tcase_add_loop_test(t, api_parse, 0, (int)(sizeof API_CASES / sizeof API_CASES[0]));
     tcase_add_test(t, api_builders);

@@ -605,9 +605,10 @@ static int open_source(bn_gguf *g, bn_source **out, bn_error *err)
 {
     gguf_source *s = calloc(1, sizeof *s);
     if (!s || !(s->base.path = strdup(g->path))) {
+        bn_err(err, "%s: out of memory", g->path);   /* before g, which owns the path, goes */
         free(s);
         bn_gguf_close(g);
-        return bn_err(err, "%s: out of memory", g->path);
+        return -1;
     }
     s->base.ops = &gguf_ops;
     s->g = g;
