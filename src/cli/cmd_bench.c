@@ -390,8 +390,8 @@ int cmd_bench(int argc, char **argv)
         if (ti == 0) {
             bn_engine_mem mem;
             bn_engine_memory(e, &mem);
-            fprintf(stderr, "memory: model mapping %.1f MiB, KV cache %.1f MiB (n_ctx %u, f16, %u x %.1f MiB), scratch %.1f MiB\n",
-                    (double)m->map_len / (1 << 20), (double)mem.kv / (1 << 20), mem.n_ctx,
+            fprintf(stderr, "memory: model %.1f MiB (%s), KV cache %.1f MiB (n_ctx %u, f16, %u x %.1f MiB), scratch %.1f MiB\n",
+                    (double)m->map_len / (1 << 20), a.ce.mmap ? "mapped" : "in memory", (double)mem.kv / (1 << 20), mem.n_ctx,
                     mem.n_seq, (double)mem.kv_per_seq / (1 << 20), (double)mem.scratch / (1 << 20));
         }
         if (a.n_parallel) {

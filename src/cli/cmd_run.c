@@ -381,8 +381,8 @@ int cmd_run(int argc, char **argv)
     if (bn_cli_open_model(&a.ce, a.model, &m, &err)) goto out;
     bn_engine_mem mem;
     if (bn_engine_plan(m, &a.eo, &mem, &err)) goto out;
-    fprintf(stderr, "memory: model mapping %.1f MiB, KV cache %.1f MiB (n_ctx %u, f16), scratch %.1f MiB\n",
-            (double)m->map_len / (1 << 20), (double)mem.kv / (1 << 20), mem.n_ctx,
+    fprintf(stderr, "memory: model %.1f MiB (%s), KV cache %.1f MiB (n_ctx %u, f16), scratch %.1f MiB\n",
+            (double)m->map_len / (1 << 20), a.ce.mmap ? "mapped" : "in memory", (double)mem.kv / (1 << 20), mem.n_ctx,
             (double)mem.scratch / (1 << 20));
     if (bn_engine_create(m, &a.eo, &e, &err)) goto out;
     if (!(tk = bn_tokenizer_new(m->vocab, &err))) goto out;
