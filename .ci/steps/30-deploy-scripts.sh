@@ -386,7 +386,7 @@ export HF_ENDPOINT=http://127.0.0.1:$hub_port
 dl=$work/models/bitnet-b1.58-2B-4T
 got=$("$S/fetch-model.sh" --method curl "$dl" 2>"$work/fetch.log") || fail "fetch-model.sh download"
 [ "$got" = "$dl" ] || fail "fetch-model.sh printed '$got', not $dl"
-for f in config.json model.safetensors tokenizer.json tokenizer_config.json LICENSE; do
+for f in config.json generation_config.json model.safetensors tokenizer.json tokenizer_config.json LICENSE; do
     cmp -s "$dl/$f" "$hub/$repo/resolve/main/$f" || fail "downloaded $f differs"
 done
 [ ! -e "$dl/optimizer.bin" ] || fail "fetch-model.sh downloaded a file it should skip"
@@ -412,7 +412,7 @@ STUB
 chmod +x "$work/bin/hf"
 PATH=$work/bin:$PATH "$S/fetch-model.sh" "$work/models/via-hf" >/dev/null 2>"$work/fetch.log" ||
     fail "fetch-model.sh with the hf CLI"
-want="download $repo LICENSE config.json model.safetensors tokenizer.json tokenizer_config.json"
+want="download $repo LICENSE config.json generation_config.json model.safetensors tokenizer.json tokenizer_config.json"
 [ "$(cat "$work/hf-args")" = "$want --revision main --local-dir $work/models/via-hf" ] ||
     fail "fetch-model.sh called hf with: $(cat "$work/hf-args")"
 cmp -s "$work/models/via-hf/model.safetensors" "$hub/$repo/resolve/main/model.safetensors" ||
