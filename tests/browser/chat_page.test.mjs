@@ -148,7 +148,10 @@ before(async () => {
   assert.ok(existsSync(bitnetd), `no bitnetd at ${bitnetd} (build it, or set BN_BITNETD)`);
   assert.ok(existsSync(chromiumPath), `no Chromium at ${chromiumPath} (apt-get install chromium)`);
   tmp = mkdtempSync(join(tmpdir(), 'bitnetd-browser-'));
-  execFileSync(bitnet, ['mkmodel', '-s', '4', 'tiny,n_ctx_max=4096,n_layer=8',
+  // Wide enough that a 3000-token answer streams for several seconds at 1 thread (the Stop
+  // test must see it grow and cancel it): tiny's own width decodes 3000 tokens in about 1 s.
+  execFileSync(bitnet, ['mkmodel', '-s', '4',
+                        'tiny,n_ctx_max=4096,n_layer=8,n_embd=1024,n_head=8,n_head_kv=4,n_ff=2816',
                         join(tmp, 'model.bnpk')], { stdio: 'pipe' });
   [open, locked] = await Promise.all([
     startServer('open', []),
