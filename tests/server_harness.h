@@ -26,9 +26,11 @@
  * per test binary with `$BN_BITNET mkmodel` and reused. NULL (message on stderr) on failure.
  * The string lives until exit. */
 const char *bn_srv_model(const char *shape);
-/* The model a plain bn_srv_start() serves: tiny with n_ctx_max 4096 and 8 layers: fast for short
- * requests, a few hundred tokens/s deep in a long generation. */
-#define BN_SRV_MODEL_DEFAULT "tiny,n_ctx_max=4096,n_layer=8"
+/* The model a plain bn_srv_start() serves: tiny's vocabulary, n_ctx_max 4096, 8 layers, 1024 wide:
+ * fast for short requests, a few hundred tokens/s deep in a long generation, so that a 3500-token
+ * request the tests cancel or queue behind runs for seconds (tiny's own width, with attention in
+ * SIMD for its head_dim 32, decodes 3500 tokens in about 1.5 s at one thread). */
+#define BN_SRV_MODEL_DEFAULT "tiny,n_ctx_max=4096,n_layer=8,n_embd=1024,n_head=8,n_head_kv=4,n_ff=2816"
 
 /* ---- servers ------------------------------------------------------------------------- */
 

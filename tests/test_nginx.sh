@@ -124,7 +124,7 @@ header() {
 
 # ---- bitnetd
 
-"$BN_BITNET" mkmodel 'tiny,n_ctx_max=4096,n_layer=8' "$tmp/model.bnpk" >"$tmp/mkmodel.log" 2>&1 ||
+"$BN_BITNET" mkmodel 'tiny,n_ctx_max=4096,n_layer=8,n_embd=1024,n_head=8,n_head_kv=4,n_ff=2816' "$tmp/model.bnpk" >"$tmp/mkmodel.log" 2>&1 ||
     fail "bitnet mkmodel: $(cat "$tmp/mkmodel.log")"
 
 # start_bitnetd PORT N: bitnetd number N on PORT in the background, its pid in $started; 0 once
