@@ -386,7 +386,7 @@ typedef struct {
 
 static void put(wbuf *w, const void *p, size_t n)
 {
-    if (w->oom) return;
+    if (w->oom || n == 0) return;   /* n == 0: p may be NULL (an empty piece) */
     if (w->len + n > w->cap) {
         size_t cap = w->cap ? w->cap : 4096;
         while (cap < w->len + n) cap *= 2;
