@@ -25,6 +25,7 @@ const bn_ktab bn_ktab_scalar = {
     .gemm_i8row = bn_gemm_i8row_scalar,
     .f16_to_f32 = bn_f16_to_f32_scalar,
     .f32_to_f16 = bn_f32_to_f16_scalar,
+    .u2_gemv = bn_u2_gemv_scalar,
 };
 
 static const char *const isa_names[BN_ISA_COUNT] = {"scalar", "avx2", "avx512", "avx512vnni"};
@@ -197,6 +198,12 @@ void bn_gemm_i8row(const int8_t *w, const float *row_scale, size_t cols, size_t 
                    size_t r0, size_t r1)
 {
     tab()->gemm_i8row(w, row_scale, cols, cols_padded, qx, ldq, x_scale, m, y, ldy, r0, r1);
+}
+
+void bn_u2_gemv(const uint8_t *planes, size_t cols_padded, int k, const int8_t *qx,
+                const uint8_t *live, int32_t *acc, size_t r0, size_t r1)
+{
+    tab()->u2_gemv(planes, cols_padded, k, qx, live, acc, r0, r1);
 }
 
 void bn_f16_to_f32_row(const uint16_t *in, float *out, size_t n) { tab()->f16_to_f32(in, out, n); }

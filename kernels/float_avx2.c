@@ -386,4 +386,5 @@ const bn_ktab bn_ktab_avx2 = {
     .gemm_i8row = bn_gemm_i8row_avx2,
     .f16_to_f32 = bn_f16_to_f32_avx2,
     .f32_to_f16 = bn_f32_to_f16_avx2,
+    .u2_gemv = bn_u2_gemv_avx2,
 };

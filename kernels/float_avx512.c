@@ -622,6 +622,7 @@ const bn_ktab bn_ktab_avx512 = {
     .gemm_i8row = bn_gemm_i8row_avx2,
     .f16_to_f32 = f16_to_f32_avx512,
     .f32_to_f16 = f32_to_f16_avx512,
+    .u2_gemv = bn_u2_gemv_avx512,
 };
 
 const bn_ktab bn_ktab_avx512vnni = {
@@ -641,4 +642,5 @@ const bn_ktab bn_ktab_avx512vnni = {
     .gemm_i8row = gemm_i8row_vnni,
     .f16_to_f32 = f16_to_f32_avx512,
     .f32_to_f16 = f32_to_f16_avx512,
+    .u2_gemv = bn_u2_gemv_avx512vnni,
 };

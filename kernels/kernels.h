@@ -131,6 +131,57 @@ void bn_gemm_i8row(const int8_t *w, const float *row_scale, size_t cols, size_t 
  * Called per row at convert time. */
 void bn_quant_rows_i8(const float *row, size_t cols, size_t cols_padded, int8_t *out, float *scale);
 
+/* ---- the int8 lm_head as 2-bit planes (the exact screened head's progressive copy) --------
+ * The screened head reads the int8 copy most significant bits first, so that rows a coarse
+ * look already rules out never cost their low bits. The offset code p = q + 128 of each int8
+ * code q (in [-127, 127], so p in [1, 255]) is split into BN_U2_PLANES 2-bit digits, most
+ * significant first: digit k of p is (p >> (6 - 2k)) & 3.
+ *
+ * Layout (bn_u2_pack). cols_padded is a multiple of BN_U2_COLS; a plane row is cols_padded / 4
+ * bytes, in which 32-byte group g holds elements 128g + 32i + j at bits 2i+1..2i of byte j
+ * (i = 0..3, j = 0..31), so one 256-bit load and four shift-and-masks give 128 digits in
+ * element order of four 32-byte activation loads. Rows come in tiles of BN_U2_TILE rows
+ * (row count padded up with code 0, p = 128); a tile holds its four planes one after another,
+ * each plane its BN_U2_TILE rows back to back:
+ *   digit row (r, k) at  planes + (r / T) * T * cols_padded + (k * T + r % T) * (cols_padded / 4),
+ * T = BN_U2_TILE. A sweep of one plane thus reads runs of T rows, and a converter can pack and
+ * write (and checksum) the planes in bands of whole tiles. */
+#define BN_U2_PLANES 4
+#define BN_U2_COLS 128
+#define BN_U2_TILE 64
+static inline size_t bn_u2_cols_padded(size_t cols)
+{
+    return (cols + BN_U2_COLS - 1) / BN_U2_COLS * BN_U2_COLS;
+}
+/* Bytes of the planes of rows x cols_padded codes (rows padded up to whole tiles). */
+static inline size_t bn_u2_size(size_t rows, size_t cols_padded)
+{
+    return (rows + BN_U2_TILE - 1) / BN_U2_TILE * BN_U2_TILE * cols_padded;
+}
+/* Packs rows codes of cols_padded int8 values each (row stride ldq >= cols_padded; the caller
+ * zeroes the padding columns) into out, bn_u2_size(rows, cols_padded) bytes; rows past `rows`
+ * in the last tile are packed as code 0. A band packed alone is byte-identical to the same rows
+ * inside a whole matrix when it starts at a multiple of BN_U2_TILE. */
+void bn_u2_pack(const int8_t *q, size_t ldq, size_t rows, size_t cols_padded, uint8_t *out);
+/* Digits of plane k of row r (tests, inspection): cols_padded values in [0, 3]. */
+void bn_u2_unpack_row(const uint8_t *planes, size_t cols_padded, size_t r, int k, uint8_t *digits);
+/* One plane step of the screen against int8 activations qx (cols_padded values, padding zero):
+ * for every r in [r0, r1) with live == NULL or live[r] != 0,
+ *   acc[r] = 4 * acc[r] + sum_c digit_k(p[r][c]) * qx[c]          (exact int32 arithmetic);
+ * other rows are left untouched. Applied for k = 0..j in order from acc = 0, it leaves
+ * acc[r] = sum_c (p[r][c] >> (6 - 2j)) * qx[c]. cols_padded <= 65536 keeps it in int32. */
+void bn_u2_gemv(const uint8_t *planes, size_t cols_padded, int k, const int8_t *qx,
+                const uint8_t *live, int32_t *acc, size_t r0, size_t r1);
+/* The value stage j (planes 0..j known, j < BN_U2_PLANES - 1) stands for in place of code q:
+ * the known high bits of p plus the centre of the unknown low bits, minus 128. Exact in float.
+ * The screen's logit of stage j is s_r / x_scale * sum_c bn_u2_stage_value(q[c], j) * qx[c]
+ *   = s_r / x_scale * (2^(6-2j) acc[r] + ((2^(6-2j) - 1) / 2 - 128) * sum_c qx[c]). */
+static inline float bn_u2_stage_value(int8_t q, int j)
+{
+    int sh = 6 - 2 * j, p = q + 128;
+    return (float)((p >> sh) << sh) + (float)((1 << sh) - 1) * 0.5f - 128.0f;
+}
+
 /* ---- conversions ------------------------------------------------------------------- */
 void bn_f16_to_f32_row(const uint16_t *in, float *out, size_t n);
 void bn_f32_to_f16_row(const float *in, uint16_t *out, size_t n);

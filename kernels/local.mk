@@ -3,7 +3,8 @@
 # CPUID check in dispatch.c. No -march=native: one binary runs on any x86-64.
 noinst_LIBRARIES += libbnkernels.a
 libbnkernels_a_SOURCES = kernels/kernels.h kernels/half.h kernels/kimpl.h \
-	kernels/dispatch.c kernels/ternary_pack.c kernels/ternary_scalar.c kernels/float_scalar.c
+	kernels/dispatch.c kernels/ternary_pack.c kernels/ternary_scalar.c kernels/float_scalar.c \
+	kernels/u2plane.c
 # dispatch.c references the variant tables, so the generic library comes first.
 BN_KERNEL_LIBS = libbnkernels.a
 
@@ -15,9 +16,10 @@ BN_AVX2_FLAGS = -mavx2 -mfma -mf16c
 BN_AVX512_FLAGS = -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq
 libbnkernels_avx2_a_CFLAGS = $(AM_CFLAGS) $(BN_AVX2_FLAGS)
 libbnkernels_avx2_a_SOURCES = kernels/kimpl.h kernels/simd_x86.h kernels/float_x86.h \
-	kernels/ternary_avx2.c kernels/float_avx2.c
+	kernels/ternary_avx2.c kernels/float_avx2.c kernels/u2plane_avx2.c
 libbnkernels_avx512_a_CFLAGS = $(AM_CFLAGS) $(BN_AVX512_FLAGS)
 libbnkernels_avx512_a_SOURCES = kernels/kimpl.h kernels/simd_x86.h kernels/float_x86.h \
-	kernels/ternary_avx512.c kernels/ternary_avx512_tmpl.h kernels/float_avx512.c
+	kernels/ternary_avx512.c kernels/ternary_avx512_tmpl.h kernels/float_avx512.c \
+	kernels/u2plane_avx512.c
 BN_KERNEL_LIBS += libbnkernels_avx512.a libbnkernels_avx2.a
 endif

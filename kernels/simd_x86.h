@@ -18,8 +18,15 @@
                                const float *act_scale, size_t n, float w_scale, float *y,        \
                                size_t ldy, size_t r0, size_t r1);
 
+#define BN_DECL_U2(sfx)                                                                          \
+    void bn_u2_gemv_##sfx(const uint8_t *planes, size_t cols_padded, int k, const int8_t *qx,    \
+                          const uint8_t *live, int32_t *acc, size_t r0, size_t r1);
+
 BN_DECL_TERN(avx2)
 BN_DECL_TERN(avx512)
 BN_DECL_TERN(avx512vnni)
+BN_DECL_U2(avx2)
+BN_DECL_U2(avx512)
+BN_DECL_U2(avx512vnni)
 
 #endif

@@ -5,6 +5,11 @@ TESTS += tests/test_kernels
 tests_test_kernels_SOURCES = tests/test_kernels.c
 tests_test_kernels_CFLAGS = $(TEST_CFLAGS)
 tests_test_kernels_LDADD = $(BN_KERNEL_LIBS) $(CHECK_LIBS) -lm
+check_PROGRAMS += tests/test_u2plane
+TESTS += tests/test_u2plane
+tests_test_u2plane_SOURCES = tests/test_u2plane.c
+tests_test_u2plane_CFLAGS = $(TEST_CFLAGS)
+tests_test_u2plane_LDADD = $(BN_KERNEL_LIBS) $(CHECK_LIBS) -lm
 endif
 
 # Kernel benchmark: built by `make`, never run by `make check` (timings are not tests).

@@ -59,25 +59,10 @@ static int y_equal(const float *a, const float *b, size_t n)
     return memcmp(a, b, n * sizeof(float)) == 0;
 }
 
-/* Whether variant isa runs here; each one that does not (valgrind hides AVX512 from CPUID)
- * is reported once on stderr as "SKIP: ..." and counted as a skip, never silently passed. */
-static int isa_ok(int isa)
-{
-    static int reported[BN_ISA_COUNT];
-    if (bn_kernels_isa_supported((bn_isa)isa)) return 1;
-    if (!reported[isa]) {
-        char why[96];
-        snprintf(why, sizeof why, "variant %s not supported on this CPU/build: its checks are skipped",
-                 bn_isa_name((bn_isa)isa));
-        bn_test_skip_note("test_kernels", why);
-        reported[isa] = 1;
-    }
-    return 0;
-}
 
 /* SIMD variants only: comparing the scalar reference with itself proves nothing. */
 #define FOR_EACH_ISA(isa) \
-    for (int isa = 1; isa < BN_ISA_COUNT; isa++) if (isa_ok(isa))
+    for (int isa = 1; isa < BN_ISA_COUNT; isa++) if (bn_test_isa_ok("test_kernels", isa))
 
 static const bn_tern_fmt fmts[2] = {BN_TERN_I2, BN_TERN_T5};
 
@@ -887,7 +872,7 @@ START_TEST(test_silu_dispatch_public)
     const bn_isa saved = bn_kernels_isa();
     int bad = -1;
     for (int isa = 0; isa < BN_ISA_COUNT && bad < 0; isa++) {
-        if (!isa_ok(isa)) continue;
+        if (!bn_test_isa_ok("test_kernels", isa)) continue;
         if (bn_kernels_force((bn_isa)isa) != 0) { bad = isa; break; }
         bn_silu_mul(got, g, u, N);
         bn_ktab_get((bn_isa)isa)->silu_mul(ref, g, u, N);
@@ -939,7 +924,7 @@ START_TEST(test_attn_variants)
     float qg[5 * 128], og[5 * 128], oh[5 * 128], *scg = bn_test_xmalloc(5 * maxpos * 4);
     for (int i = 0; i < 5 * 128; i++) qg[i] = bn_test_rng_float(-2, 2);
     for (int isa = 0; isa < BN_ISA_COUNT; isa++) {
-        if (!isa_ok(isa)) continue;
+        if (!bn_test_isa_ok("test_kernels", isa)) continue;
         const bn_ktab *kt = bn_ktab_get((bn_isa)isa);
         for (size_t t = 0; t < sizeof npos / sizeof npos[0]; t++)
             for (int nq = 1; nq <= 5; nq += 3) {
@@ -1015,7 +1000,7 @@ START_TEST(test_attn_head_dims)
                                   bn_isa_name((bn_isa)isa), hd, np, d, o0[d], o1[d]);
             }
             for (int isa = 0; isa < BN_ISA_COUNT; isa++) {
-                if (!isa_ok(isa)) continue;
+                if (!bn_test_isa_ok("test_kernels", isa)) continue;
                 const bn_ktab *kt = bn_ktab_get((bn_isa)isa);
                 for (size_t j = 0; j < sizeof nqs / sizeof nqs[0]; j++) {
                     const int nq = nqs[j];
