@@ -287,13 +287,13 @@ static long run_faults(const char *name, fault_op op, void *ctx, const char *dir
 
 static char model_path[512], pack_dir[512];
 
-/* The tiny synthetic model with the int8 lm_head (the default packing options), written by the
- * shared helper: the same code path bn_pack_write's fault runs exercise. */
+/* The tiny synthetic model with the int8 lm_head and its 2-bit planes (the default packing
+ * options), written by the shared helper: the same code path bn_pack_write's fault runs exercise. */
 static int pack(const char *path, bn_error *err)
 {
     bn_pack_opts po;
     bn_pack_opts_default(&po);
-    po.lm_head_i8 = 1;
+    po.lm_head_i8 = BN_PACK_LM_PLANES;
     return bn_test_pack_synth("tiny", &po, path, err);
 }
 

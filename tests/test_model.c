@@ -1,7 +1,9 @@
 /* The packed model file: round trips, checksums, every class of bad input, cross-format
  * identity of conversions, the conversion cache, every family's synthetic preset (format 1.2
- * flags, untied heads), the per-layer tensor table and the synthetic shape parser. */
+ * flags, untied heads), the int8 head's 2-bit planes (1.3), the per-layer tensor table and the
+ * synthetic shape parser. */
 #include <check.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -72,16 +74,91 @@ static void check_layer_tensor(const bn_synth *sy, const bn_model *m, const bn_t
     free(row);
 }
 
+/* ---- the int8 head's 2-bit planes (format 1.3) ------------------------------------------ */
+
+/* Digit k of element c of row r, read by the layout kernels.h documents (not through the
+ * kernels' unpacker, so that the packer is checked against the document). */
+static unsigned plane_digit(const uint8_t *planes, size_t cols, size_t r, int k, size_t c)
+{
+    const size_t T = BN_U2_TILE;
+    const uint8_t *row = planes + r / T * T * cols + ((size_t)k * T + r % T) * (cols / 4);
+    return (row[c / BN_U2_COLS * 32 + c % 32] >> (2 * (c % BN_U2_COLS / 32))) & 3u;
+}
+
+/* The value stage j stands for in place of code q, from its definition: the known high bits of
+ * p = q + 128 and the centre of its 6 - 2j unknown low bits, minus 128. */
+static double stage_value(int q, int j)
+{
+    int step = 1 << (6 - 2 * j), p = q + 128;
+    return (double)(p / step * step) + (step - 1) / 2.0 - 128;
+}
+
+/* A stored bound b of an exact value x: never below it, above it by a float rounding at most. */
+static void check_bound(float b, double x, const char *what, size_t r, int j)
+{
+    ck_assert_msg(b >= x, "%s[%d][%zu] = %.9g is below the exact %.17g", what, j, r, b, x);
+    ck_assert_msg(b <= x * (1 + 1e-6) + FLT_MIN, "%s[%d][%zu] = %.9g is loose (exact %.17g)", what, j, r, b, x);
+}
+
+/* The planes hold exactly output_q8's codes + 128 (128 in every padding row and column), and
+ * each stage bound is its value recomputed in double from the f16 head rows, rounded up. */
+static void check_planes(const bn_model *m)
+{
+    const size_t V = m->cfg.n_vocab, D = m->cfg.n_embd, Dp = m->lm_head_cols_padded, cols = bn_u2_cols_padded(D);
+    ck_assert_ptr_nonnull(m->lm_head_planes);
+    ck_assert_ptr_nonnull(m->lm_head_i8_err);
+    ck_assert_uint_eq(m->lm_head_planes_cols, cols);
+    const bn_tensor *t = bn_model_tensor(m, "output_q8.planes");
+    ck_assert_ptr_nonnull(t);
+    ck_assert_ptr_eq(t->data, m->lm_head_planes);
+    ck_assert_uint_eq(t->dtype, BN_DT_I8);
+    ck_assert_uint_eq(t->rows, (V + BN_U2_TILE - 1) / BN_U2_TILE * BN_U2_TILE);
+    ck_assert_uint_eq(t->cols, cols);
+    ck_assert_uint_eq(t->nbytes, bn_u2_size(V, cols));
+    uint8_t *dig = malloc(cols);
+    for (size_t r = 0; r < t->rows; r++) {
+        for (size_t i = 0; i < cols; i++) {
+            unsigned p = 0;
+            for (int k = 0; k < BN_U2_PLANES; k++) p = p << 2 | plane_digit(m->lm_head_planes, cols, r, k, i);
+            int want = r < V && i < Dp ? m->lm_head_i8[r * Dp + i] : 0;
+            ck_assert_msg(p == (unsigned)(want + 128), "row %zu col %zu: planes hold %u, output_q8 %d", r, i, p, want);
+        }
+        if (r % 61 && r != t->rows - 1) continue; /* the kernels' unpacker reads the same digits */
+        for (int k = 0; k < BN_U2_PLANES; k++) {
+            bn_u2_unpack_row(m->lm_head_planes, cols, r, k, dig);
+            for (size_t i = 0; i < cols; i++) ck_assert_uint_eq(dig[i], plane_digit(m->lm_head_planes, cols, r, k, i));
+        }
+    }
+    for (int q = -127; q <= 127; q++)
+        for (int j = 0; j < 3; j++) ck_assert((double)bn_u2_stage_value((int8_t)q, j) == stage_value(q, j));
+    for (size_t r = 0; r < V; r++) {
+        const int8_t *q = m->lm_head_i8 + r * Dp;
+        double s = m->lm_head_i8_scale[r];
+        for (int j = 0; j < 3; j++) {
+            double e2 = 0, n2 = 0;
+            for (size_t i = 0; i < D; i++) {
+                double v = stage_value(q[i], j) * s, d = (double)bn_f16_to_f32(m->lm_head_f16[r * D + i]) - v;
+                e2 += d * d;
+                n2 += v * v;
+            }
+            check_bound(m->lm_head_plane_err[j][r], sqrt(e2), "plane_err", r, j);
+            check_bound(m->lm_head_plane_norm[j][r], sqrt(n2), "plane_norm", r, j);
+        }
+    }
+    free(dig);
+}
+
 static void check_roundtrip(bn_tern_fmt fmt)
 {
     const char *path = bn_test_path("roundtrip.bnpk");
-    write_packed(path, fmt, 1);
+    write_packed(path, fmt, BN_PACK_LM_PLANES);
     bn_model *m;
     bn_error err;
     ck_assert_msg(bn_model_open(path, &m, &err) == 0, "%s", err.msg);
     ck_assert_int_eq(memcmp(&m->cfg, &tiny.cfg, sizeof m->cfg), 0);
     ck_assert_int_eq(m->tern_fmt, fmt);
     ck_assert_msg(bn_model_verify(m, &err) == 0, "%s", err.msg);
+    check_planes(m);
     /* vocab */
     ck_assert_uint_eq(m->vocab->n_tokens, tiny_vocab->n_tokens);
     ck_assert_uint_eq(m->vocab->n_merges, tiny_vocab->n_merges);
@@ -128,12 +205,14 @@ END_TEST
 START_TEST(test_without_i8_lm_head)
 {
     const char *path = bn_test_path("noi8.bnpk");
-    write_packed(path, BN_TERN_T5, 0);
+    write_packed(path, BN_TERN_T5, BN_PACK_LM_F16);
     bn_model *m;
     bn_error err;
     ck_assert_msg(bn_model_open(path, &m, &err) == 0, "%s", err.msg);
     ck_assert_ptr_null(m->lm_head_i8);
     ck_assert_ptr_null(bn_model_tensor(m, "output_q8"));
+    ck_assert_ptr_null(m->lm_head_planes);
+    ck_assert_ptr_null(bn_model_tensor(m, "output_q8.planes"));
     bn_model_close(m);
     unlink(path);
 }
@@ -144,7 +223,7 @@ END_TEST
 START_TEST(test_load_copy)
 {
     const char *path = bn_test_path("load.bnpk");
-    write_packed(path, BN_TERN_T5, 1);
+    write_packed(path, BN_TERN_T5, BN_PACK_LM_PLANES);
     bn_model *a, *b;
     bn_error err;
     ck_assert_msg(bn_model_open(path, &a, &err) == 0, "%s", err.msg);
@@ -167,8 +246,8 @@ END_TEST
 START_TEST(test_deterministic)
 {
     const char *a = bn_test_path("det_a.bnpk"), *b = bn_test_path("det_b.bnpk");
-    write_packed(a, BN_TERN_T5, 1);
-    write_packed(b, BN_TERN_T5, 1);
+    write_packed(a, BN_TERN_T5, BN_PACK_LM_PLANES);
+    write_packed(b, BN_TERN_T5, BN_PACK_LM_PLANES);
     char cmd[1200];
     snprintf(cmd, sizeof cmd, "cmp -s '%s' '%s'", a, b);
     ck_assert_int_eq(bn_test_sh(cmd), 0);
@@ -265,6 +344,35 @@ static void mut_half_attn_sub(uint8_t *b) { memcpy(entry(b, "blk.0.attn_sub_norm
 static void mut_flag_no_sub(uint8_t *b) { ((bn_file_header *)b)->flags = BN_FILE_FLAG_NO_SUB_NORMS; }
 /* An "output" head in a tied model (the file would have two heads). */
 static void mut_output_in_tied(uint8_t *b) { memcpy(entry(b, "output_q8.norm")->name, "output", 7); }
+/* The int8 head's planes (1.3): a wrong size or shape, one of the three missing, or the planes
+ * without the int8 screen's own bounds. */
+static void mut_planes_nbytes(uint8_t *b) { entry(b, "output_q8.planes")->nbytes -= 64; }
+static void mut_planes_rows(uint8_t *b)
+{
+    bn_tensor_entry *e = entry(b, "output_q8.planes");
+    e->rows -= BN_U2_TILE;
+    e->nbytes -= BN_U2_TILE * e->cols;
+}
+static void mut_planes_dtype(uint8_t *b)
+{
+    bn_tensor_entry *e = entry(b, "output_q8.planes");
+    e->dtype = BN_DT_F32;
+    e->cols /= 4;
+}
+static void mut_planes_err_shape(uint8_t *b)
+{
+    bn_tensor_entry *e = entry(b, "output_q8.planes.err");
+    e->rows = 1;
+    e->nbytes /= 3;
+}
+static void mut_planes_gone(uint8_t *b) { memcpy(entry(b, "output_q8.planes")->name, "output_q8.planex", 17); }
+static void mut_planes_no_err(uint8_t *b) { memcpy(entry(b, "output_q8.planes.err")->name, "output_q8.planes.erx", 21); }
+static void mut_planes_no_norm(uint8_t *b) { memcpy(entry(b, "output_q8.planes.norm")->name, "output_q8.planes.norx", 22); }
+static void mut_planes_no_q8_bounds(uint8_t *b)
+{
+    memcpy(entry(b, "output_q8.err")->name, "x.err", 6);
+    memcpy(entry(b, "output_q8.norm")->name, "x.norm", 7);
+}
 static void mut_vocab_ids(uint8_t *b)
 {
     bn_file_header *h = (bn_file_header *)b;
@@ -295,12 +403,20 @@ static const struct {
     {mut_half_attn_sub, "'blk.0.attn_sub_norm' is missing", "blk.0.ffn_sub_norm"},
     {mut_flag_no_sub, "'blk.0.attn_sub_norm' is present", "NO_SUB_NORMS"},
     {mut_output_in_tied, "'output' is present", "tied"},
+    {mut_planes_nbytes, "'output_q8.planes'", "nbytes"},
+    {mut_planes_rows, "'output_q8.planes'", "shape"},
+    {mut_planes_dtype, "'output_q8.planes'", "expected int8"},
+    {mut_planes_err_shape, "'output_q8.planes.err'", "shape 3x512"},
+    {mut_planes_gone, "'output_q8.planes' is missing", "'output_q8.planes.err' is present"},
+    {mut_planes_no_err, "'output_q8.planes.err' is missing", "'output_q8.planes' is present"},
+    {mut_planes_no_norm, "'output_q8.planes.norm' is missing", "'output_q8.planes' is present"},
+    {mut_planes_no_q8_bounds, "'output_q8.planes' is present without", "output_q8.err"},
 };
 
 START_TEST(test_bad_fields)
 {
     const char *good = bn_test_path("good.bnpk"), *bad = bn_test_path("bad.bnpk");
-    write_packed(good, BN_TERN_T5, 1);
+    write_packed(good, BN_TERN_T5, BN_PACK_LM_PLANES);
     size_t len;
     uint8_t *orig = load(good, &len);
     uint8_t *buf = malloc(len);
@@ -324,7 +440,7 @@ END_TEST
 START_TEST(test_truncated)
 {
     const char *good = bn_test_path("trunc_src.bnpk"), *bad = bn_test_path("trunc.bnpk");
-    write_packed(good, BN_TERN_T5, 1);
+    write_packed(good, BN_TERN_T5, BN_PACK_LM_PLANES);
     size_t len;
     uint8_t *orig = load(good, &len);
     /* Prefixes every 97 bytes through the first 8 KiB (header, directory, tokenizer), then
@@ -340,7 +456,7 @@ END_TEST
 START_TEST(test_flipped_byte_detected)
 {
     const char *path = bn_test_path("flip.bnpk");
-    write_packed(path, BN_TERN_T5, 1);
+    write_packed(path, BN_TERN_T5, BN_PACK_LM_PLANES);
     size_t len;
     uint8_t *buf = load(path, &len);
     bn_tensor_entry *e = entry(buf, "blk.1.ffn_gate");
@@ -363,7 +479,7 @@ START_TEST(test_cli_verify_flipped)
     const char *bitnet = getenv("BN_BITNET");
     char path[512], cmd[1200];
     snprintf(path, sizeof path, "%s", bn_test_path("cliflip.bnpk"));
-    write_packed(path, BN_TERN_T5, 1);
+    write_packed(path, BN_TERN_T5, BN_PACK_LM_PLANES);
     snprintf(cmd, sizeof cmd, "'%s' inspect --verify '%s' >/dev/null 2>&1", bitnet, path);
     ck_assert_int_eq(bn_test_sh(cmd), 0);
     size_t len;
@@ -441,7 +557,7 @@ START_TEST(test_cross_format_identity)
     tiny.cfg.eot = tiny_vocab->eot;
     char ref[512]; /* own copies: bn_test_path() reuses its buffers */
     snprintf(ref, sizeof ref, "%s", bn_test_path("xref.bnpk"));
-    write_packed(ref, BN_TERN_T5, 1);
+    write_packed(ref, BN_TERN_T5, BN_PACK_LM_PLANES);
     const struct {
         const char *name;
         int hf, arg;
@@ -743,14 +859,16 @@ static void check_family_file(const bn_synth *sy, const char *path)
     const bn_config *c = &sy->cfg;
     ck_assert_int_eq(memcmp(&m->cfg, c, sizeof *c), 0);
     ck_assert_uint_eq(m->version_major, 1);
-    ck_assert_uint_eq(m->version_minor, 2);
+    ck_assert_uint_eq(m->version_minor, 3);
     bn_file_header h;
     memcpy(&h, m->map, sizeof h);
     ck_assert_uint_eq(h.flags, c->no_sub_norms ? BN_FILE_FLAG_NO_SUB_NORMS : 0);
     ck_assert_msg(bn_model_verify(m, &err) == 0, "%s", err.msg);
-    /* token_embd (+ output when untied) + output_norm + output_q8 and its 3 row vectors + layers */
+    /* token_embd (+ output when untied) + output_norm + output_q8 and its 3 row vectors + its
+     * planes and their 2 bounds + layers */
     uint32_t per_layer = c->no_sub_norms ? BN_LT_COUNT - 2 : BN_LT_COUNT;
-    ck_assert_uint_eq(m->n_tensors, 1 + !c->tied + 1 + 4 + c->n_layer * per_layer);
+    ck_assert_uint_eq(m->n_tensors, 1 + !c->tied + 1 + 4 + 3 + c->n_layer * per_layer);
+    check_planes(m);
     char name[BN_NAME_MAX];
     for (uint32_t l = 0; l < c->n_layer; l++) {
         const bn_layer_weights *w = &m->layers[l];
@@ -832,19 +950,24 @@ START_TEST(test_no_sub_norms_flag_cleared)
 }
 END_TEST
 
-/* Format 1.0 and 1.1 files (flags 0, a BPE tokenizer section with model_flags 0, as their
- * writers left them) still open, with the BitNet block. Made from a 1.2 file by hand, so no
- * fixture is needed; 1.0 additionally lacks the screen bounds. */
+/* Format 1.0, 1.1 and 1.2 files (flags 0, a BPE tokenizer section with model_flags 0, as their
+ * writers left them) still open, with the BitNet block. Made from a 1.3 file by hand, so no
+ * fixture is needed; 1.2 and older lack the planes, 1.0 also the screen bounds. */
 START_TEST(test_old_versions_open)
 {
-    const char *good = bn_test_path("v12.bnpk"), *old = bn_test_path("v11.bnpk");
-    write_packed(good, BN_TERN_T5, 1);
+    const char *good = bn_test_path("v13.bnpk"), *old = bn_test_path("v12.bnpk");
+    write_packed(good, BN_TERN_T5, BN_PACK_LM_PLANES);
     size_t len;
     uint8_t *buf = load(good, &len);
     bn_file_header *h = (bn_file_header *)buf;
-    ck_assert_uint_eq(h->version_minor, 2);
+    ck_assert_uint_eq(h->version_major, 1);
+    ck_assert_uint_eq(h->version_minor, 3);
     ck_assert_uint_eq(h->flags, 0);
-    for (uint32_t minor = 2; minor-- > 0;) { /* 1.1, then 1.0 */
+    /* 1.2 had no planes: hide them under unrelated names */
+    memcpy(entry(buf, "output_q8.planes")->name, "x.planes", 9);
+    memcpy(entry(buf, "output_q8.planes.err")->name, "x.planes.err", 13);
+    memcpy(entry(buf, "output_q8.planes.norm")->name, "x.planes.norm", 14);
+    for (uint32_t minor = 3; minor-- > 0;) { /* 1.2, 1.1, then 1.0 */
         h->version_minor = minor;
         if (minor == 0) { /* 1.0 had no output_q8.err/.norm: hide them under unrelated names */
             memcpy(entry(buf, "output_q8.err")->name, "x.err", 6);
@@ -860,11 +983,120 @@ START_TEST(test_old_versions_open)
         ck_assert_ptr_nonnull(m->layers[0].attn_sub_norm);
         ck_assert_ptr_nonnull(m->layers[1].ffn_sub_norm);
         ck_assert_int_eq(m->lm_head_i8_err == NULL, minor == 0);
+        ck_assert_ptr_nonnull(m->lm_head_i8);
+        ck_assert_ptr_null(m->lm_head_planes);
+        ck_assert_uint_eq(m->lm_head_planes_cols, 0);
+        for (int j = 0; j < 3; j++) ck_assert(!m->lm_head_plane_err[j] && !m->lm_head_plane_norm[j]);
         bn_model_close(m);
     }
     free(buf);
     unlink(good);
     unlink(old);
+}
+END_TEST
+
+/* The default packing (1.3) has the planes of output_q8, also when neither n_vocab nor n_embd
+ * fills whole tiles and 128-column groups (padding rows and columns); --lm-head i8 writes the
+ * 1.2 set, whose int8 copy is byte-identical. */
+START_TEST(test_planes_default)
+{
+    const char *path = bn_test_path("planes.bnpk");
+    bn_error err = {{0}};
+    bn_pack_opts po;
+    bn_pack_opts_default(&po);
+    ck_assert_int_eq(po.lm_head_i8, BN_PACK_LM_PLANES);
+    const char *specs[] = {"tiny", "tiny,n_embd=192,n_head=6,n_vocab=500"};
+    for (size_t i = 0; i < 2; i++) {
+        bn_synth sy = {.seed = 9};
+        ck_assert_int_eq(bn_synth_parse(specs[i], &sy, &err), 0);
+        pack_synth(&sy, path, BN_TERN_T5);
+        bn_model *m;
+        ck_assert_msg(bn_model_open(path, &m, &err) == 0, "%s: %s", specs[i], err.msg);
+        ck_assert_uint_eq(m->version_minor, 3);
+        ck_assert_msg(bn_model_verify(m, &err) == 0, "%s", err.msg);
+        if (i == 1) ck_assert(m->cfg.n_vocab % BN_U2_TILE && bn_u2_cols_padded(m->cfg.n_embd) > m->lm_head_cols_padded);
+        check_planes(m);
+        ck_assert_ptr_nonnull(strstr(m->source, "lm_head: planes\n"));
+        bn_model_close(m);
+    }
+    unlink(path);
+}
+END_TEST
+
+START_TEST(test_planes_i8_only)
+{
+    char a[512], b[512];
+    snprintf(a, sizeof a, "%s", bn_test_path("lm_planes.bnpk"));
+    snprintf(b, sizeof b, "%s", bn_test_path("lm_i8.bnpk"));
+    write_packed(a, BN_TERN_T5, BN_PACK_LM_PLANES);
+    write_packed(b, BN_TERN_T5, BN_PACK_LM_I8);
+    bn_model *mp, *mi;
+    bn_error err = {{0}};
+    ck_assert_msg(bn_model_open(a, &mp, &err) == 0, "%s", err.msg);
+    ck_assert_msg(bn_model_open(b, &mi, &err) == 0, "%s", err.msg);
+    ck_assert_uint_eq(mi->version_minor, 3);
+    ck_assert_msg(bn_model_verify(mi, &err) == 0, "%s", err.msg);
+    ck_assert_ptr_null(mi->lm_head_planes);
+    ck_assert_ptr_null(mi->lm_head_plane_err[0]);
+    const char *gone[] = {"output_q8.planes", "output_q8.planes.err", "output_q8.planes.norm"};
+    for (int i = 0; i < 3; i++) ck_assert_ptr_null(bn_model_tensor(mi, gone[i]));
+    ck_assert_uint_eq(mi->n_tensors + 3, mp->n_tensors);
+    ck_assert_ptr_nonnull(strstr(mi->source, "lm_head: i8\n"));
+    const char *same[] = {"output_q8", "output_q8.scale", "output_q8.err", "output_q8.norm", "blk.1.ffn_down"};
+    for (int i = 0; i < 5; i++) {
+        const bn_tensor *x = bn_model_tensor(mp, same[i]), *y = bn_model_tensor(mi, same[i]);
+        ck_assert_uint_eq(x->nbytes, y->nbytes);
+        ck_assert_msg(memcmp(x->data, y->data, x->nbytes) == 0, "%s differs", same[i]);
+    }
+    bn_model_close(mp);
+    bn_model_close(mi);
+    /* an option value outside BN_PACK_LM_* is refused before anything is written */
+    bn_source *src;
+    bn_pack_opts po;
+    bn_pack_opts_default(&po);
+    po.lm_head_i8 = 3;
+    unlink(b);
+    ck_assert_int_eq(bn_source_open_synth(&tiny, tiny_vocab, &src, &err), 0);
+    ck_assert_int_ne(bn_pack_write(src, b, &po, &err), 0);
+    ck_assert_ptr_nonnull(strstr(err.msg, "lm_head_i8 3"));
+    bn_source_close(src);
+    ck_assert_int_ne(access(b, F_OK), 0);
+    unlink(a);
+}
+END_TEST
+
+/* `--lm-head planes|i8|f16` of mkmodel and convert picks the copies; `bitnet inspect` lists the
+ * planes with the other tensors. */
+START_TEST(test_cli_lm_head)
+{
+    const char *bitnet = getenv("BN_BITNET");
+    char out[512], hf[512], cmd[4096];
+    snprintf(out, sizeof out, "%s", bn_test_path("cli-lm.bnpk"));
+    snprintf(hf, sizeof hf, "%s", bn_test_path("cli-lm-hf"));
+    static const struct {
+        const char *opt;
+        int q8, planes;
+    } cases[] = {{"", 1, 3}, {"--lm-head planes", 1, 3}, {"--lm-head i8", 1, 0}, {"--lm-head f16", 0, 0}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        for (int conv = 0; conv < 2; conv++) {
+            if (conv)
+                snprintf(cmd, sizeof cmd, "'%s' mkmodel tiny '%s' -f hf >/dev/null 2>&1 && '%s' convert %s '%s' '%s' >/dev/null 2>&1",
+                         bitnet, hf, bitnet, cases[i].opt, hf, out);
+            else snprintf(cmd, sizeof cmd, "'%s' mkmodel %s tiny '%s' >/dev/null 2>&1", bitnet, cases[i].opt, out);
+            ck_assert_msg(bn_test_sh(cmd) == 0, "%s", cmd);
+            snprintf(cmd, sizeof cmd,
+                     "o=$('%s' inspect '%s') && test $(echo \"$o\" | grep -c '^output_q8 ') -eq %d && "
+                     "test $(echo \"$o\" | grep -c '^output_q8\\.planes') -eq %d && echo \"$o\" | grep -q 'format 1\\.3'",
+                     bitnet, out, cases[i].q8, cases[i].planes);
+            ck_assert_msg(bn_test_sh(cmd) == 0, "'%s' (%s): inspect shows the wrong lm_head tensors", cases[i].opt,
+                          conv ? "convert" : "mkmodel");
+        }
+    snprintf(cmd, sizeof cmd, "'%s' mkmodel --lm-head bits tiny '%s' >/dev/null 2>&1", bitnet, out);
+    ck_assert_int_eq(bn_test_sh(cmd), 2);
+    snprintf(cmd, sizeof cmd, "'%s' convert --lm-head bits '%s' '%s' >/dev/null 2>&1", bitnet, hf, out);
+    ck_assert_int_eq(bn_test_sh(cmd), 2);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", hf, out);
+    bn_test_sh(cmd);
 }
 END_TEST
 
@@ -1215,6 +1447,9 @@ int main(void)
     BN_TCASE_ADD_TEST_IF(tc, test_cli_every_format, bn_test_needs_env("BN_BITNET"));
     BN_TCASE_ADD_TEST_IF(tc, test_cli_verify_flipped, bn_test_needs_env("BN_BITNET"));
     add_family_tests(tc);
+    tcase_add_test(tc, test_planes_default);
+    tcase_add_test(tc, test_planes_i8_only);
+    BN_TCASE_ADD_TEST_IF(tc, test_cli_lm_head, bn_test_needs_env("BN_BITNET"));
     suite_add_tcase(s, tc);
     return bn_test_exit("test_model", s);
 }

@@ -90,6 +90,15 @@ typedef struct bn_model {
     /* f16 [n_vocab][n_embd]: the head rows the model uses, "output" when untied, else tok_embd
      * (the rows output_q8 was quantized from). */
     const uint16_t *lm_head_f16;
+    /* optional (format 1.3), with output_q8 and its bounds: the same int8 codes as 2-bit planes
+     * (bn_u2_pack layout, kernels.h; lm_head_planes_cols = bn_u2_cols_padded(n_embd)), and the
+     * bounds of the screen's stages j = 0..2 (planes 0..j read), rounded up:
+     *   plane_err[j][r]  >= ||w_r - s_r v_j(q_r)||_2,  plane_norm[j][r] >= ||s_r v_j(q_r)||_2
+     * with v_j = bn_u2_stage_value elementwise over the n_embd real columns (stage 3 is the int8
+     * code itself: lm_head_i8_err / _norm). NULL when the file has no planes. */
+    const uint8_t *lm_head_planes;
+    const float *lm_head_plane_err[3], *lm_head_plane_norm[3];
+    uint32_t lm_head_planes_cols;
 } bn_model;
 
 /* Opens and maps a packed model file. No tensor data is read. */

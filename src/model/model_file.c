@@ -113,6 +113,11 @@ const bn_tensor *bn_model_tensor(const bn_model *m, const char *name)
     return NULL;
 }
 
+static const char *dtype_name(uint32_t dt)
+{
+    return dt == BN_DT_F32 ? "f32" : dt == BN_DT_F16 ? "f16" : dt == BN_DT_I8 ? "int8" : "?";
+}
+
 /* Finds a required tensor and checks its type and shape. */
 static const bn_tensor *need(const bn_model *m, const char *name, int ternary, uint32_t dtype, uint64_t rows,
                              uint64_t cols, bn_error *err)
@@ -125,7 +130,7 @@ static const bn_tensor *need(const bn_model *m, const char *name, int ternary, u
     int type_ok = ternary ? (t->dtype == BN_DT_TERN_I2 || t->dtype == BN_DT_TERN_T5) : t->dtype == dtype;
     if (!type_ok || t->rows != rows || t->cols != cols) {
         bn_err(err, "%s: tensor '%s': dtype %u shape %llux%llu, expected %s shape %llux%llu", m->path, name, t->dtype,
-               (unsigned long long)t->rows, (unsigned long long)t->cols, ternary ? "ternary" : "float",
+               (unsigned long long)t->rows, (unsigned long long)t->cols, ternary ? "ternary" : dtype_name(dtype),
                (unsigned long long)rows, (unsigned long long)cols);
         return NULL;
     }
@@ -187,6 +192,37 @@ static int resolve_layer(bn_model *m, uint32_t l, bn_error *err)
     return 0;
 }
 
+/* The int8 head's 2-bit planes and their stage bounds (1.3): all three or none, and only with
+ * output_q8's screen bounds, whose last stage they lead up to. The planes hold n_vocab rows up
+ * to whole tiles, so that read_entries' rows x cols check is the exact bn_u2_size. */
+static int resolve_planes(bn_model *m, bn_error *err)
+{
+    static const char *names[3] = {"output_q8.planes", "output_q8.planes.err", "output_q8.planes.norm"};
+    const bn_tensor *t[3];
+    int present = -1;
+    for (int i = 3; i-- > 0;)
+        if ((t[i] = bn_model_tensor(m, names[i]))) present = i;
+    if (present < 0) return 0;
+    for (int i = 0; i < 3; i++)
+        if (!t[i])
+            return bn_err(err, "%s: tensor '%s' is missing although '%s' is present (the planes and their bounds come together)",
+                          m->path, names[i], names[present]);
+    if (!m->lm_head_i8_err)
+        return bn_err(err, "%s: tensor '%s' is present without output_q8 and its bounds output_q8.err/.norm", m->path,
+                      names[0]);
+    uint64_t V = m->cfg.n_vocab, cols = bn_u2_cols_padded(m->cfg.n_embd);
+    if (!need(m, names[0], 0, BN_DT_I8, bn_u2_size(V, cols) / cols, cols, err) ||
+        !need(m, names[1], 0, BN_DT_F32, 3, V, err) || !need(m, names[2], 0, BN_DT_F32, 3, V, err))
+        return -1;
+    m->lm_head_planes = t[0]->data;
+    m->lm_head_planes_cols = (uint32_t)cols;
+    for (int j = 0; j < 3; j++) {
+        m->lm_head_plane_err[j] = (const float *)t[1]->data + j * V;
+        m->lm_head_plane_norm[j] = (const float *)t[2]->data + j * V;
+    }
+    return 0;
+}
+
 static int resolve(bn_model *m, bn_error *err)
 {
     const bn_config *c = &m->cfg;
@@ -212,6 +248,7 @@ static int resolve(bn_model *m, bn_error *err)
             if (!(m->lm_head_i8_norm = NEED_F32("output_q8.norm", c->n_vocab))) return -1;
         }
     }
+    if (resolve_planes(m, err) != 0) return -1;
     m->layers = calloc(c->n_layer, sizeof *m->layers);
     if (!m->layers) return bn_err(err, "%s: out of memory", m->path);
     for (uint32_t l = 0; l < c->n_layer; l++)

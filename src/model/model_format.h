@@ -1,4 +1,4 @@
-/* On-disk layout of the packed model file, version 1.2 (docs/model-format.md is the prose
+/* On-disk layout of the packed model file, version 1.3 (docs/model-format.md is the prose
  * version of this header; keep the two in step). Everything is little-endian; structs are
  * written as-is, so their sizes are pinned by static asserts.
  *
@@ -18,10 +18,11 @@
 
 #define BN_FILE_MAGIC "BITNETPK"
 #define BN_FILE_VERSION_MAJOR 1 /* incompatible layout changes bump this; readers reject others */
-#define BN_FILE_VERSION_MINOR 2 /* additive changes (new optional tensors, reserved fields);
+#define BN_FILE_VERSION_MINOR 3 /* additive changes (new optional tensors, reserved fields);
                                  * 1.1: output_q8.err and output_q8.norm;
                                  * 1.2: header flags (BN_FILE_FLAG_*), SentencePiece tokenizers
-                                 * (bn_tok_header.model_flags, scores) */
+                                 * (bn_tok_header.model_flags, scores);
+                                 * 1.3: output_q8.planes and output_q8.planes.err / .norm */
 #define BN_TENSOR_ALIGN 64
 #define BN_PAGE_ALIGN 4096
 #define BN_PAGE_ALIGN_MIN_BYTES (1u << 20)

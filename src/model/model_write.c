@@ -3,6 +3,7 @@
 #include "config.h"
 #include "model/model_write.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,12 +20,22 @@
 
 /* Rows of the embedding converted per band: bounds memory to ~1024 x n_embd floats. */
 #define EMBD_BAND_ROWS 1024
+static_assert(EMBD_BAND_ROWS % BN_U2_TILE == 0, "the planes are packed in bands of whole tiles");
 
-enum plan_kind { PK_EMBD_F16, PK_NORM_F32, PK_TERNARY, PK_LM_I8, PK_LM_I8_SCALE, PK_LM_I8_ERR, PK_LM_I8_NORM };
+/* The screen's stages before the full int8 code (planes 0..j read, j < LM_STAGES). */
+#define LM_STAGES (BN_U2_PLANES - 1)
 
-/* Per-row outputs of the int8 pass, written by the three small tensors after output_q8. */
+enum plan_kind {
+    PK_EMBD_F16, PK_NORM_F32, PK_TERNARY, PK_LM_I8, PK_LM_I8_SCALE, PK_LM_I8_ERR, PK_LM_I8_NORM,
+    PK_LM_PLANES, PK_LM_PLANES_ERR, PK_LM_PLANES_NORM
+};
+
+/* Per-row outputs of the int8 pass, written by the three small tensors after output_q8, and of
+ * the planes pass (LM_STAGES x n_vocab each, stage j's row at j * n_vocab), written after the
+ * planes. */
 typedef struct lm_rows {
     float *scale, *err, *norm;
+    float *plane_err, *plane_norm;
 } lm_rows;
 
 typedef struct plan_entry {
@@ -45,7 +56,7 @@ typedef struct plan {
 void bn_pack_opts_default(bn_pack_opts *o)
 {
     o->tern = BN_TERN_T5;
-    o->lm_head_i8 = 1;
+    o->lm_head_i8 = BN_PACK_LM_PLANES;
     o->progress = NULL;
     o->progress_user = NULL;
 }
@@ -84,11 +95,19 @@ static int build_plan(const bn_config *c, const bn_pack_opts *o, plan *p)
     int rc = plan_add(p, "token_embd", PK_EMBD_F16, BN_DT_F16, V, D, V * D * 2);
     if (!c->tied) rc |= plan_add(p, "output", PK_EMBD_F16, BN_DT_F16, V, D, V * D * 2);
     rc |= plan_add(p, "output_norm", PK_NORM_F32, BN_DT_F32, 1, D, D * 4);
-    if (o->lm_head_i8) {
+    if (o->lm_head_i8 != BN_PACK_LM_F16) {
         rc |= plan_add(p, "output_q8", PK_LM_I8, BN_DT_I8, V, Dp, V * Dp);
         rc |= plan_add(p, "output_q8.scale", PK_LM_I8_SCALE, BN_DT_F32, 1, V, V * 4);
         rc |= plan_add(p, "output_q8.err", PK_LM_I8_ERR, BN_DT_F32, 1, V, V * 4);
         rc |= plan_add(p, "output_q8.norm", PK_LM_I8_NORM, BN_DT_F32, 1, V, V * 4);
+    }
+    if (o->lm_head_i8 == BN_PACK_LM_PLANES) {
+        /* rows: n_vocab up to whole tiles, the rows the planes hold, so that rows x cols is the
+         * byte count as for every int8 tensor (a 1.2 reader opens the file and ignores them) */
+        uint64_t Dpp = bn_u2_cols_padded(D), bytes = bn_u2_size(V, Dpp);
+        rc |= plan_add(p, "output_q8.planes", PK_LM_PLANES, BN_DT_I8, bytes / Dpp, Dpp, bytes);
+        rc |= plan_add(p, "output_q8.planes.err", PK_LM_PLANES_ERR, BN_DT_F32, LM_STAGES, V, LM_STAGES * V * 4);
+        rc |= plan_add(p, "output_q8.planes.norm", PK_LM_PLANES_NORM, BN_DT_F32, LM_STAGES, V, LM_STAGES * V * 4);
     }
     uint32_t tern_dt = o->tern == BN_TERN_I2 ? BN_DT_TERN_I2 : BN_DT_TERN_T5;
     for (uint32_t l = 0; l < c->n_layer && rc == 0; l++) {
@@ -191,8 +210,11 @@ static float f32_up(double x)
     return (double)f >= x ? f : nextafterf(f, INFINITY);
 }
 
-/* The screen's bounds of one row (docs/model-format.md): in double, whose rounding (~1e-16
- * relative) the final round-up to float covers with a margin of one float ulp. */
+/* A bound from its square summed in double, whose rounding (~1e-16 relative) the final
+ * round-up to float covers with a margin of one float ulp. */
+static float bound_up(double sq) { return f32_up(sqrt(sq) * (1 + 1e-12)); }
+
+/* The screen's bounds of one row (docs/model-format.md). */
 static void lm_row_bounds(const float *row, const int8_t *q, float scale, uint64_t D, float *err,
                           float *norm)
 {
@@ -202,8 +224,26 @@ static void lm_row_bounds(const float *row, const int8_t *q, float scale, uint64
         e2 += d * d;
         n2 += w * w;
     }
-    *err = f32_up(sqrt(e2) * (1 + 1e-12));
-    *norm = f32_up(sqrt(n2) * (1 + 1e-12));
+    *err = bound_up(e2);
+    *norm = bound_up(n2);
+}
+
+/* The same for the progressive screen's stages j < LM_STAGES of one row, with the stage value
+ * v_j(q) (bn_u2_stage_value) in place of the code: err[j * stride], norm[j * stride]. */
+static void lm_stage_bounds(const float *row, const int8_t *q, float scale, uint64_t D, float *err,
+                            float *norm, size_t stride)
+{
+    double e2[LM_STAGES] = {0}, n2[LM_STAGES] = {0};
+    for (uint64_t i = 0; i < D; i++)
+        for (int j = 0; j < LM_STAGES; j++) {
+            double w = (double)bn_u2_stage_value(q[i], j) * scale, d = (double)row[i] - w;
+            e2[j] += d * d;
+            n2[j] += w * w;
+        }
+    for (int j = 0; j < LM_STAGES; j++) {
+        err[j * stride] = bound_up(e2[j]);
+        norm[j * stride] = bound_up(n2[j]);
+    }
 }
 
 /* int8 lm_head (+ its row scales and screen bounds, the next plan entries): quantized from the
@@ -235,6 +275,48 @@ static int write_lm_i8(bn_source *src, bn_atomic_file *f, XXH3_state_t *h, plan_
     return rc;
 }
 
+/* output_q8's codes as 2-bit planes (+ the stage bounds, the two plan entries after it), packed
+ * in bands of whole tiles, so the stream and its checksum are sequential. The codes are
+ * quantized again from the same f16-rounded rows as write_lm_i8's, at the planes' column
+ * padding (the codes do not depend on it); a row whose scale differs from that pass's would
+ * mean a source that reads differently twice, and fails the write. */
+static int write_lm_planes(bn_source *src, bn_atomic_file *f, XXH3_state_t *h, plan_entry *e,
+                           const lm_rows *lr, const char *lm_name, bn_error *err)
+{
+    uint64_t band = EMBD_BAND_ROWS, D = src->cfg.n_embd, V = src->cfg.n_vocab, Dpp = e->cols;
+    float *rows = malloc(band * D * sizeof *rows);
+    int8_t *q = malloc(band * Dpp);
+    uint8_t *packed = malloc(bn_u2_size(band, Dpp));
+    int rc = (!rows || !q || !packed) ? bn_err(err, "out of memory") : 0;
+    for (uint64_t r0 = 0; rc == 0 && r0 < V; r0 += band) {
+        uint64_t n = V - r0 < band ? V - r0 : band;
+        int64_t bad = -1;
+        rc = src->ops->floats(src, lm_name, V, D, r0, n, rows, err);
+        if (rc == 0) {
+#pragma omp parallel for schedule(static) reduction(max : bad)
+            for (uint64_t r = 0; r < n; r++) {
+                float *row = rows + r * D, s;
+                int8_t *qr = q + r * Dpp;
+                for (uint64_t i = 0; i < D; i++) row[i] = bn_f16_to_f32(bn_f32_to_f16(row[i]));
+                bn_quant_rows_i8(row, D, Dpp, qr, &s);
+                if (s != lr->scale[r0 + r]) bad = (int64_t)r > bad ? (int64_t)r : bad;
+                lm_stage_bounds(row, qr, s, D, lr->plane_err + r0 + r, lr->plane_norm + r0 + r, V);
+            }
+        }
+        if (bad >= 0)
+            rc = bn_err(err, "%s: tensor %s: row %llu read back differently for %s", src->path, lm_name,
+                        (unsigned long long)(r0 + (uint64_t)bad), e->name);
+        if (rc == 0) {
+            bn_u2_pack(q, Dpp, n, Dpp, packed);
+            rc = put(f, h, packed, bn_u2_size(n, Dpp), err);
+        }
+    }
+    free(rows);
+    free(q);
+    free(packed);
+    return rc;
+}
+
 static int write_tensor(bn_source *src, bn_atomic_file *f, plan_entry *e, const bn_pack_opts *o,
                         const lm_rows *lr, bn_error *err)
 {
@@ -251,6 +333,9 @@ static int write_tensor(bn_source *src, bn_atomic_file *f, plan_entry *e, const 
     case PK_LM_I8_SCALE: rc = put(f, h, lr->scale, e->nbytes, err); break;
     case PK_LM_I8_ERR: rc = put(f, h, lr->err, e->nbytes, err); break;
     case PK_LM_I8_NORM: rc = put(f, h, lr->norm, e->nbytes, err); break;
+    case PK_LM_PLANES: rc = write_lm_planes(src, f, h, e, lr, lm_name, err); break;
+    case PK_LM_PLANES_ERR: rc = put(f, h, lr->plane_err, e->nbytes, err); break;
+    case PK_LM_PLANES_NORM: rc = put(f, h, lr->plane_norm, e->nbytes, err); break;
     }
     e->checksum = XXH3_64bits_digest(h);
     XXH3_freeState(h);
@@ -322,9 +407,10 @@ static uint8_t *build_meta(const bn_file_header *hd0, const plan *p, const bn_vo
  * rather than stored. */
 static char *provenance(const bn_pack_opts *o)
 {
+    static const char *lm[] = {[BN_PACK_LM_F16] = "f16", [BN_PACK_LM_I8] = "i8", [BN_PACK_LM_PLANES] = "planes"};
     char *s = malloc(160);
-    if (s) snprintf(s, 160, "writer: %s %s\nternary: %s\nlm_head_i8: %d\n", PACKAGE_NAME, PACKAGE_VERSION,
-                    o->tern == BN_TERN_I2 ? "i2" : "t5", o->lm_head_i8);
+    if (s) snprintf(s, 160, "writer: %s %s\nternary: %s\nlm_head: %s\n", PACKAGE_NAME, PACKAGE_VERSION,
+                    o->tern == BN_TERN_I2 ? "i2" : "t5", lm[o->lm_head_i8]);
     return s;
 }
 
@@ -336,15 +422,20 @@ int bn_pack_write(bn_source *src, const char *out_path, const bn_pack_opts *o, b
     if (src->vocab->n_tokens > c->n_vocab)
         return bn_err(err, "%s: tokenizer has %u tokens but the model's vocab_size is %u", src->path,
                       src->vocab->n_tokens, c->n_vocab);
+    if (o->lm_head_i8 < BN_PACK_LM_F16 || o->lm_head_i8 > BN_PACK_LM_PLANES)
+        return bn_err(err, "lm_head_i8 %d is not one of BN_PACK_LM_F16/_I8/_PLANES", o->lm_head_i8);
     plan p = {0};
     bn_file_header hd = {0};
     bn_atomic_file f;
     char *prov = provenance(o);
-    /* one allocation for the three per-row arrays of the int8 lm_head */
-    float *lm_buf = o->lm_head_i8 ? malloc(3 * (size_t)c->n_vocab * sizeof *lm_buf) : NULL;
-    lm_rows lr = {lm_buf, lm_buf ? lm_buf + c->n_vocab : NULL, lm_buf ? lm_buf + 2 * (size_t)c->n_vocab : NULL};
+    /* one allocation for the per-row arrays of the int8 lm_head (3) and of its planes (2 x 3) */
+    size_t V = c->n_vocab, n_lm = o->lm_head_i8 == BN_PACK_LM_PLANES ? 3 + 2 * LM_STAGES : o->lm_head_i8 ? 3 : 0;
+    float *lm_buf = n_lm ? malloc(n_lm * V * sizeof *lm_buf) : NULL;
+    lm_rows lr = {0};
+    if (lm_buf) lr = (lm_rows){lm_buf, lm_buf + V, lm_buf + 2 * V, n_lm > 3 ? lm_buf + 3 * V : NULL,
+                               n_lm > 3 ? lm_buf + (3 + LM_STAGES) * V : NULL};
     uint8_t *meta = NULL;
-    int rc = (!prov || (o->lm_head_i8 && !lm_buf) || build_plan(c, o, &p) != 0) ? bn_err(err, "out of memory") : 0;
+    int rc = (!prov || (n_lm && !lm_buf) || build_plan(c, o, &p) != 0) ? bn_err(err, "out of memory") : 0;
     if (rc == 0) {
         fill_header(&hd, c, o);
         layout(&p, &hd, bn_tok_section_size(src->vocab), strlen(prov) + 1);

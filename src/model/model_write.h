@@ -9,9 +9,17 @@
 typedef void (*bn_pack_progress_fn)(void *user, uint32_t i, uint32_t n, uint64_t bytes_done,
                                     uint64_t bytes_total, const char *name);
 
+/* bn_pack_opts.lm_head_i8: which copies of the lm_head a file gets besides its f16 rows. */
+enum {
+    BN_PACK_LM_F16 = 0,    /* none (the f16 head only) */
+    BN_PACK_LM_I8 = 1,     /* output_q8 + scale + screen bounds (format 1.1's set) */
+    BN_PACK_LM_PLANES = 2, /* and output_q8.planes + its stage bounds (1.3): the default */
+};
+
 typedef struct bn_pack_opts {
     bn_tern_fmt tern;      /* packing of the ternary tensors (default BN_TERN_T5) */
-    int lm_head_i8;        /* also store an int8 per-row copy of the lm_head (default 1) */
+    int lm_head_i8;        /* the lm_head copies stored besides the f16 rows: BN_PACK_LM_* (default
+                            * BN_PACK_LM_PLANES) */
     bn_pack_progress_fn progress; /* NULL (default): silent */
     void *progress_user;
 } bn_pack_opts;
