@@ -232,7 +232,7 @@ START_TEST(test_help_and_getopt_tables)
     bn_cli_engine_help(f, RUN_SET, 30);
     fclose(f);
     static const char *const want[] = {"  -t, --threads N ", "  -c, --ctx N ", "  -b, --batch N ",
-                                       "      --lm-head f16|i8|screen ", "      --isa NAME ",
+                                       "      --lm-head f16|i8|screen|screen-i8 ", "      --isa NAME ",
                                        "      --pin ", "      --cpus LIST "};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         ck_assert_msg(strstr(buf, want[i]) != NULL, "no '%s' in:\n%s", want[i], buf);

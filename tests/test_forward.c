@@ -252,6 +252,10 @@ static void negate_head(bn_model *m)
     for (size_t i = 0; q && i < (size_t)m->cfg.n_vocab * m->lm_head_cols_padded; i++) q[i] = (int8_t)-q[i];
     ck_assert_msg(memcmp(o->data, m->tok_embd, o->rows * o->cols * 2) != 0,
                   "%s: the untied head equals token_embd", m->path);
+    /* the bit planes and their stage bounds would need repacking (a stage's centred value of
+     * -q is not minus that of q): the screen reads the negated int8 copy whole instead; the
+     * planes of untied heads are tested in test_lm_head */
+    m->lm_head_planes = NULL;
 }
 
 static fam_model fam_open(int f, int k)

@@ -185,23 +185,37 @@ static uint32_t argmax(const float *y, uint32_t n)
 
 /* The screen's logits for h against the f16 head's: the same argmax, and every row within
  * margin of the top bit-identical. Returns the rows rescored. */
+/* Rows that are not bit-identical must be provably out of reach: below the top by more than the
+ * margin in the f16 head. With planes (tail 0) that is the bit-plane screen, which must be used. */
 static uint32_t check_h(bn_engine *scr, bn_engine *ref, const float *h, float margin, float *ys,
                         float *yf, const char *what)
 {
     const uint32_t V = scr->cfg.n_vocab;
     bn_lm_stats st;
+    int planes = scr->model->lm_head_planes && !scr->lm_tail[0] && !isinf(margin) &&
+                 bn_engine_lm_head(scr) == BN_LM_HEAD_SCREEN;
     bn_engine_set_lm_margin(scr, 0, margin);
     bn_engine_lm_stats(scr, NULL, 1);
     bn_lm_head_one(scr, h, ys);
     bn_lm_head_one(ref, h, yf);
-    bn_engine_lm_stats(scr, &st, 1);
+    bn_engine_lm_stats(scr, &st, 0);   /* left for the caller to add up; reset on the next call */
     uint32_t a = argmax(yf, V), b = argmax(ys, V);
     BN_EXPECT_MSG(a == b, "%s: screened argmax %u (%.9g) != f16 argmax %u (%.9g)", what, b, ys[b], a, yf[a]);
-    for (uint32_t r = 0; r < V; r++)
+    for (uint32_t r = 0; r < V; r++) {
         if (yf[r] >= yf[a] - margin)
             BN_EXPECT_MSG(memcmp(&ys[r], &yf[r], 4) == 0, "%s: row %u within the margin %g: %.9g != %.9g",
                        what, r, margin, ys[r], yf[r]);
+        else if (memcmp(&ys[r], &yf[r], 4) != 0)   /* screened only: the bound kept it out */
+            BN_EXPECT_MSG(yf[r] < yf[a] - margin, "%s: row %u not rescored but f16 %.9g reaches top %.9g - %g",
+                       what, r, yf[r], yf[a], margin);
+    }
     ck_assert_uint_eq(st.tokens, 1);
+    ck_assert_uint_eq(st.plane_tokens, (uint64_t)planes);
+    if (planes) {
+        ck_assert_uint_eq(st.live[0], V);
+        for (int j = 1; j < 4; j++) ck_assert_uint_le(st.live[j], st.live[j - 1]);
+        ck_assert(st.rescored == V || st.rescored <= st.live[3]);   /* V: the f16 fallback */
+    }
     return (uint32_t)st.rescored;
 }
 
@@ -213,15 +227,17 @@ static void aim(const bn_model *m, const float *t, float *h)
 
 static void row_f32(const bn_model *m, uint32_t r, float *out)
 {
-    bn_f16_to_f32_row(m->tok_embd + (size_t)r * m->cfg.n_embd, out, m->cfg.n_embd);
+    bn_f16_to_f32_row(m->lm_head_f16 + (size_t)r * m->cfg.n_embd, out, m->cfg.n_embd);   /* the head rows in use */
 }
 
 /* Random states, then adversarial near-ties: t = alpha w_a + beta w_b with <t, w_a> = <t, w_b>
  * in exact arithmetic (plus a random part), so the top two rows differ by rounding only. */
-static void screen_exactness(const char *shape, const char *file, int n_rand, int n_tie, int all_isa)
+static void screen_exactness(const char *shape, const char *file, int n_rand, int n_tie, int all_isa,
+                             int tail)
 {
     bn_model *m = synth_open(shape, file);
     ck_assert_ptr_nonnull(m->lm_head_i8_err);
+    ck_assert_ptr_nonnull(m->lm_head_planes);   /* the default pack writes them (1.3) */
     const uint32_t E = m->cfg.n_embd, V = m->cfg.n_vocab;
     float *h = bn_test_xmalloc(E * 4), *t = bn_test_xmalloc(E * 4), *wa = bn_test_xmalloc(E * 4), *wb = bn_test_xmalloc(E * 4);
     float *ys = bn_test_xmalloc((size_t)V * 4), *yf = bn_test_xmalloc((size_t)V * 4);
@@ -232,6 +248,10 @@ static void screen_exactness(const char *shape, const char *file, int n_rand, in
         if (!all_isa && isa != (int)chosen && isa != BN_ISA_SCALAR) continue;
         ck_assert_int_eq(bn_kernels_force((bn_isa)isa), 0);
         bn_engine *scr = engine(m, BN_LM_HEAD_SCREEN, 1), *ref = engine(m, BN_LM_HEAD_F16, 1);
+        bn_engine_set_lm_tail(scr, 0, tail);   /* 0: the bit planes; 1: the int8 screen */
+        bn_lm_stats all;
+        bn_engine_lm_stats(scr, NULL, 1);
+        memset(&all, 0, sizeof all);
         char what[96];
         bn_test_rng_seed(31);
         for (int it = 0; it < n_rand + n_tie; it++) {
@@ -248,12 +268,19 @@ static void screen_exactness(const char *shape, const char *file, int n_rand, in
                     t[i] = (float)(al * wa[i] + be * wb[i]) * 40.0f + 1e-3f * bn_test_rng_float(-1, 1);
                 aim(m, t, h);
             }
-            snprintf(what, sizeof what, "%s %s state %d", shape, bn_isa_name((bn_isa)isa), it);
+            snprintf(what, sizeof what, "%s %s tail %d state %d", shape, bn_isa_name((bn_isa)isa), tail, it);
             uint32_t c = check_h(scr, ref, h, 0.0f, ys, yf, what);
+            all.plane_tokens += scr->lm_stats.plane_tokens;   /* check_h's counters, kept */
+            for (int j = 0; j < 4; j++) all.live[j] += scr->lm_stats.live[j];
             rescored += c, n++;
             most = c > most ? c : most;
             if (it % 4 == 0) check_h(scr, ref, h, 2.0f, ys, yf, what);
         }
+        if (!tail && all.plane_tokens)
+            printf("test_lm_head: %s %s: bit-plane screen, rows read per plane of %u: %.0f %.0f %.0f %.0f\n",
+                   shape, bn_isa_name((bn_isa)isa), V, (double)all.live[0] / all.plane_tokens,
+                   (double)all.live[1] / all.plane_tokens, (double)all.live[2] / all.plane_tokens,
+                   (double)all.live[3] / all.plane_tokens);
         /* INFINITY: every row exact */
         check_h(scr, ref, h, INFINITY, ys, yf, "infinite margin");
         ck_assert(memcmp(ys, yf, (size_t)V * 4) == 0);
@@ -269,7 +296,17 @@ static void screen_exactness(const char *shape, const char *file, int n_rand, in
 /* Screened == f16 where it matters on tiny: 60 random and 60 near-tie states, every variant. */
 START_TEST(screen_exact_tiny)
 {
-    screen_exactness("tiny", "lmh-tiny.bnpk", 60, 60, 1);
+    screen_exactness("tiny", "lmh-tiny.bnpk", 60, 60, 1, 1);
+}
+END_TEST
+
+/* The same through the bit planes (a sequence without an int8 tail); and for an untied head
+ * ("output", Llama3's) whose width is not a multiple of the planes' 128 columns. */
+START_TEST(planes_exact_tiny)
+{
+    int n = getenv("BN_VALGRIND") ? 10 : 30;   /* CI's valgrind pass: fewer states */
+    screen_exactness("tiny", "lmh-tiny.bnpk", 2 * n, 2 * n, 1, 0);
+    screen_exactness("tiny-llama3,n_embd=320,n_head=5", "lmh-llama3.bnpk", n, n, 1, 0);
 }
 END_TEST
 
@@ -277,8 +314,9 @@ END_TEST
 START_TEST(screen_exact_2b4t_shape)
 {
     /* CI's valgrind pass (BN_VALGRIND) checks fewer states on this shape; make check all */
-    int n = getenv("BN_VALGRIND") ? 2 : 12;
-    screen_exactness("2b4t,n_layer=1,n_vocab=16384", "lmh-2b4t.bnpk", n, n, 0);
+    int n = getenv("BN_VALGRIND") ? 1 : 12;
+    screen_exactness("2b4t,n_layer=1,n_vocab=16384", "lmh-2b4t.bnpk", n, n, 0, 1);
+    screen_exactness("2b4t,n_layer=1,n_vocab=16384", "lmh-2b4t.bnpk", n, n, 0, 0);
 }
 END_TEST
 
@@ -289,6 +327,10 @@ START_TEST(screen_greedy_positions_tiny)
     bn_model *m = synth_open("tiny", "lmh-tiny.bnpk");
     bn_engine *scr = engine(m, BN_LM_HEAD_AUTO, 1), *ref = engine(m, BN_LM_HEAD_F16, 1);
     ck_assert_int_eq(bn_engine_lm_head(scr), BN_LM_HEAD_SCREEN);
+    bn_sampling g;
+    bn_sampling_greedy(&g);
+    bn_engine_set_lm_sampling(scr, 0, &g);   /* as bn_generate: greedy reads the bit planes */
+    ck_assert_int_eq(scr->lm_tail[0], 0);
     bn_error err = {{0}};
     int32_t id = m->cfg.bos;
     uint32_t V = m->cfg.n_vocab;
@@ -302,6 +344,8 @@ START_TEST(screen_greedy_positions_tiny)
     bn_lm_stats st;
     bn_engine_lm_stats(scr, &st, 0);
     ck_assert_uint_eq(st.tokens, 200);
+    ck_assert_uint_eq(st.plane_tokens, 200);
+    ck_assert_uint_eq(st.live[0], 200ull * V);
     ck_assert(st.rescored >= 200 && st.rescored < 200ull * V);
     bn_engine_free(scr), bn_engine_free(ref);
     bn_model_close(m);
@@ -326,6 +370,14 @@ START_TEST(margin_rule)
     ck_assert(128256.0 * exp(-mg / 0.5) <= 0x1p-24 * 1.0001);
     s.repeat_penalty = 1.1f;
     ck_assert(isinf(bn_lm_margin(&s, 1000)));
+    /* the tail matters only where sampling can draw it */
+    ck_assert_int_eq(bn_lm_tail(&s), 0);       /* penalties: every row exact anyway */
+    bn_sampling_greedy(&s);
+    ck_assert_int_eq(bn_lm_tail(&s), 0);
+    s.temperature = 0.8f;
+    ck_assert_int_eq(bn_lm_tail(&s), 1);       /* untruncated */
+    s.min_p = 0.05f;
+    ck_assert_int_eq(bn_lm_tail(&s), 0);       /* min_p never draws beyond its margin */
 }
 END_TEST
 
@@ -350,9 +402,9 @@ START_TEST(old_file_without_bounds)
     int renamed = 0;
     for (uint32_t i = 0; i < hd.n_tensors; i++) {   /* hide the two tensors as unknown names */
         char *name = (char *)buf + hd.tensors_offset + (size_t)i * sizeof(bn_tensor_entry);
-        if (!strcmp(name, "output_q8.err") || !strcmp(name, "output_q8.norm")) name[0] = 'X', renamed++;
+        if (!strncmp(name, "output_q8.", 10) && strcmp(name, "output_q8.scale")) name[0] = 'X', renamed++;
     }
-    ck_assert_int_eq(renamed, 2);
+    ck_assert_int_eq(renamed, 5);   /* err, norm, and the planes with their two bounds */
     hd.version_minor = 0;
     hd.header_checksum = 0;
     memcpy(buf, &hd, sizeof hd);
@@ -416,6 +468,7 @@ static Suite *lm_head_suite(void)
     tcase_add_test(tc, margin_rule);
     tcase_add_test(tc, batch_screen_equals_one_tiny);
     tcase_add_test(tc, screen_exact_tiny);
+    tcase_add_test(tc, planes_exact_tiny);
     tcase_add_test(tc, screen_greedy_positions_tiny);
     tcase_add_test(tc, old_file_without_bounds);
     tcase_add_test(tc, screen_exact_2b4t_shape);

@@ -36,8 +36,9 @@ int bn_parse_ternary(const char *s, bn_tern_fmt *out)
 
 int bn_parse_lm_head(const char *s, int *i8)
 {
-    if (!strcmp(s, "i8")) *i8 = 1;
-    else if (!strcmp(s, "f16")) *i8 = 0;
+    if (!strcmp(s, "planes")) *i8 = BN_PACK_LM_PLANES;
+    else if (!strcmp(s, "i8")) *i8 = BN_PACK_LM_I8;
+    else if (!strcmp(s, "f16")) *i8 = BN_PACK_LM_F16;
     else return -1;
     return 0;
 }
@@ -47,13 +48,20 @@ int bn_parse_head_kind(const char *s, enum bn_lm_head_kind *out)
     if (!strcmp(s, "f16")) *out = BN_LM_HEAD_F16;
     else if (!strcmp(s, "i8")) *out = BN_LM_HEAD_I8;
     else if (!strcmp(s, "screen")) *out = BN_LM_HEAD_SCREEN;
+    else if (!strcmp(s, "screen-i8")) *out = BN_LM_HEAD_SCREEN_I8;
     else return -1;
     return 0;
 }
 
 const char *bn_head_kind_name(enum bn_lm_head_kind k)
 {
-    return k == BN_LM_HEAD_I8 ? "i8" : k == BN_LM_HEAD_SCREEN ? "screen" : k == BN_LM_HEAD_F16 ? "f16" : "auto";
+    switch (k) {
+    case BN_LM_HEAD_F16: return "f16";
+    case BN_LM_HEAD_I8: return "i8";
+    case BN_LM_HEAD_SCREEN: return "screen";
+    case BN_LM_HEAD_SCREEN_I8: return "screen-i8";
+    default: return "auto";
+    }
 }
 
 int bn_pack_opt(int c, const char *arg, bn_pack_opts *po)
@@ -156,7 +164,7 @@ static const struct eopt_row {
      K_U32, offsetof(bn_cli_engine, eo.n_ctx), 0, 1u << 24},
     {BN_EOPT_BATCH, "batch", 'b', "N", "prefill chunk (default 64)", K_U32,
      offsetof(bn_cli_engine, eo.batch), 0, 4096},
-    {BN_EOPT_LM_HEAD, "lm-head", 0, "f16|i8|screen",
+    {BN_EOPT_LM_HEAD, "lm-head", 0, "f16|i8|screen|screen-i8",
      "lm_head to use (default: screen, exact, if the file has it)", K_LM_HEAD,
      offsetof(bn_cli_engine, eo.lm_head), 0, 0},
     {BN_EOPT_ISA, "isa", 0, "NAME", "force a kernel variant (scalar, avx2, avx512, avx512vnni)",

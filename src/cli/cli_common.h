@@ -14,10 +14,10 @@
 double bn_now(void);
 /* Peak resident set size of this process in MiB (getrusage). */
 double bn_peak_rss_mib(void);
-/* Parses "--ternary t5|i2" / "--lm-head f16|i8" values into pack options; -1 if unknown. */
+/* Parses "--ternary t5|i2" / "--lm-head planes|i8|f16" values into pack options; -1 if unknown. */
 int bn_parse_ternary(const char *s, bn_tern_fmt *out);
 int bn_parse_lm_head(const char *s, int *i8);
-/* The engine's "--lm-head f16|i8|screen" (run, bench, perplexity) and its name back. */
+/* The engine's "--lm-head f16|i8|screen|screen-i8" (run, bench, perplexity) and its name back. */
 int bn_parse_head_kind(const char *s, enum bn_lm_head_kind *out);
 const char *bn_head_kind_name(enum bn_lm_head_kind k);
 

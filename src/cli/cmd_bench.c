@@ -204,8 +204,8 @@ static int roofline(bn_engine *e, const bench_args *a, const int32_t *ids, int t
 {
     double best, median, tps, sd;
     measure_bandwidth(threads, &best, &median);
-    uint64_t wbytes = bn_engine_weight_bytes_per_token(e);
     if (bench_test(e, a, ids, 0, &tps, &sd, err)) return -1;
+    uint64_t wbytes = bn_engine_weight_bytes_per_token(e);   /* after: the planes read, counted */
     double bound = best * 1e9 / (double)wbytes;
     printf("\nroofline (%d threads): memory read bandwidth %.1f GB/s best, %.1f GB/s median\n",
            threads, best, median);
@@ -238,30 +238,71 @@ static uint32_t argmax_row(const float *y, uint32_t n)
 
 /* Top-1 agreement of the int8 and screened lm_heads with the exact f16 one at each of n
  * positions (the same chunk evaluated from the same cache state once per head), the rows the
- * screen rescored, and each head's time per token over those chunks. */
+ * screens rescored (and, for the bit-plane screen, the rows each plane was read for), and each
+ * head's time per token over those chunks. The screens run as greedy decoding does (no int8
+ * tail: bn_lm_tail). */
+#define AG_KINDS 4
+static void add_stats(bn_lm_stats *sum, const bn_lm_stats *st)
+{
+    sum->tokens += st->tokens;
+    sum->rescored += st->rescored;
+    if (st->rescored_max > sum->rescored_max) sum->rescored_max = st->rescored_max;
+    sum->plane_tokens += st->plane_tokens;
+    for (int j = 0; j < 4; j++) sum->live[j] += st->live[j];
+}
+
+static void print_agreement(const bn_model *md, uint32_t n, int nk, const uint32_t *agree,
+                            const double *secs, const bn_lm_stats *st)
+{
+    static const char *names[AG_KINDS] = {"f16", "i8", "screen-i8", "screen"};
+    uint32_t V = md->cfg.n_vocab;
+    printf("\nlm_head agreement with f16 over %u positions (top-1), ms per token:\n", n);
+    for (int k = 0; k < nk; k++)
+        printf("  %-9s %u/%u (%.2f%%)  %.3f ms\n", names[k], agree[k], n, 100.0 * agree[k] / n,
+               1e3 * secs[k] / n);
+    for (int k = 2; k < nk; k++)
+        printf("  %s: rows rescored per token %.1f mean, %u max (of %u)\n", names[k],
+               st[k].tokens ? (double)st[k].rescored / (double)st[k].tokens : 0.0,
+               st[k].rescored_max, V);
+    if (nk == AG_KINDS && st[3].plane_tokens) {
+        double planes = 0;
+        printf("  screen: rows read per plane (mean per token):");
+        for (int j = 0; j < 4; j++) {
+            double r = (double)st[3].live[j] / (double)st[3].plane_tokens;
+            planes += r / V;
+            printf(" %.0f", r);
+        }
+        printf("\n  screen: bytes read %.1f%% of the int8 head's\n", 100.0 * planes / 4);
+    }
+}
+
 static int agreement(bn_engine *e, const int32_t *ids, uint32_t n, bn_error *err)
 {
     const bn_model *md = bn_engine_model(e);
-    uint32_t V = md->cfg.n_vocab, chunk = 32, agree[3] = {0, 0, 0};
-    enum bn_lm_head_kind kinds[3] = {BN_LM_HEAD_F16, BN_LM_HEAD_I8, BN_LM_HEAD_SCREEN};
-    int nk = md->lm_head_i8_err ? 3 : md->lm_head_i8 ? 2 : 1;
-    double secs[3] = {0, 0, 0};
-    float *y[3];
-    for (int k = 0; k < 3; k++) y[k] = malloc((size_t)chunk * V * sizeof(float));
-    int rc = y[0] && y[1] && y[2] ? 0 : bn_err(err, "out of memory");
+    uint32_t V = md->cfg.n_vocab, chunk = 32, agree[AG_KINDS] = {0};
+    enum bn_lm_head_kind kinds[AG_KINDS] = {BN_LM_HEAD_F16, BN_LM_HEAD_I8, BN_LM_HEAD_SCREEN_I8,
+                                            BN_LM_HEAD_SCREEN};
+    int nk = md->lm_head_planes ? 4 : md->lm_head_i8_err ? 3 : md->lm_head_i8 ? 2 : 1;
+    double secs[AG_KINDS] = {0};
+    bn_lm_stats st[AG_KINDS], one;
+    memset(st, 0, sizeof st);
+    float *y[AG_KINDS];
+    int rc = 0;
+    for (int k = 0; k < AG_KINDS; k++)
+        if (!(y[k] = malloc((size_t)chunk * V * sizeof(float)))) rc = bn_err(err, "out of memory");
     enum bn_lm_head_kind was = bn_engine_lm_head(e);
-    bn_lm_stats st;
     bn_engine_reset(e);
-    bn_engine_profile(e, 1);
-    bn_engine_lm_stats(e, NULL, 1);
     for (uint32_t p = 0; rc == 0 && p < n; p += chunk) {
         uint32_t m = n - p < chunk ? n - p : chunk;
         for (int k = 0; rc == 0 && k < nk; k++) {
             bn_engine_truncate(e, p);
             rc = bn_engine_set_lm_head(e, kinds[k], err);
             bn_engine_profile(e, 1);
+            bn_engine_lm_stats(e, NULL, 1);
             if (rc == 0) rc = bn_engine_eval(e, ids + p, m, y[k], err);
             secs[k] += bn_engine_profile_get(e)[BN_PROF_LM_HEAD];
+            bn_engine_lm_stats(e, &one, 1);
+            add_stats(&st[k], &one);
         }
         for (uint32_t t = 0; rc == 0 && t < m; t++) {
             uint32_t b0 = argmax_row(y[0] + (size_t)t * V, V);
@@ -269,19 +310,9 @@ static int agreement(bn_engine *e, const int32_t *ids, uint32_t n, bn_error *err
         }
     }
     bn_engine_profile(e, 0);
-    bn_engine_lm_stats(e, &st, 1);
     if (rc == 0) rc = bn_engine_set_lm_head(e, was, err);
-    if (rc == 0) {
-        printf("\nlm_head agreement with f16 over %u positions (top-1), ms per token:\n", n);
-        static const char *names[3] = {"f16", "i8", "screen"};
-        for (int k = 0; k < nk; k++)
-            printf("  %-7s %u/%u (%.2f%%)  %.3f ms\n", names[k], agree[k], n, 100.0 * agree[k] / n,
-                   1e3 * secs[k] / n);
-        if (nk == 3)
-            printf("  screen: rows rescored per token %.1f mean, %u max (of %u)\n",
-                   st.tokens ? (double)st.rescored / (double)st.tokens : 0.0, st.rescored_max, V);
-    }
-    for (int k = 0; k < 3; k++) free(y[k]);
+    if (rc == 0) print_agreement(md, n, nk, agree, secs, st);
+    for (int k = 0; k < AG_KINDS; k++) free(y[k]);
     return rc;
 }
 
@@ -387,6 +418,9 @@ int cmd_bench(int argc, char **argv)
         }
         bn_engine *e = NULL;
         if ((rc = bn_engine_create(m, &eo, &e, &err))) break;
+        /* tg and --parallel time greedy decoding, as llama-bench does: no sequence needs an
+         * int8-accurate tail (bn_lm_tail), so the screen may read the bit planes */
+        for (uint32_t sq = 0; sq < (eo.n_seq ? eo.n_seq : 1); sq++) bn_engine_set_lm_tail(e, sq, 0);
         if (ti == 0) {
             bn_engine_mem mem;
             bn_engine_memory(e, &mem);

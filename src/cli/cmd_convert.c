@@ -16,7 +16,9 @@ static void usage(FILE *f)
             "  OUT  the packed model file to write (atomically)\n"
             "options:\n"
             "      --ternary t5|i2  ternary packing (default t5: 1.6 bits/weight)\n"
-            "      --lm-head i8|f16 also store an int8 per-row lm_head (default i8)\n");
+            "      --lm-head planes|i8|f16\n"
+            "                       lm_head copies besides the f16 rows: the int8 per-row copy and\n"
+            "                       its 2-bit planes (default planes), the int8 copy only, or none\n");
 }
 
 int cmd_convert(int argc, char **argv)

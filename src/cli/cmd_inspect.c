@@ -31,7 +31,9 @@ static void print_config(const bn_model *m)
     printf("activation:  %s\ntied:        %s\nbos/eos/eot: %d / %d / %d\n", c->act == BN_ACT_RELU2 ? "relu2" : "silu",
            c->tied ? "yes" : "no", c->bos, c->eos, c->eot);
     printf("ternary:     %s\nlm_head:     %s\n", m->tern_fmt == BN_TERN_T5 ? "t5 (1.6 bits/weight)" : "i2 (2 bits/weight)",
-           m->lm_head_i8 ? "f16 + int8 per-row" : "f16");
+           m->lm_head_planes ? "f16 + int8 per-row + int8 as 2-bit planes"
+           : m->lm_head_i8   ? "f16 + int8 per-row"
+                             : "f16");
 }
 
 static void print_tokenizer(const bn_vocab *v)

@@ -58,7 +58,9 @@ static void usage(FILE *f)
             "  -t, --tokenizer F    take the vocabulary from a HF tokenizer.json (default: the family's\n"
             "                       built-in one: byte-level BPE, SentencePiece for 1bitLLM, Falcon3's)\n"
             "      --ternary t5|i2  packed format: ternary packing (default t5)\n"
-            "      --lm-head i8|f16 packed format: also store an int8 lm_head (default i8)\n");
+            "      --lm-head planes|i8|f16\n"
+            "                       packed format: lm_head copies besides the f16 rows: the int8\n"
+            "                       copy and its 2-bit planes (default planes), the int8 copy, none\n");
 }
 
 /* The vocabulary: tok_json's, or the family's built-in kind with the family's chat format

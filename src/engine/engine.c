@@ -127,10 +127,11 @@ static int resolve_lm_head(const bn_model *m, int want, enum bn_lm_head_kind *ou
         *out = BN_LM_HEAD_I8;
         return 0;
     case BN_LM_HEAD_SCREEN:
+    case BN_LM_HEAD_SCREEN_I8:
         if (!has_screen)
             return bn_err(err, "%s: the model file has no screened lm_head (output_q8.err/.norm, "
                           "format 1.1: repack it)", m->path);
-        *out = BN_LM_HEAD_SCREEN;
+        *out = (enum bn_lm_head_kind)want;
         return 0;
     }
     return bn_err(err, "unknown lm_head kind %d", want);
@@ -143,15 +144,17 @@ static size_t act_cols_padded(bn_tern_fmt fmt, const bn_config *c)
     return a > b ? a : b;
 }
 
-static size_t lm_cols_padded(const bn_model *m)
+size_t bn_lm_q_stride(const bn_model *m)
 {
     size_t p = bn_align_up(m->cfg.n_embd, 64);
+    if (m->lm_head_planes && m->lm_head_planes_cols > p) p = m->lm_head_planes_cols;
     return m->lm_head_cols_padded > p ? m->lm_head_cols_padded : p;
 }
 
 /* The scratch layout, in one place so that the plan and the allocation cannot disagree. */
 typedef struct scratch_sizes {
-    size_t x, kvd, ff, qa, qs, scores, rope, lm_q, logits, tok, seqv, lm_cand, lm_part;
+    size_t x, kvd, ff, qa, qs, scores, rope, lm_q, logits, tok, seqv, lm_cand, lm_part, lm_acc,
+        lm_live;
 } scratch_sizes;
 
 static scratch_sizes scratch_plan(const bn_model *m, uint32_t batch, int n_threads, uint32_t n_ctx,
@@ -167,12 +170,14 @@ static scratch_sizes scratch_plan(const bn_model *m, uint32_t batch, int n_threa
     z.qs = (size_t)batch * sizeof(float);
     z.scores = (size_t)n_threads * (c->n_head / c->n_head_kv) * n_ctx * sizeof(float);
     z.rope = (size_t)c->head_dim / 2 * sizeof(float);
-    z.lm_q = (size_t)batch * lm_cols_padded(m);   /* batched lm_head: one row per token */
+    z.lm_q = (size_t)batch * bn_lm_q_stride(m);   /* batched lm_head: one row per token */
     z.logits = (size_t)c->n_vocab * sizeof(float);
     z.tok = (size_t)batch * sizeof(uint32_t);      /* also the lm_head's per-token scales */
     z.seqv = (size_t)n_seq * sizeof(uint32_t);
     z.lm_cand = (size_t)c->n_vocab * 8;             /* struct bn_lm_cand: float + u32 */
-    z.lm_part = (size_t)n_threads * 2 * sizeof(float);
+    z.lm_part = (size_t)n_threads * LM_PART_SLOTS * sizeof(float);
+    z.lm_acc = m->lm_head_planes ? (size_t)c->n_vocab * sizeof(int32_t) : 0;
+    z.lm_live = m->lm_head_planes ? (size_t)c->n_vocab : 0;
     return z;
 }
 
@@ -183,7 +188,7 @@ static size_t scratch_total(const scratch_sizes *z)
            bn_align_up(z->qa, a) + bn_align_up(z->qs, a) + bn_align_up(z->scores, a) +
            bn_align_up(z->rope, a) + bn_align_up(z->lm_q, a) + bn_align_up(z->logits, a) +
            3 * bn_align_up(z->tok, a) + bn_align_up(z->seqv, a) + bn_align_up(z->lm_cand, a) +
-           bn_align_up(z->lm_part, a);
+           bn_align_up(z->lm_part, a) + bn_align_up(z->lm_acc, a) + bn_align_up(z->lm_live, a);
 }
 
 static int resolve_opts(const bn_model *m, const bn_engine_opts *o, uint32_t *n_ctx,
@@ -257,10 +262,13 @@ static int scratch_alloc(bn_scratch *s, const scratch_sizes *z, size_t cols_pad)
     s->seq_next = bn_eng_alloc64(z->seqv);
     s->lm_cand = bn_eng_alloc64(z->lm_cand);
     s->lm_part = bn_eng_alloc64(z->lm_part);
+    s->lm_acc = z->lm_acc ? bn_eng_alloc64(z->lm_acc) : NULL;
+    s->lm_live = z->lm_live ? bn_eng_alloc64(z->lm_live) : NULL;
     s->cols_pad = cols_pad;
     return s->x && s->xb && s->xb2 && s->q && s->att && s->k && s->v && s->hg && s->hu && s->qa &&
                    s->qs && s->scores && s->rope_inv_freq && s->lm_q && s->lm_qs && s->logits &&
-                   s->tok_seq && s->tok_pos && s->seq_next && s->lm_cand && s->lm_part
+                   s->tok_seq && s->tok_pos && s->seq_next && s->lm_cand && s->lm_part &&
+                   (s->lm_acc || !z->lm_acc) && (s->lm_live || !z->lm_live)
                ? 0
                : -1;
 }
@@ -269,7 +277,8 @@ static void scratch_free(bn_scratch *s)
 {
     void *bufs[] = {s->x, s->xb, s->xb2, s->q, s->att, s->k, s->v, s->hg, s->hu, s->qa, s->qs,
                     s->scores, s->rope_inv_freq, s->lm_q, s->lm_qs, s->logits,
-                    s->tok_seq, s->tok_pos, s->seq_next, s->lm_cand, s->lm_part};
+                    s->tok_seq, s->tok_pos, s->seq_next, s->lm_cand, s->lm_part, s->lm_acc,
+                    s->lm_live};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     memset(s, 0, sizeof *s);
 }
@@ -372,6 +381,8 @@ int bn_engine_create(const bn_model *m, const bn_engine_opts *opts, bn_engine **
         free(e);
         return -1;
     }
+    memset(e->lm_tail, 1, sizeof e->lm_tail);   /* int8-accurate tails unless a caller says not */
+    for (int j = 0; j < 3; j++) e->lm_drop[j] = 1.0f;   /* every stage evaluated until measured */
     e->kv.n_ctx = e->mem.n_ctx;
     e->batch = e->mem.batch;
     e->n_threads = e->mem.n_threads;
@@ -469,9 +480,16 @@ uint64_t bn_engine_weight_bytes_per_token(const bn_engine *e)
     }
     bytes += (uint64_t)c->n_embd * sizeof(float);                /* output norm */
     bytes += (uint64_t)c->n_embd * sizeof(uint16_t);             /* one embedding row */
+    const bn_lm_stats *ls = &e->lm_stats;
     if (e->lm_head == BN_LM_HEAD_I8)
         bytes += (uint64_t)c->n_vocab * (e->model->lm_head_cols_padded + sizeof(float));
-    else if (e->lm_head == BN_LM_HEAD_SCREEN)   /* + a few f16 rows, not counted */
+    else if (e->lm_head == BN_LM_HEAD_SCREEN && e->model->lm_head_planes && ls->plane_tokens) {
+        /* the planes read, as counted so far (rows x plane bytes), + the per-row scale and bounds
+         * of each stage; a few f16 rows not counted */
+        uint64_t rows = 0;
+        for (int j = 0; j < 4; j++) rows += ls->live[j];
+        bytes += rows / ls->plane_tokens * (e->model->lm_head_planes_cols / 4 + 3 * sizeof(float));
+    } else if (e->lm_head == BN_LM_HEAD_SCREEN || e->lm_head == BN_LM_HEAD_SCREEN_I8)
         bytes += (uint64_t)c->n_vocab * (e->model->lm_head_cols_padded + 3 * sizeof(float));
     else
         bytes += (uint64_t)c->n_vocab * c->n_embd * sizeof(uint16_t);

@@ -30,7 +30,14 @@ enum bn_lm_head_kind {
                            * rows (bn_gemv_f16, bit-identical to the f16 head). The argmax always
                            * equals the f16 head's (ties -> lowest id); rows within the sequence's
                            * margin (bn_engine_set_lm_margin) of the top are exact too, the others
-                           * hold their screen logits. Needs output_q8.err/.norm (format 1.1) */
+                           * hold their screen logits. Needs output_q8.err/.norm (format 1.1).
+                           * With the bit planes (format 1.3) a one-token pass reads the int8
+                           * copy 2 bits at a time, most significant first, and stops reading a
+                           * row once a bound rules it out (lm_head.c); rows ruled out then hold
+                           * a coarser screen logit, so this applies only to sequences that do
+                           * not need an int8-accurate tail (bn_engine_set_lm_tail) */
+    BN_LM_HEAD_SCREEN_I8 = 4, /* the screen reading output_q8 whole, even with planes (format
+                           * 1.1's screen; for comparisons) */
 };
 
 typedef struct bn_engine_opts {
@@ -94,12 +101,23 @@ void bn_engine_set_lm_margin(bn_engine *e, uint32_t seq, float margin);
  * top token's probability, at up to the f16 head's cost. */
 struct bn_sampling;
 float bn_lm_margin(const struct bn_sampling *s, uint32_t n_vocab);
+/* Whether the rows beyond the margin still matter: sampling that can draw them (temperature > 0,
+ * no min_p, no penalties) needs their int8-accurate logits, so the screen then reads every row's
+ * whole int8 code; greedy and min_p never draw them. 1 (the default of every sequence) keeps the
+ * tail int8-accurate; 0 lets the bit-plane screen stop early. */
+int bn_lm_tail(const struct bn_sampling *s);
+void bn_engine_set_lm_tail(bn_engine *e, uint32_t seq, int int8_tail);
+/* Both settings from the sampling parameters: what bn_generate and the server call per request. */
+void bn_engine_set_lm_sampling(bn_engine *e, uint32_t seq, const struct bn_sampling *s);
 float bn_lm_margin_exact(const struct bn_sampling *s, uint32_t n_vocab);
 /* Screened-head counters since creation or the last reset: tokens, rows rescored in total
  * and at most for one token (the whole vocabulary when a token fell back to the f16 head). */
 typedef struct bn_lm_stats {
     uint64_t tokens, rescored;
     uint32_t rescored_max;
+    /* bit-plane screen: tokens that used it, and rows whose plane j was read, summed over them
+     * (live[0] = n_vocab per token; the bytes read are cols_padded / 4 per row and plane) */
+    uint64_t plane_tokens, live[4];
 } bn_lm_stats;
 void bn_engine_lm_stats(bn_engine *e, bn_lm_stats *out, int reset);
 

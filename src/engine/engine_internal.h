@@ -39,7 +39,9 @@ typedef struct bn_scratch {
     float *logits;   /* [n_vocab]        last token's logits */
     size_t cols_pad; /* row stride of qa: max padded width of n_embd and n_ff */
     struct bn_lm_cand *lm_cand;   /* [n_vocab] the screened head's candidates (lm_head.c) */
-    float *lm_part;  /* [2 * n_threads]  per-thread lower bounds and candidate counts */
+    float *lm_part;  /* [LM_PART_SLOTS * n_threads] per-thread lower bounds and counts per stage */
+    int32_t *lm_acc; /* [n_vocab] the bit-plane screen's integer dot products so far */
+    uint8_t *lm_live;/* [n_vocab] rows the bit-plane screen has not ruled out yet */
 } bn_scratch;
 
 struct bn_engine {
@@ -66,6 +68,8 @@ struct bn_engine {
     int profiling;
     double prof[BN_PROF_COUNT];
     float lm_margin[BN_MAX_SEQ];   /* screened head: rescoring margin per sequence */
+    uint8_t lm_tail[BN_MAX_SEQ];   /* 1: the sequence needs int8-accurate tail logits */
+    float lm_drop[3];              /* bit-plane screen: share of rows stages 0..2 last dropped */
     bn_lm_stats lm_stats;
 };
 
@@ -101,6 +105,10 @@ uint32_t bn_forward_batch(bn_engine *e, const bn_batch_tok *toks, uint32_t n, fl
 /* lm_head.c: logits of one final hidden state h (n_embd) into logits (n_vocab), and of the m
  * tokens rows[0..m) of s.x into m rows of logits. Both clobber s.xb. */
 void bn_lm_head_one(bn_engine *e, const float *h, float *logits);
+/* Row stride of s.lm_q: the widest padding of the int8 head rows, its planes and n_embd (64). */
+size_t bn_lm_q_stride(const bn_model *m);
+/* Per-thread slots of s.lm_part: a lower bound and a row count for each of the 4 stages. */
+#define LM_PART_SLOTS 8
 void bn_lm_head_batch(bn_engine *e, const uint32_t *rows, uint32_t m, float *logits);
 /* forward.c: rows [r0, r1) of a rows-row matrix for thread ith of nth, in whole tiles. */
 void bn_thread_rows(size_t rows, size_t tile, int nth, int ith, size_t *r0, size_t *r1);

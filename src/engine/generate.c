@@ -185,8 +185,8 @@ static int generate_plain(bn_engine *e, const int32_t *prompt, size_t n, const b
                           e->cfg.n_vocab);
 
     /* The screened head is exact for greedy at margin 0; sampling needs the rows that can carry
-     * probability rescored too (bn_lm_margin). */
-    bn_engine_set_lm_margin(e, 0, bn_lm_margin(params, e->cfg.n_vocab));
+     * probability rescored too (bn_lm_margin), and untruncated sampling an int8-accurate tail. */
+    bn_engine_set_lm_sampling(e, 0, params);
     double t0 = bn_eng_now();
     uint32_t kept = bn_engine_keep_prefix(e, prompt, n);
     res->n_cached = kept;

@@ -455,7 +455,7 @@ static void start_request(worker *w, const bn_frame *f)
     bn_stream_decoder_flush(s->sd, &t, &tn);   /* a fresh decoder: an aborted request may leave bytes */
     bn_sampler_start(s->sampler, &v.g.sampling, s->prompt, v.g.n_prompt);
     /* exact sampling through the screened head: rescore what can carry probability */
-    bn_engine_set_lm_margin(w->e, (uint32_t)(s - w->slots), bn_lm_margin(&v.g.sampling, w->n_vocab));
+    bn_engine_set_lm_sampling(w->e, (uint32_t)(s - w->slots), &v.g.sampling);
     s->sm = sm;
     s->active = 1;
     s->decoding = s->fresh = s->has_next = s->reset_after = 0;
