@@ -259,7 +259,8 @@ static void screen_exactness(const char *shape, const char *file, int n_rand, in
                 float sc = it % 3 == 0 ? 1.0f : it % 3 == 1 ? 1e-3f : 50.0f;
                 for (uint32_t i = 0; i < E; i++) h[i] = sc * bn_test_rng_float(-1, 1) * (i % 7 == 0 ? 4.0f : 1.0f);
             } else {
-                uint32_t a = (uint32_t)bn_test_rng_int(0, (int)V - 1), b = (uint32_t)bn_test_rng_int(0, (int)V - 1);
+                uint32_t a = (uint32_t)bn_test_rng_int(0, (int)V - 1), b = (uint32_t)bn_test_rng_int(0, (int)V - 2);
+                b += b >= a;   /* two different rows: a tie of a row with itself has no solution */
                 row_f32(m, a, wa), row_f32(m, b, wb);
                 double aa = 0, ab = 0, bb = 0;
                 for (uint32_t i = 0; i < E; i++) aa += wa[i] * wa[i], ab += wa[i] * wb[i], bb += wb[i] * wb[i];
