@@ -93,25 +93,14 @@ static inline float bound(screen_coef k, stage_rows b, const float *z, size_t r)
 /* The rows of [r0, r1) a stage looks at: all, or those live[] still holds. */
 #define LIVE(live, r) (!(live) || (live)[r])
 
-/* The best lower bound z - B among the rows of [r0, r1) that live[] holds (NULL: all). A max
- * is exact in any order, so the loops may run as SIMD reductions: this pass and the candidates'
- * run over every row of the vocabulary for every token, and a serial chain of maxima made them
- * a tenth of the head's time. */
+/* The best lower bound z - B among the rows of [r0, r1) that live[] holds (NULL: all). */
 static float lower_max(screen_coef k, stage_rows b, const float *y, const uint8_t *live, size_t r0,
                        size_t r1)
 {
     float lo = -INFINITY;
-    if (!live) {
-#pragma omp simd reduction(max : lo)
-        for (size_t r = r0; r < r1; r++) {
-            float v = y[r] - bound(k, b, y, r);
-            lo = v > lo ? v : lo;
-        }
-        return lo;
-    }
-#pragma omp simd reduction(max : lo)
     for (size_t r = r0; r < r1; r++) {
-        float v = live[r] ? y[r] - bound(k, b, y, r) : -INFINITY;
+        if (!LIVE(live, r)) continue;
+        float v = y[r] - bound(k, b, y, r);
         lo = v > lo ? v : lo;
     }
     return lo;
